@@ -1,0 +1,62 @@
+"""clustersync: make several instances of a Python service behave as one cluster.
+
+- :class:`Mutex` — a cluster-wide lock with a self-renewing lease, fencing tokens and a
+  loud signal (``on_lost``, ``LockLostError``) when the lease is lost.
+- :func:`schedule` — a recurring job that runs on at most one instance at a time, at a
+  cadence shared by all instances.
+- :func:`get_job_once_scheduler` — persisted one-shot jobs that fire once across the
+  cluster, on whichever instance is alive, even after restarts.
+
+This module is the threading API; :mod:`clustersync.aio` is the same API for asyncio.
+Stores: ``memory://``, ``sqlite:///path.db`` (default), Redis and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from ._core.intervals import (
+    JobMetadata,
+    NextWaitInterval,
+    wait_for_cron,
+    wait_for_interval,
+    wait_for_rounded_interval,
+)
+from ._sync.job import Job, schedule
+from ._sync.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
+from ._sync.mutex import Mutex
+from ._sync.store import Store, open_store
+from .exceptions import (
+    ClusterSyncError,
+    ConfigurationError,
+    DuplicateJobError,
+    LockLostError,
+    NotLockedError,
+    SchedulerError,
+    StoreUnavailableError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClusterSyncError",
+    "ConfigurationError",
+    "DuplicateJobError",
+    "Job",
+    "JobMetadata",
+    "JobOnce",
+    "JobOnceMetadata",
+    "JobOnceScheduler",
+    "LockLostError",
+    "Mutex",
+    "NextWaitInterval",
+    "NotLockedError",
+    "SchedulerError",
+    "Store",
+    "StoreUnavailableError",
+    "__version__",
+    "get_job_once_scheduler",
+    "open_store",
+    "schedule",
+    "wait_for_cron",
+    "wait_for_interval",
+    "wait_for_rounded_interval",
+]

@@ -1,0 +1,146 @@
+"""The asyncio half of the concurrency shim: the only async code not written once.
+
+``_async/`` modules import this as ``shim``; ``scripts/unasync.py`` points the generated
+``_sync/`` modules at :mod:`clustersync._syncshim`, which has the same names built on
+threads. Keep the two files in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+Lock = asyncio.Lock
+#: What ``acquire(cancel=...)`` accepts in this world.
+CancelEvent = asyncio.Event
+Task = asyncio.Task[Any]
+IS_ASYNC = True
+
+
+def monotonic() -> float:
+    return time.monotonic()
+
+
+async def sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def wait_for_event(event: CancelEvent, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` passes; True if set."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+class Waker:
+    """An event that any thread may set; waited on by this event loop."""
+
+    __slots__ = ("_event", "_loop", "_thread")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._thread = threading.get_ident()
+
+    def set_threadsafe(self) -> None:
+        if threading.get_ident() == self._thread:
+            self._event.set()
+            return
+        with contextlib.suppress(RuntimeError):  # loop already closed: nobody waits
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self, timeout: float | None, cancel: CancelEvent | None = None) -> bool:
+        """Wait until set, ``cancel`` is set or ``timeout`` passes; True if set."""
+        if self._event.is_set():
+            return True
+        if cancel is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
+            except TimeoutError:
+                return False
+            return True
+        if cancel.is_set():
+            return False
+        waiters = {
+            asyncio.ensure_future(self._event.wait()),
+            asyncio.ensure_future(cancel.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return self._event.is_set()
+
+
+def spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any, name: str) -> Task:
+    """Run ``fn(*args)`` in the background (a task here, a daemon thread when sync)."""
+    return asyncio.get_running_loop().create_task(fn(*args), name=name)
+
+
+def in_task(task: Task | None) -> bool:
+    """Whether the caller runs inside ``task``."""
+    return task is not None and asyncio.current_task() is task
+
+
+async def join(task: Task, timeout: float | None) -> bool:
+    """Wait for a background task to end; True if it did within ``timeout``."""
+    if task.done():
+        return True
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    return bool(done)
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call in a worker thread."""
+    return await asyncio.to_thread(fn, *args)
+
+
+async def cancel_safe(operation: Awaitable[T], undo: Callable[[T], Awaitable[None]]) -> T:
+    """Await ``operation``; if the caller is cancelled meanwhile, let the operation finish,
+    then ``undo`` its result and re-raise the cancellation (so a cancelled ``acquire``
+    never leaves a lease behind)."""
+    future = asyncio.ensure_future(operation)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await undo(await future)
+        raise
+
+
+async def call_user(fn: Callable[..., Any], *args: Any) -> None:
+    """Call a user callback; coroutine functions are awaited, plain ones called inline."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def call_user_blocking(fn: Callable[..., Any], *args: Any) -> None:
+    """Like :func:`call_user`, but a plain function runs in a worker thread so that a slow
+    sync callback cannot stall the event loop (lease renewal keeps running)."""
+    if inspect.iscoroutinefunction(fn):
+        await fn(*args)
+        return
+    result = await asyncio.to_thread(fn, *args)
+    if inspect.isawaitable(result):
+        await result

@@ -1,0 +1,1 @@
+"""asyncio orchestration: the single source of truth; ``_sync/`` is generated from it."""

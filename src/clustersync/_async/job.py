@@ -1,0 +1,174 @@
+"""Recurring jobs: a callback that runs on at most one instance at a time.
+
+Guarantees:
+
+- However many instances ``schedule`` the same key on the same store and namespace, the
+  callback never runs on two at once: a run happens only while holding the job's lease
+  (a fenced, self-renewing lease separate from user mutexes).
+- The schedule is shared: ``last_finished`` is stored (judged by the store's clock) and
+  written only by the holder of the lease, and every instance rechecks ``next_wait``
+  under the lease before running, so the job runs about once per interval in total,
+  not once per instance.
+- An exception in the callback is logged with its traceback (logger ``clustersync``) and
+  counts as a finished run. A store outage is retried with backoff; a job never stops
+  because of one.
+- ``close()`` stops the job on this instance: it waits for a running callback (up to
+  ``timeout``) but never for another instance's hold.
+
+Failure modes: if an instance dies mid-callback, the lease expires after ``ttl`` and
+another instance runs the job when ``next_wait`` says it is due (``last_finished`` was not
+updated, so usually at once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from .. import _aioshim as shim
+from .._core.backoff import Backoff
+from .._core.intervals import JobMetadata, NextWaitInterval
+from .._core.validation import micros_to_datetime, validate_name, validate_seconds
+from ..exceptions import LockLostError, StoreUnavailableError
+from .lease import Lease
+from .store import Store
+
+logger = logging.getLogger("clustersync")
+
+DEFAULT_JOB_TTL = 15.0
+_JOB_PREFIX = "j:"  # keeps job leases apart from user mutexes
+
+
+class Job:
+    """A running recurring job on this instance; created by :func:`schedule`."""
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        next_wait: NextWaitInterval,
+        callback: Callable[[], Any],
+        *,
+        ttl: float,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self._next_wait = next_wait
+        self._callback = callback
+        self._lease = Lease(store, _JOB_PREFIX + key, ttl, description="job")
+        self._stop = shim.CancelEvent()
+        self._task: shim.Task | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._stop.is_set() else "running"
+        return f"<Job {self.key!r} {state}>"
+
+    def _start(self) -> None:
+        self._task = shim.spawn(self._run, name=f"clustersync-job:{self.key}")
+
+    async def metadata(self) -> JobMetadata:
+        """The job's shared metadata (``last_finished`` of the latest run, or None)."""
+        record = await self.store.get_job_metadata(self.key)
+        return _to_metadata(record.last_finished_us)
+
+    async def close(self, timeout: float | None = None) -> bool:
+        """Stop the job here, waiting up to ``timeout`` for a running callback.
+
+        Idempotent. Returns True once the job has stopped on this instance (False if a
+        running callback outlived ``timeout``; it stops when the callback returns).
+        """
+        self._stop.set()
+        task = self._task
+        if task is None or shim.in_task(task):
+            return True
+        return await shim.join(task, timeout)
+
+    async def _seconds_until_due(self) -> float:
+        record = await self.store.get_job_metadata(self.key)
+        now = micros_to_datetime(record.store_now_us)
+        wait = self._next_wait(now, _to_metadata(record.last_finished_us))
+        if not isinstance(wait, timedelta):
+            raise TypeError(f"next_wait must return a timedelta, not {type(wait).__name__}")
+        return wait.total_seconds()
+
+    async def _run(self) -> None:
+        backoff = Backoff(cap=5.0)
+        while not self._stop.is_set():
+            try:
+                wait = await self._seconds_until_due()
+                if wait > 0:
+                    await shim.wait_for_event(self._stop, wait)
+                    continue
+                # Due: take the lease (waiting while another instance runs it), then
+                # recheck under it — the other instance may just have run the job.
+                if not await self._lease.acquire(cancel=self._stop):
+                    continue
+                try:
+                    if await self._seconds_until_due() <= 0:
+                        await self._run_once()
+                finally:
+                    await self._release()
+                backoff.reset()
+            except StoreUnavailableError as exc:
+                delay = backoff.next_delay()
+                logger.warning("job %r: store error, retrying in %.2fs: %s", self.key, delay, exc)
+                await shim.wait_for_event(self._stop, delay)
+            except Exception:
+                delay = backoff.next_delay()
+                logger.exception("job %r: next_wait failed; retrying in %.2fs", self.key, delay)
+                await shim.wait_for_event(self._stop, delay)
+
+    async def _run_once(self) -> None:
+        try:
+            await shim.call_user_blocking(self._callback)
+        except Exception:
+            logger.exception("job %r: callback raised; the run counts as finished", self.key)
+        hold = self._lease.hold
+        if hold is None:  # pragma: no cover - the lease is held during the run
+            return
+        if not await self.store.set_job_finished(
+            self.key, self._lease.name, hold.owner, hold.token
+        ):
+            logger.error("job %r: lease lost during the run; last_finished not recorded", self.key)
+
+    async def _release(self) -> None:
+        try:
+            await self._lease.release()
+        except LockLostError as exc:
+            logger.error("job %r: %s", self.key, exc)
+
+
+def _to_metadata(last_finished_us: int | None) -> JobMetadata:
+    if last_finished_us is None:
+        return JobMetadata(None)
+    return JobMetadata(micros_to_datetime(last_finished_us))
+
+
+def schedule(
+    store: Store,
+    key: str,
+    next_wait: NextWaitInterval,
+    callback: Callable[[], Any],
+    *,
+    ttl: float = DEFAULT_JOB_TTL,
+) -> Job:
+    """Start a recurring job on this instance and return at once.
+
+    ``next_wait(now, metadata)`` decides how long to wait before the next run (see
+    :func:`wait_for_interval`, :func:`wait_for_rounded_interval`, :func:`wait_for_cron`).
+    ``ttl`` is the lease of a running callback: if this instance dies mid-run, another may
+    run the job ``ttl`` seconds later. Raises ``ValueError``/``TypeError`` for a bad key,
+    ``next_wait`` or ``callback``.
+    """
+    if not isinstance(store, Store):
+        raise TypeError(f"store must be a Store from open_store(), not {type(store).__name__}")
+    validate_name(key, "job key")
+    if not callable(next_wait):
+        raise TypeError("next_wait must be callable (e.g. wait_for_interval(...))")
+    if not callable(callback):
+        raise TypeError("callback must be callable")
+    job = Job(store, key, next_wait, callback, ttl=validate_seconds(ttl, "ttl"))
+    job._start()
+    return job

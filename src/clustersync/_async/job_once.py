@@ -1,0 +1,330 @@
+"""One-shot jobs: persisted jobs that fire once across the cluster and survive restarts.
+
+Guarantees:
+
+- ``schedule_once`` stores the job (key, run time, JSON props) before returning; nothing
+  is stored when it raises. Keys are unique per namespace (``DuplicateJobError``).
+- Every started scheduler on the same store and namespace competes for due jobs; a due
+  job is *claimed* atomically with a lease by exactly one scheduler, which runs the
+  callback and then deletes the job only if it still owns the claim. Exactly once when
+  nothing crashes; at least once if the instance running a callback dies (another
+  instance re-runs it after the claim lease expires). Long callbacks keep their claim
+  renewed.
+- Jobs are fired at their ``run_at`` (never early, judged by the store's clock) by
+  whichever instance is alive, including jobs scheduled by instances that have died.
+- A scheduler costs one task or thread plus one per *running* callback — nothing per
+  pending job. It sleeps until the earliest due time in the store's run-time index and
+  wakes early when jobs are added or cancelled (in this process at once; across
+  processes through the store's change notification).
+- ``cancel`` removes the job everywhere and never waits for a running callback, so it
+  cannot deadlock; cancelling then re-scheduling a key fires once, at the new time.
+
+Failure modes: store errors in the scheduler loop are logged and retried with capped
+backoff; a callback that raises is logged and the job is done (no retry).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .. import _aioshim as shim
+from .._core.backoff import Backoff
+from .._core.validation import (
+    DEFAULT_MAX_PROPS_BYTES,
+    datetime_to_micros,
+    decode_props,
+    encode_props,
+    micros_to_datetime,
+    require_aware,
+    validate_name,
+    validate_seconds,
+)
+from ..backends.base import JOBS_CHANNEL, ClaimedJob, NewJob
+from ..exceptions import DuplicateJobError, SchedulerError, StoreUnavailableError
+from .lease import new_owner_id
+from .store import Store
+
+logger = logging.getLogger("clustersync")
+
+DEFAULT_CLAIM_TTL = 15.0
+DEFAULT_MAX_RUNNING = 16
+#: Latency wanted from change watchers (SQLite polling) for jobs added elsewhere.
+SCHEDULER_POLL_INTERVAL = 0.005
+#: Longest sleep without news, in case a notification was lost.
+MAX_IDLE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobOnceMetadata:
+    """A pending one-shot job: its key, run time (aware UTC) and JSON-decoded props."""
+
+    key: str
+    run_at: datetime
+    props: Any
+
+
+@dataclass(eq=False)
+class JobOnce:
+    """A stored one-shot job, as returned by ``schedule_once``."""
+
+    key: str
+    run_at: datetime
+    props: Any
+    _scheduler: JobOnceScheduler = field(repr=False)
+
+    async def cancel(self) -> bool:
+        """Remove the job with this key everywhere; True if a pending job was removed."""
+        return await self._scheduler.cancel(self.key)
+
+
+@dataclass(eq=False)
+class _Running:
+    job: ClaimedJob
+    task: shim.Task | None = None
+
+
+class JobOnceScheduler:
+    """Fires stored one-shot jobs on this instance; one per store object.
+
+    Get it with :func:`get_job_once_scheduler`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        claim_ttl: float = DEFAULT_CLAIM_TTL,
+        max_running: int = DEFAULT_MAX_RUNNING,
+        max_props_bytes: int = DEFAULT_MAX_PROPS_BYTES,
+    ) -> None:
+        self.store = store
+        self.claim_ttl = validate_seconds(claim_ttl, "claim_ttl")
+        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
+            raise ValueError("max_running must be a positive int")
+        if isinstance(max_props_bytes, bool) or not isinstance(max_props_bytes, int):
+            raise TypeError("max_props_bytes must be an int")
+        if max_props_bytes < 2:
+            raise ValueError("max_props_bytes must be at least 2")
+        self.max_running = max_running
+        self.max_props_bytes = max_props_bytes
+        self._owner = new_owner_id()
+        self._callback: Callable[[str, Any], Any] | None = None
+        self._task: shim.Task | None = None
+        self._stopping = False
+        self._waker: shim.Waker | None = None
+        self._running: dict[str, _Running] = {}
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    def set_callback(self, callback: Callable[[str, Any], Any]) -> None:
+        """Set the function called as ``callback(key, props)``; the last one set wins.
+
+        Coroutine functions are awaited in asyncio; plain functions run in a worker thread.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        self._callback = callback
+
+    async def start(self) -> None:
+        """Start firing jobs on this instance (including those already due).
+
+        Raises :class:`~clustersync.SchedulerError` if no callback is set or the scheduler
+        is already started, and :class:`~clustersync.StoreUnavailableError` if the store
+        cannot be reached.
+        """
+        if self._callback is None:
+            raise SchedulerError("set a callback with set_callback() before start()")
+        if self._task is not None:
+            raise SchedulerError("the scheduler has already been started")
+        await self.store.next_job_delay()  # fail loudly now if the store is unreachable
+        self._stopping = False
+        self._task = shim.spawn(self._loop, name="clustersync-job-once-scheduler")
+
+    async def stop(self, timeout: float | None = None) -> bool:
+        """Stop firing jobs here; jobs stay stored. Waits up to ``timeout`` for running
+        callbacks (their claims keep being renewed meanwhile). Idempotent; True if
+        stopped within ``timeout``."""
+        task = self._task
+        if task is None:
+            return True
+        self._stopping = True
+        self._wake()
+        if shim.in_task(task):
+            return False
+        stopped = await shim.join(task, timeout)
+        if stopped:
+            self._task = None
+        return stopped
+
+    def _wake(self) -> None:
+        waker = self._waker
+        if waker is not None:
+            waker.set_threadsafe()
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _prepare(self, key: str, run_at: datetime, props: Any) -> tuple[NewJob, JobOnce]:
+        validate_name(key, "job key")
+        when = require_aware(run_at, "run_at")
+        props_json = encode_props(props, self.max_props_bytes)
+        new = NewJob(key, datetime_to_micros(when), props_json)
+        return new, JobOnce(key, when, decode_props(props_json), self)
+
+    async def schedule_once(self, key: str, run_at: datetime, props: Any = None) -> JobOnce:
+        """Store a job that fires once at ``run_at`` (aware datetime; past = at once).
+
+        Raises ``ValueError`` (bad key, naive ``run_at``, props too large), ``TypeError``
+        (props not JSON-serializable) and :class:`~clustersync.DuplicateJobError`; nothing
+        is stored when it raises. Allowed before ``start()``.
+        """
+        new, job = self._prepare(key, run_at, props)
+        await self.store.put_jobs([new])
+        return job
+
+    async def schedule_many(self, jobs: Iterable[tuple[str, datetime, Any]]) -> list[JobOnce]:
+        """Store many jobs in as few round trips as the store allows; all or nothing."""
+        prepared = [self._prepare(*_as_triple(entry)) for entry in jobs]
+        seen: set[str] = set()
+        for new, _ in prepared:
+            if new.key in seen:
+                raise DuplicateJobError(new.key)
+            seen.add(new.key)
+        await self.store.put_jobs([new for new, _ in prepared])
+        return [job for _, job in prepared]
+
+    async def cancel(self, key: str) -> bool:
+        """Remove the pending job ``key`` everywhere; True if a pending job was removed.
+
+        Idempotent and never waits for a running callback (a job already firing is not
+        pending: it finishes, and this returns False).
+        """
+        validate_name(key, "job key")
+        return await self.store.cancel_job(key)
+
+    async def list_scheduled_jobs(self) -> list[JobOnceMetadata]:
+        """The pending jobs, sorted by ``run_at`` then key."""
+        return [
+            JobOnceMetadata(
+                job.key, micros_to_datetime(job.run_at_us), decode_props(job.props_json)
+            )
+            for job in await self.store.list_jobs()
+        ]
+
+    # -- firing --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        waker = self._waker = shim.Waker()
+        backoff = Backoff(cap=2.0)
+        renew_every = self.claim_ttl / 3
+        next_renewal = shim.monotonic() + renew_every
+        try:
+            with self.store.hub.listen(JOBS_CHANNEL, waker, SCHEDULER_POLL_INTERVAL):
+                while not (self._stopping and not self._running):
+                    waker.clear()
+                    if not self._running:  # claims made from now on renew within renew_every
+                        next_renewal = shim.monotonic() + renew_every
+                    try:
+                        if self._running and shim.monotonic() >= next_renewal:
+                            await self._renew_claims()
+                            next_renewal = shim.monotonic() + renew_every
+                        delay = await self._claim_and_start()
+                        backoff.reset()
+                    except StoreUnavailableError as exc:
+                        delay = backoff.next_delay()
+                        logger.warning("one-shot scheduler: store error, retrying: %s", exc)
+                    if self._running:
+                        delay = min(delay, max(0.0, next_renewal - shim.monotonic()))
+                    await waker.wait(delay)
+        finally:
+            self._waker = None
+
+    async def _claim_and_start(self) -> float:
+        """Claim due jobs into free slots; return how long to sleep."""
+        if self._stopping:
+            return MAX_IDLE
+        free = self.max_running - len(self._running)
+        if free > 0:
+            claimed = await self.store.claim_due_jobs(self._owner, free, self.claim_ttl)
+            for job in claimed:
+                running = _Running(job)
+                self._running[job.key] = running
+                running.task = shim.spawn(
+                    self._fire, running, name=f"clustersync-job-once:{job.key}"
+                )
+            if len(claimed) == free:
+                return MAX_IDLE  # slots full; a finishing callback wakes us
+        else:
+            return MAX_IDLE
+        delay = await self.store.next_job_delay()
+        return MAX_IDLE if delay is None else min(delay, MAX_IDLE)
+
+    async def _renew_claims(self) -> None:
+        claims = [(r.job.key, r.job.claim) for r in list(self._running.values())]
+        if not claims:
+            return
+        renewed = set(await self.store.renew_job_claims(self._owner, claims, self.claim_ttl))
+        for key, _ in claims:
+            if key not in renewed and key in self._running:
+                logger.error(
+                    "one-shot job %r: claim lost while its callback runs; it may run again", key
+                )
+
+    async def _fire(self, running: _Running) -> None:
+        job = running.job
+        callback = self._callback
+        try:
+            if callback is not None:
+                await shim.call_user_blocking(callback, job.key, decode_props(job.props_json))
+        except Exception:
+            logger.exception("one-shot job %r: callback raised; the job is done", job.key)
+        finally:
+            await self._complete(job)
+            self._running.pop(job.key, None)
+            self._wake()
+
+    async def _complete(self, job: ClaimedJob) -> None:
+        backoff = Backoff()
+        deadline = shim.monotonic() + self.claim_ttl
+        while True:
+            try:
+                await self.store.complete_job(job.key, self._owner, job.claim)
+                return
+            except StoreUnavailableError as exc:
+                if shim.monotonic() >= deadline:
+                    logger.error(
+                        "one-shot job %r ran but could not be marked done; it may run again: %s",
+                        job.key,
+                        exc,
+                    )
+                    return
+                await shim.sleep(backoff.next_delay())
+
+
+def _as_triple(entry: Any) -> tuple[str, datetime, Any]:
+    try:
+        key, run_at, *rest = entry
+    except (TypeError, ValueError):
+        raise TypeError("schedule_many takes (key, run_at[, props]) tuples") from None
+    if len(rest) > 1:
+        raise TypeError("schedule_many takes (key, run_at[, props]) tuples")
+    return key, run_at, rest[0] if rest else None
+
+
+def get_job_once_scheduler(store: Store, **options: Any) -> JobOnceScheduler:
+    """The one-shot job scheduler of ``store`` (the same object for the same store).
+
+    ``options`` (``claim_ttl``, ``max_running``, ``max_props_bytes``) apply when the
+    scheduler is first created.
+    """
+    if not isinstance(store, Store):
+        raise TypeError(f"store must be a Store from open_store(), not {type(store).__name__}")
+    scheduler = store._scheduler
+    if scheduler is None:
+        scheduler = store._scheduler = JobOnceScheduler(store, **options)
+    return scheduler

@@ -1,0 +1,257 @@
+"""A self-renewing, owner-checked, fenced lease on one name: the engine of Mutex and Job.
+
+Guarantees and failure modes:
+
+- Acquisition is atomic in the store and mints a fencing token that strictly increases
+  for the name. Release and renewal succeed only for the owner of the live lease, so a
+  holder whose lease expired can never free or extend the next holder's lease.
+- While held, the lease is renewed about every ``ttl / 3``. A renewal that fails with a
+  store error is retried with capped, jittered backoff until the lease would expire by
+  the local, conservative deadline (measured from *before* the last successful renewal
+  was sent). A renewal the store refuses, or a deadline that passes, marks the hold lost:
+  ``on_lost`` is called once and ``release()`` raises ``LockLostError``.
+- Waiters register for the lease's release notification before each attempt and also
+  wake when the current lease would expire, so handoff does not depend on polling and
+  a lost notification costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _aioshim as shim
+from .._core.backoff import Backoff
+from .._core.validation import validate_timeout
+from ..backends.base import AcquireResult, lease_channel
+from ..exceptions import LockLostError, NotLockedError, StoreUnavailableError
+from .store import Store
+
+logger = logging.getLogger("clustersync.lease")
+
+#: Latency wanted from change watchers (SQLite polling) while a waiter blocks.
+WAITER_POLL_INTERVAL = 0.001
+#: Upper bound of one wait without news, in case a notification was lost.
+MAX_WAIT_WITHOUT_NEWS = 2.0
+_HOST = socket.gethostname()
+
+
+def new_owner_id() -> str:
+    """A unique owner id that also tells a human where the holder runs."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(eq=False)
+class Hold:
+    """One successful acquisition: who owns it, its token and its local deadline."""
+
+    owner: str
+    token: int
+    deadline: float  # monotonic; the lease is not trusted past it
+    stop: shim.CancelEvent = field(default_factory=shim.CancelEvent)
+    lost: bool = False
+    renewer: shim.Task | None = None
+
+
+class Lease:
+    """Acquire, renew in the background, and release one named lease."""
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        ttl: float,
+        on_lost: Callable[[], Any] | None = None,
+        *,
+        description: str = "lease",
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.ttl = ttl
+        self.on_lost = on_lost
+        self.description = description
+        self.hold: Hold | None = None
+
+    # -- acquisition ---------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        blocking: bool = True,
+        timeout: float | None = None,
+        cancel: shim.CancelEvent | None = None,
+    ) -> bool:
+        seconds = validate_timeout(timeout)
+        if not blocking and seconds is not None:
+            raise ValueError("can't specify a timeout for a non-blocking acquire")
+        deadline = None if seconds is None else shim.monotonic() + seconds
+        result = await self._attempt_or_error(cancel)
+        if isinstance(result, bool):
+            return result
+        if not blocking:
+            if isinstance(result, StoreUnavailableError):
+                raise result
+            return False
+        waker = shim.Waker()
+        backoff = Backoff()
+        # Registered from here on, so a release wakes us; the first retry is immediate in
+        # case the release happened before we listened.
+        just_registered = True
+        with self.store.hub.listen(lease_channel(self.name), waker, WAITER_POLL_INTERVAL):
+            while True:
+                if isinstance(result, StoreUnavailableError):
+                    wait = backoff.next_delay()
+                    logger.warning(
+                        "store error while waiting for %s %r; retrying in %.2fs: %s",
+                        self.description,
+                        self.name,
+                        wait,
+                        result,
+                    )
+                else:
+                    backoff.reset()
+                    wait = 0.0 if just_registered else min(result, MAX_WAIT_WITHOUT_NEWS)
+                just_registered = False
+                if deadline is not None:
+                    remaining = deadline - shim.monotonic()
+                    if remaining <= 0:
+                        if isinstance(result, StoreUnavailableError):
+                            raise result
+                        return False
+                    wait = min(wait, remaining)
+                if wait > 0:
+                    await waker.wait(wait, cancel)
+                if cancel is not None and cancel.is_set():
+                    return False
+                waker.clear()
+                attempt = await self._attempt_or_error(cancel)
+                if isinstance(attempt, bool):
+                    return attempt
+                result = attempt
+
+    async def _attempt_or_error(
+        self, cancel: shim.CancelEvent | None
+    ) -> bool | float | StoreUnavailableError:
+        """One attempt: True if acquired, False if cancelled, the seconds the current lease
+        still lives if held elsewhere, or the store error."""
+        if cancel is not None and cancel.is_set():
+            return False
+        owner = new_owner_id()
+        sent = shim.monotonic()
+
+        async def undo(result: AcquireResult) -> None:
+            if result.acquired and result.token is not None:
+                await self.store.release_lease(self.name, owner, result.token)
+
+        try:
+            result = await shim.cancel_safe(
+                self.store.acquire_lease(self.name, owner, self.ttl), undo
+            )
+        except StoreUnavailableError as exc:
+            return exc
+        if not result.acquired or result.token is None:
+            return (result.retry_after or 0.0) + 0.0005
+        hold = Hold(owner, result.token, sent + self.ttl)
+        self.hold = hold
+        hold.renewer = shim.spawn(self._renew, hold, name=f"clustersync-renew:{self.name}")
+        return True
+
+    # -- renewal -------------------------------------------------------------------------
+
+    async def _renew(self, hold: Hold) -> None:
+        interval = self.ttl / 3
+        backoff = Backoff(base=min(0.05, interval / 4), cap=max(min(1.0, interval), 0.05))
+        wait = interval
+        while True:
+            if await shim.wait_for_event(hold.stop, wait):
+                return
+            sent = shim.monotonic()
+            try:
+                renewed = await self.store.renew_lease(self.name, hold.owner, hold.token, self.ttl)
+            except StoreUnavailableError as exc:
+                remaining = hold.deadline - shim.monotonic()
+                if remaining <= 0:
+                    await self._lose(hold, f"it could not be renewed before it expired ({exc})")
+                    return
+                wait = min(backoff.next_delay(), remaining)
+                logger.warning(
+                    "could not renew %s %r (%.2fs left); retrying in %.2fs: %s",
+                    self.description,
+                    self.name,
+                    remaining,
+                    wait,
+                    exc,
+                )
+                continue
+            if hold.stop.is_set():
+                return
+            if not renewed:
+                await self._lose(hold, "the store no longer has it (expired or taken over)")
+                return
+            hold.deadline = sent + self.ttl
+            backoff.reset()
+            wait = interval
+
+    async def _lose(self, hold: Hold, why: str) -> None:
+        if hold.lost:
+            return
+        hold.lost = True
+        logger.error("lost %s %r (token %d): %s", self.description, self.name, hold.token, why)
+        if self.on_lost is not None:
+            try:
+                await shim.call_user(self.on_lost)
+            except Exception:
+                logger.exception("on_lost callback of %s %r failed", self.description, self.name)
+
+    # -- state and release ---------------------------------------------------------------
+
+    def locked(self) -> bool:
+        hold = self.hold
+        return hold is not None and not hold.lost and shim.monotonic() < hold.deadline
+
+    def check(self) -> None:
+        hold = self.hold
+        if hold is None:
+            raise NotLockedError(f"{self.description} {self.name!r} is not held by this object")
+        if hold.lost or shim.monotonic() >= hold.deadline:
+            raise LockLostError(
+                f"{self.description} {self.name!r} (token {hold.token}) was lost while held"
+            )
+
+    async def release(self) -> None:
+        hold = self.hold
+        if hold is None:
+            raise NotLockedError(f"{self.description} {self.name!r} is not held by this object")
+        self.hold = None
+        hold.stop.set()
+        if hold.renewer is not None and not shim.in_task(hold.renewer):
+            await shim.join(hold.renewer, None)
+        lost = hold.lost or shim.monotonic() >= hold.deadline
+        released = await self._release_in_store(hold)
+        if lost or not released:
+            raise LockLostError(
+                f"{self.description} {self.name!r} (token {hold.token}) was lost before release;"
+                " the critical section was not fully protected"
+            )
+
+    async def _release_in_store(self, hold: Hold) -> bool:
+        """Owner-checked delete, retried until the lease would expire by itself anyway."""
+        backoff = Backoff()
+        while True:
+            try:
+                return await self.store.release_lease(self.name, hold.owner, hold.token)
+            except StoreUnavailableError as exc:
+                remaining = hold.deadline - shim.monotonic()
+                if remaining <= 0:
+                    logger.warning(
+                        "could not release %s %r; it expires on its own: %s",
+                        self.description,
+                        self.name,
+                        exc,
+                    )
+                    return True
+                await shim.sleep(min(backoff.next_delay(), remaining))

@@ -1,0 +1,55 @@
+"""clustersync for asyncio: the same API and semantics as :mod:`clustersync`.
+
+``await aio.open_store(url)``, ``aio.Mutex`` (``await m.acquire(timeout=...)``,
+``async with m``), ``aio.schedule(...)`` (callbacks may be coroutine functions; plain
+functions run in a worker thread so the event loop keeps renewing leases), and
+``aio.get_job_once_scheduler(store)``. Cancelling a task that waits in ``acquire``
+leaves nothing held.
+"""
+
+from __future__ import annotations
+
+from ._async.job import Job, schedule
+from ._async.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
+from ._async.mutex import Mutex
+from ._async.store import Store, open_store
+from ._core.intervals import (
+    JobMetadata,
+    NextWaitInterval,
+    wait_for_cron,
+    wait_for_interval,
+    wait_for_rounded_interval,
+)
+from .exceptions import (
+    ClusterSyncError,
+    ConfigurationError,
+    DuplicateJobError,
+    LockLostError,
+    NotLockedError,
+    SchedulerError,
+    StoreUnavailableError,
+)
+
+__all__ = [
+    "ClusterSyncError",
+    "ConfigurationError",
+    "DuplicateJobError",
+    "Job",
+    "JobMetadata",
+    "JobOnce",
+    "JobOnceMetadata",
+    "JobOnceScheduler",
+    "LockLostError",
+    "Mutex",
+    "NextWaitInterval",
+    "NotLockedError",
+    "SchedulerError",
+    "Store",
+    "StoreUnavailableError",
+    "get_job_once_scheduler",
+    "open_store",
+    "schedule",
+    "wait_for_cron",
+    "wait_for_interval",
+    "wait_for_rounded_interval",
+]
