@@ -28,16 +28,13 @@ DIRECTORIES = [
 SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
-    (r"\basync for\b", "for"),
     (r"\bawait ", ""),
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
     (r"\b_aioshim\b", "_syncshim"),
     (r"\bAsyncIterator\b", "Iterator"),
-    (r"\bAsyncGenerator\b", "Generator"),
     (r"\basyncio orchestration\b", "threading orchestration"),
     (r"^from clustersync import aio as cs$", "import clustersync as cs"),
-    (r"\baio_cancel_event\b", "thread_cancel_event"),
 ]
 _COMPILED = [(re.compile(p, re.MULTILINE), r) for p, r in SUBSTITUTIONS]
 

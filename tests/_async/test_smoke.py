@@ -1,0 +1,14 @@
+"""Smoke test of the fixtures: a mutex can be taken and released on every store."""
+
+from __future__ import annotations
+
+from clustersync import aio as cs
+
+
+async def test_mutex_round_trip(store: cs.Store) -> None:
+    mutex = cs.Mutex(store, "smoke")
+    async with mutex:
+        assert mutex.locked()
+        assert mutex.token == 1
+    assert not mutex.locked()
+    assert mutex.token is None
