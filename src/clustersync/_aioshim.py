@@ -13,6 +13,7 @@ import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -110,9 +111,20 @@ async def join(task: Task, timeout: float | None) -> bool:
     return bool(done)
 
 
-async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call in a worker thread."""
-    return await asyncio.to_thread(fn, *args)
+def io_executor(name: str) -> ThreadPoolExecutor | None:
+    """A private worker thread for a store's blocking I/O.
+
+    Store calls must not queue behind user callbacks in the default executor (a lease
+    renewal stuck there could let the lease expire), so each blocking store gets its own.
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any, executor: Executor | None = None) -> T:
+    """Run a blocking call in a worker thread (``executor``, else the default one)."""
+    if executor is None:
+        return await asyncio.to_thread(fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 async def cancel_safe(operation: Awaitable[T], undo: Callable[[T], Awaitable[None]]) -> T:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -87,7 +88,12 @@ def join(task: Task, timeout: float | None) -> bool:
     return not task.is_alive()
 
 
-def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+def io_executor(name: str) -> Executor | None:
+    """Threads call the store directly; no executor needed."""
+    return None
+
+
+def run_blocking(fn: Callable[..., T], *args: Any, executor: Executor | None = None) -> T:
     return fn(*args)
 
 

@@ -48,6 +48,7 @@ class Store:
         self.hub = ChangeHub(engine.set_watch_interval)
         self._scheduler: JobOnceScheduler | None = None
         self._closed = False
+        self._executor = shim.io_executor("clustersync-store") if engine.blocking_io else None
         engine.set_listener(self.hub)
 
     def __repr__(self) -> str:
@@ -65,7 +66,9 @@ class Store:
         if scheduler is not None and scheduler.started:
             await scheduler.stop()
         self._closed = True
-        await shim.run_blocking(self._engine.close)
+        await shim.run_blocking(self._engine.close, executor=self._executor)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     async def __aenter__(self) -> Store:
         return self
@@ -81,8 +84,8 @@ class Store:
     async def _call(self, fn: Any, *args: Any) -> Any:
         if self._closed:
             raise StoreUnavailableError(f"store {self.url} is closed")
-        if self._engine.blocking_io:
-            return await shim.run_blocking(fn, *args)
+        if self._executor is not None:
+            return await shim.run_blocking(fn, *args, executor=self._executor)
         return fn(*args)
 
     # -- narrow operations (see clustersync.backends.base) -------------------------------
