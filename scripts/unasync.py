@@ -32,9 +32,24 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
     (r"\b_aioshim\b", "_syncshim"),
+    # Keep import lists sorted (ruff's isort) where the rename changes the order.
+    (
+        r"^from collections\.abc import AsyncIterator, Callable$",
+        "from collections.abc import Callable, Iterator",
+    ),
+    (r"\basync for\b", "for"),
     (r"\bAsyncIterator\b", "Iterator"),
+    (r"\basynccontextmanager\b", "contextmanager"),
+    (r"\baclose\b", "close"),
+    (r"^import redis\.asyncio as redis_client$", "import redis as redis_client"),
+    (r"\bAsyncConnectionPool\b", "ConnectionPool"),
+    (r"\bpsycopg\.AsyncConnection\b", "psycopg.Connection"),
     (r"\basyncio orchestration\b", "threading orchestration"),
     (r"^from clustersync import aio as cs$", "import clustersync as cs"),
+    (
+        r"^from clustersync import _syncshim as shim\nimport clustersync as cs$",
+        "import clustersync as cs\nfrom clustersync import _syncshim as shim",
+    ),
 ]
 _COMPILED = [(re.compile(p, re.MULTILINE), r) for p, r in SUBSTITUTIONS]
 

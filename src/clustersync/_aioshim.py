@@ -103,6 +103,11 @@ def in_task(task: Task | None) -> bool:
     return task is not None and asyncio.current_task() is task
 
 
+def cancel_task(task: Task) -> None:
+    """Ask a background task to stop (threads instead poll a closed flag)."""
+    task.cancel()
+
+
 async def join(task: Task, timeout: float | None) -> bool:
     """Wait for a background task to end; True if it did within ``timeout``."""
     if task.done():

@@ -82,6 +82,10 @@ def in_task(task: Task | None) -> bool:
     return task is not None and threading.current_thread() is task
 
 
+def cancel_task(task: Task) -> None:
+    """Threads cannot be cancelled; they poll a closed flag instead."""
+
+
 def join(task: Task, timeout: float | None) -> bool:
     """Wait for a background thread to end; True if it did within ``timeout``."""
     task.join(timeout)

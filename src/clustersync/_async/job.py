@@ -30,7 +30,7 @@ from typing import Any
 from .. import _aioshim as shim
 from .._core.backoff import Backoff
 from .._core.intervals import JobMetadata, NextWaitInterval
-from .._core.validation import micros_to_datetime, validate_name, validate_seconds
+from .._core.validation import micros_to_datetime, validate_name, validate_ttl
 from ..exceptions import LockLostError, StoreUnavailableError
 from .lease import Lease
 from .store import Store
@@ -169,6 +169,6 @@ def schedule(
         raise TypeError("next_wait must be callable (e.g. wait_for_interval(...))")
     if not callable(callback):
         raise TypeError("callback must be callable")
-    job = Job(store, key, next_wait, callback, ttl=validate_seconds(ttl, "ttl"))
+    job = Job(store, key, next_wait, callback, ttl=validate_ttl(ttl))
     job._start()
     return job

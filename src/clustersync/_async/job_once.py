@@ -41,7 +41,7 @@ from .._core.validation import (
     micros_to_datetime,
     require_aware,
     validate_name,
-    validate_seconds,
+    validate_ttl,
 )
 from ..backends.base import JOBS_CHANNEL, ClaimedJob, NewJob
 from ..exceptions import DuplicateJobError, SchedulerError, StoreUnavailableError
@@ -83,8 +83,15 @@ class JobOnce:
 
 @dataclass(eq=False)
 class _Running:
+    """One callback run here. ``owner`` is unique to the claim call that produced it, so
+    that an old run of a key (cancelled while running, then scheduled again) can never
+    complete or renew a newer run's claim of the same key, whose claim counter may
+    have restarted at the same value."""
+
     job: ClaimedJob
+    owner: str
     task: shim.Task | None = None
+    lost: bool = False
 
 
 class JobOnceScheduler:
@@ -102,7 +109,7 @@ class JobOnceScheduler:
         max_props_bytes: int = DEFAULT_MAX_PROPS_BYTES,
     ) -> None:
         self.store = store
-        self.claim_ttl = validate_seconds(claim_ttl, "claim_ttl")
+        self.claim_ttl = validate_ttl(claim_ttl, "claim_ttl")
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
             raise ValueError("max_running must be a positive int")
         if isinstance(max_props_bytes, bool) or not isinstance(max_props_bytes, int):
@@ -116,7 +123,8 @@ class JobOnceScheduler:
         self._task: shim.Task | None = None
         self._stopping = False
         self._waker: shim.Waker | None = None
-        self._running: dict[str, _Running] = {}
+        self._running: set[_Running] = set()  # every run in progress here
+        self._claim_calls = 0
 
     @property
     def started(self) -> bool:
@@ -250,10 +258,12 @@ class JobOnceScheduler:
             return MAX_IDLE
         free = self.max_running - len(self._running)
         if free > 0:
-            claimed = await self.store.claim_due_jobs(self._owner, free, self.claim_ttl)
+            self._claim_calls += 1
+            owner = f"{self._owner}:{self._claim_calls}"
+            claimed = await self.store.claim_due_jobs(owner, free, self.claim_ttl)
             for job in claimed:
-                running = _Running(job)
-                self._running[job.key] = running
+                running = _Running(job, owner)
+                self._running.add(running)
                 running.task = shim.spawn(
                     self._fire, running, name=f"clustersync-job-once:{job.key}"
                 )
@@ -265,15 +275,21 @@ class JobOnceScheduler:
         return MAX_IDLE if delay is None else min(delay, MAX_IDLE)
 
     async def _renew_claims(self) -> None:
-        claims = [(r.job.key, r.job.claim) for r in list(self._running.values())]
-        if not claims:
-            return
-        renewed = set(await self.store.renew_job_claims(self._owner, claims, self.claim_ttl))
-        for key, _ in claims:
-            if key not in renewed and key in self._running:
-                logger.error(
-                    "one-shot job %r: claim lost while its callback runs; it may run again", key
-                )
+        by_owner: dict[str, list[_Running]] = {}
+        for running in list(self._running):
+            if not running.lost:  # a lost claim never comes back
+                by_owner.setdefault(running.owner, []).append(running)
+        for owner, runs in by_owner.items():
+            claims = [(r.job.key, r.job.claim) for r in runs]
+            renewed = set(await self.store.renew_job_claims(owner, claims, self.claim_ttl))
+            for running in runs:
+                if running.job.key not in renewed and running in self._running:
+                    running.lost = True
+                    logger.error(
+                        "one-shot job %r: claim lost (cancelled or expired) while its callback"
+                        " runs; it may run again",
+                        running.job.key,
+                    )
 
     async def _fire(self, running: _Running) -> None:
         job = running.job
@@ -284,16 +300,16 @@ class JobOnceScheduler:
         except Exception:
             logger.exception("one-shot job %r: callback raised; the job is done", job.key)
         finally:
-            await self._complete(job)
-            self._running.pop(job.key, None)
+            await self._complete(job, running.owner)
+            self._running.discard(running)
             self._wake()
 
-    async def _complete(self, job: ClaimedJob) -> None:
+    async def _complete(self, job: ClaimedJob, owner: str) -> None:
         backoff = Backoff()
         deadline = shim.monotonic() + self.claim_ttl
         while True:
             try:
-                await self.store.complete_job(job.key, self._owner, job.claim)
+                await self.store.complete_job(job.key, owner, job.claim)
                 return
             except StoreUnavailableError as exc:
                 if shim.monotonic() >= deadline:

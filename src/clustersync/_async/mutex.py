@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import _aioshim as shim
-from .._core.validation import validate_name, validate_seconds
+from .._core.validation import validate_name, validate_ttl
 from .lease import Lease
 from .store import Store
 
@@ -54,7 +54,7 @@ class Mutex:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a Store from open_store(), not {type(store).__name__}")
         self.name = validate_name(name, "mutex name")
-        self.ttl = validate_seconds(ttl, "ttl")
+        self.ttl = validate_ttl(ttl)
         if on_lost is not None and not callable(on_lost):
             raise TypeError("on_lost must be callable or None")
         self.store = store

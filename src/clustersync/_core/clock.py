@@ -8,6 +8,7 @@ waits (sleeps, timeouts) always use real time.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` (>= 0) and wake the stores that use this clock."""
+        if not math.isfinite(seconds):  # NaN or infinity would poison every later reading
+            raise ValueError(f"a clock can only advance by a finite time, got {seconds!r}")
         if seconds < 0:
             raise ValueError("a clock cannot go backwards")
         with self._lock:

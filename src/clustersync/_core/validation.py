@@ -35,11 +35,27 @@ def validate_name(value: object, what: str = "name") -> str:
     return value
 
 
+#: Longest lease or claim ttl accepted (30 days): longer values are surely mistakes, and
+#: stores keep expiry times in 64-bit microseconds.
+MAX_TTL_SECONDS = 30 * 86_400.0
+
+
+def validate_ttl(value: object, what: str = "ttl") -> float:
+    """A lease duration: positive, finite and at most :data:`MAX_TTL_SECONDS`."""
+    seconds = validate_seconds(value, what)
+    if seconds > MAX_TTL_SECONDS:
+        raise ValueError(f"{what} must be at most {MAX_TTL_SECONDS:.0f} seconds, got {value!r}")
+    return seconds
+
+
 def validate_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
     """Return a positive (or non-negative) finite duration in seconds."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        raise ValueError(f"{what} must be finite, got a number too large") from None
     if math.isnan(seconds) or math.isinf(seconds):
         raise ValueError(f"{what} must be finite, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
@@ -56,7 +72,12 @@ def validate_timeout(timeout: object) -> float | None:
         raise TypeError(
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
-    seconds = float(timeout)
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too large for a float: no deadline, like math.inf
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}") from None
+        return math.inf
     if math.isnan(seconds):
         raise ValueError("timeout must not be NaN")
     if seconds < 0:
@@ -72,7 +93,10 @@ def require_aware(value: object, what: str = "run_at") -> datetime:
         raise ValueError(
             f"{what} must be timezone-aware (e.g. datetime.now(UTC)); naive datetimes are ambiguous"
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{what} is out of range once converted to UTC: {value}") from None
 
 
 def datetime_to_micros(value: datetime) -> int:
@@ -92,7 +116,7 @@ def encode_props(props: Any, max_bytes: int = DEFAULT_MAX_PROPS_BYTES) -> str:
     """Encode one-shot job props as compact JSON text.
 
     Raises ``TypeError`` for values JSON cannot represent (objects, NaN, infinities,
-    non-string keys) and ``ValueError`` when the encoding is larger than ``max_bytes``.
+    tuple keys) and ``ValueError`` when the encoding is larger than ``max_bytes``.
     """
     try:
         text = json.dumps(props, allow_nan=False, separators=(",", ":"), ensure_ascii=False)

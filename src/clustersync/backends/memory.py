@@ -231,13 +231,21 @@ class MemoryEngine:
         now = self.now_us()
         claimed: list[ClaimedJob] = []
         with self._state.lock:
-            while len(claimed) < limit:
+            rows: list[tuple[str, _Job]] = []
+            picked: set[str] = set()
+            while len(rows) < limit:
                 top = self._ns.peek_due()
                 if top is None or top[0] > now:
                     break
                 heapq.heappop(self._ns.due_heap)
                 key = top[1]
-                row = self._ns.jobs[key]
+                if key in picked:
+                    continue  # a second heap entry of a row claimed by this call
+                picked.add(key)
+                rows.append((key, self._ns.jobs[key]))
+            # Re-index only after selecting, so that a claim that is due again at once
+            # (claim_ttl under 1 µs) is not claimed a second time by this same call.
+            for key, row in rows:
                 row.owner = owner
                 row.claim += 1
                 row.due_us = now + int(claim_ttl * _US)

@@ -413,7 +413,7 @@ class SQLiteEngine:
             now = self.now_us()
             rows = cur.execute(
                 "SELECT key, run_at_us, props, claim FROM clustersync_jobs"
-                " WHERE ns = ? AND due_us <= ? ORDER BY due_us LIMIT ?",
+                " WHERE ns = ? AND due_us <= ? ORDER BY due_us, key LIMIT ?",
                 (self._ns, now, limit),
             ).fetchall()
             if not rows:

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .._core.clock import SYSTEM_CLOCK, Clock
+from .._core.validation import validate_seconds
 from ..exceptions import ConfigurationError
 from .base import BlockingEngine
 
@@ -88,13 +89,21 @@ def open_engine(url: str, namespace: str, options: dict[str, Any]) -> BlockingEn
             sqlite_path_from_url(url),
             namespace,
             clock=clock,
-            busy_timeout=float(busy_timeout),
+            busy_timeout=_option_seconds(busy_timeout, "busy_timeout"),
             synchronous=str(synchronous),
         )
     raise ConfigurationError(
         f"the {kind} store is not available in this version of clustersync yet; "
         "use sqlite:/// or memory://"
     )
+
+
+def _option_seconds(value: Any, name: str) -> float:
+    """A non-negative duration option; bad values are ConfigurationErrors."""
+    try:
+        return validate_seconds(value, name, allow_zero=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"invalid store option: {exc}") from None
 
 
 def _reject_unknown(options: dict[str, Any], kind: str) -> None:

@@ -1,0 +1,8 @@
+"""``python -m clustersync``: the command line (see :mod:`clustersync.cli`)."""
+
+from __future__ import annotations
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

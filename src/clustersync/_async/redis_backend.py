@@ -1,0 +1,340 @@
+"""Redis store (``redis://``, ``rediss://``, ``unix://``): a cluster on the Redis you run.
+
+Every operation is one round trip through a Lua script (``EVALSHA``, loaded once, with
+redis-py's automatic fallback), so it is atomic; expiry is judged by Redis's own clock
+(``PX`` leases, ``TIME``). See :mod:`clustersync.backends.redis_lua` for the key layout
+and how fencing tokens survive a restart that lost the data.
+
+Wake-ups: one pub/sub subscription per store object on the namespace's ``events``
+channel, established before ``open_store`` returns. Releases and job changes publish
+there; a lost message costs latency only, since every waiter also has a deadline.
+
+Failure modes: any redis-py error becomes ``StoreUnavailableError`` (cause kept); after a
+reconnect of the subscription every waiter is woken to recheck. Without persistence
+(``appendonly``), a Redis restart loses pending one-shot jobs and metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import redis.asyncio as redis_client
+from redis.exceptions import AuthenticationError, RedisError
+
+from .. import _aioshim as shim
+from .._core.backoff import Backoff
+from ..backends import redis_lua
+from ..backends.base import (
+    ANY_CHANNEL,
+    AcquireResult,
+    ChangeListener,
+    ClaimedJob,
+    JobMetadataRecord,
+    LeaseInfo,
+    NewJob,
+    StoredJob,
+    lease_channel,
+)
+from ..backends.urls import redact
+from ..exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
+
+logger = logging.getLogger("clustersync.redis")
+
+_US = 1_000_000
+_LIST_PAGE = 1000
+#: How often the subscription reader checks whether the store was closed.
+_LISTEN_POLL = 0.1
+
+
+class RedisBackend:
+    """Lease and job operations on one namespace of a Redis server."""
+
+    def __init__(self, client: Any, url: str, namespace: str) -> None:
+        self._client = client
+        self._url = redact(url)
+        self._prefix = "cs:{" + namespace + "}:"
+        self._events = self._prefix + "events"
+        self._due = self._prefix + "due"
+        self._runat = self._prefix + "runat"
+        self._meta = self._prefix + "meta"
+        self._listener: ChangeListener | None = None
+        self._pubsub: Any = None
+        self._reader: shim.Task | None = None
+        self._closed = False
+        scripts = {
+            name: client.register_script(getattr(redis_lua, name))
+            for name in (
+                "ACQUIRE",
+                "RENEW",
+                "RELEASE",
+                "GET_METADATA",
+                "SET_FINISHED",
+                "PUT_JOBS",
+                "CLAIM_DUE",
+                "RENEW_CLAIMS",
+                "COMPLETE",
+                "CANCEL",
+                "LIST_PAGE",
+                "NEXT_DELAY",
+                "NOW",
+            )
+        }
+        self._scripts: dict[str, Any] = scripts
+
+    @classmethod
+    async def open(cls, url: str, namespace: str, options: dict[str, Any]) -> RedisBackend:
+        options = dict(options)
+        timeout = float(options.pop("socket_timeout", 10.0))
+        connect_timeout = float(options.pop("connect_timeout", 5.0))
+        max_connections = options.pop("max_connections", None)
+        if options:
+            raise ConfigurationError(
+                f"unknown option(s) for the redis store: {', '.join(sorted(options))}"
+            )
+        try:
+            client = redis_client.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=timeout,
+                socket_connect_timeout=connect_timeout,
+                max_connections=max_connections,
+                health_check_interval=30,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
+        backend = cls(client, url, namespace)
+        try:
+            async with backend._translate("connect"):
+                await client.ping()
+                await backend._subscribe()
+        except BaseException:
+            await backend.close()
+            raise
+        return backend
+
+    @contextlib.asynccontextmanager
+    async def _translate(self, action: str) -> AsyncIterator[None]:
+        """The one boundary where redis-py errors become StoreUnavailableError."""
+        if self._closed:
+            raise StoreUnavailableError(f"store {self._url} is closed")
+        try:
+            yield
+        except AuthenticationError as exc:
+            raise StoreUnavailableError(
+                f"Redis at {self._url} rejected the credentials ({exc})"
+            ) from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailableError(f"Redis at {self._url} failed to {action}: {exc}") from exc
+
+    async def _run(self, action: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        async with self._translate(action):
+            return await self._scripts[script](keys=keys, args=args)
+
+    # -- notifications -------------------------------------------------------------------
+
+    async def _subscribe(self) -> None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._events)
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        self._pubsub = pubsub
+        self._reader = shim.spawn(self._read_events, name="clustersync-redis-events")
+
+    async def _read_events(self) -> None:
+        backoff = Backoff(cap=2.0)
+        while not self._closed:
+            pubsub = self._pubsub
+            try:
+                if pubsub is None:
+                    pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                    await pubsub.subscribe(self._events)
+                    self._pubsub = pubsub
+                    self._notify(ANY_CHANNEL)  # messages may have been missed meanwhile
+                message = await pubsub.get_message(timeout=_LISTEN_POLL)
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                if self._closed:
+                    return
+                delay = backoff.next_delay()
+                logger.warning("Redis subscription lost; reconnecting in %.2fs: %s", delay, exc)
+                self._pubsub = None
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                self._notify(ANY_CHANNEL)
+                await shim.sleep(delay)
+                continue
+            if message is not None and message.get("type") == "message":
+                self._notify(str(message["data"]))
+
+    def _notify(self, channel: str) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener(channel)
+
+    def set_listener(self, listener: ChangeListener | None) -> None:
+        self._listener = listener
+
+    def set_watch_interval(self, seconds: float | None) -> None:
+        """Nothing to poll: changes arrive by pub/sub."""
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._listener = None
+        reader = self._reader
+        if reader is not None and not shim.in_task(reader):
+            shim.cancel_task(reader)
+            await shim.join(reader, 2 * _LISTEN_POLL + 1)
+        pubsub = self._pubsub
+        self._pubsub = None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+    # -- leases --------------------------------------------------------------------------
+
+    def _lease_keys(self, name: str) -> list[str]:
+        return [self._prefix + "l:" + name, self._prefix + "f:" + name]
+
+    async def now_us(self) -> int:
+        return int(await self._run("read the time", "NOW", [], []))
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
+        acquired, value = await self._run(
+            "acquire a lease", "ACQUIRE", self._lease_keys(name), [owner, _ms(ttl)]
+        )
+        if int(acquired) == 1:
+            return AcquireResult(True, token=int(value))
+        return AcquireResult(False, retry_after=max(0, int(value)) / 1000)
+
+    async def renew_lease(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        result = await self._run(
+            "renew a lease", "RENEW", self._lease_keys(name)[:1], [f"{token}|{owner}", _ms(ttl)]
+        )
+        return int(result) == 1
+
+    async def release_lease(self, name: str, owner: str, token: int) -> bool:
+        result = await self._run(
+            "release a lease",
+            "RELEASE",
+            [self._prefix + "l:" + name, self._events],
+            [f"{token}|{owner}", lease_channel(name)],
+        )
+        return int(result) == 1
+
+    async def list_leases(self) -> list[LeaseInfo]:
+        leases: list[LeaseInfo] = []
+        pattern = self._prefix.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*")
+        async with self._translate("list leases"):
+            async for key in self._client.scan_iter(match=pattern + "l:*", count=1000):
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.get(key)
+                    pipe.pttl(key)
+                    value, pttl = await pipe.execute()
+                if value is None or pttl is None or int(pttl) <= 0:
+                    continue
+                token, _, owner = str(value).partition("|")
+                name = str(key)[len(self._prefix) + 2 :]
+                leases.append(LeaseInfo(name, owner, int(token), int(pttl) / 1000))
+        leases.sort(key=lambda info: info.name)
+        return leases
+
+    # -- recurring job metadata ----------------------------------------------------------
+
+    async def get_job_metadata(self, key: str) -> JobMetadataRecord:
+        last, now = await self._run("read job metadata", "GET_METADATA", [self._meta], [key])
+        return JobMetadataRecord(int(last) if last else None, int(now))
+
+    async def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+        result = await self._run(
+            "write job metadata",
+            "SET_FINISHED",
+            [self._prefix + "l:" + lease_name, self._meta],
+            [f"{token}|{owner}", key],
+        )
+        return int(result) == 1
+
+    # -- one-shot jobs -------------------------------------------------------------------
+
+    async def put_jobs(self, jobs: Sequence[NewJob]) -> None:
+        if not jobs:
+            return
+        args: list[Any] = [self._prefix]
+        for job in jobs:
+            args += [job.key, str(job.run_at_us), job.props_json]
+        duplicate = await self._run(
+            "store one-shot jobs", "PUT_JOBS", [self._due, self._runat, self._events], args
+        )
+        if duplicate:
+            raise DuplicateJobError(str(duplicate))
+
+    async def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
+        rows = await self._run(
+            "claim due jobs",
+            "CLAIM_DUE",
+            [self._due],
+            [self._prefix, owner, limit, int(claim_ttl * _US)],
+        )
+        return [ClaimedJob(str(k), int(r), str(p), int(c)) for k, r, p, c in rows]
+
+    async def renew_job_claims(
+        self, owner: str, claims: Sequence[tuple[str, int]], claim_ttl: float
+    ) -> list[str]:
+        if not claims:
+            return []
+        args: list[Any] = [self._prefix, owner, int(claim_ttl * _US)]
+        for key, claim in claims:
+            args += [key, str(claim)]
+        renewed = await self._run("renew job claims", "RENEW_CLAIMS", [self._due], args)
+        return [str(key) for key in renewed]
+
+    async def complete_job(self, key: str, owner: str, claim: int) -> bool:
+        result = await self._run(
+            "complete a job",
+            "COMPLETE",
+            [self._due, self._runat],
+            [self._prefix, key, owner, str(claim)],
+        )
+        return int(result) == 1
+
+    async def cancel_job(self, key: str) -> bool:
+        result = await self._run(
+            "cancel a job", "CANCEL", [self._due, self._runat, self._events], [self._prefix, key]
+        )
+        return int(result) == 1
+
+    async def list_jobs(self) -> list[StoredJob]:
+        jobs: list[StoredJob] = []
+        start = 0
+        while True:
+            scanned, rows = await self._run(
+                "list jobs",
+                "LIST_PAGE",
+                [self._due, self._runat],
+                [self._prefix, start, _LIST_PAGE],
+            )
+            jobs += [StoredJob(str(k), int(r), str(p)) for k, r, p in rows]
+            if int(scanned) < _LIST_PAGE:
+                break
+            start += _LIST_PAGE
+        jobs.sort(key=lambda job: (job.run_at_us, job.key))
+        return jobs
+
+    async def next_job_delay(self) -> float | None:
+        delay = await self._run("find the next due job", "NEXT_DELAY", [self._due], [])
+        if delay is None or delay is False:
+            return None
+        return max(0.0, int(delay) / _US)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

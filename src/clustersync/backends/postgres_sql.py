@@ -1,0 +1,159 @@
+"""SQL of the PostgreSQL store: the versioned schema and one statement per operation.
+
+Times are microseconds since the epoch taken from the server's ``clock_timestamp()``, so
+lease expiry never depends on a client clock. Fencing tokens live in the lease row, which
+is kept (owner cleared) on release, so they survive restarts and only ever grow.
+Nothing relies on session state (no session advisory locks, no temp tables, no
+``SET``), so the store works behind a transaction-pooling PgBouncer.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+#: Serialises concurrent first-time schema creation (transaction-scoped, PgBouncer-safe).
+SCHEMA_LOCK_KEY = 0x636C7573  # "clus"
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS clustersync_schema (
+        version integer PRIMARY KEY,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    )""",
+    """CREATE TABLE IF NOT EXISTS clustersync_leases (
+        ns text NOT NULL,
+        name text NOT NULL,
+        owner text,
+        token bigint NOT NULL,
+        expires_us bigint NOT NULL,
+        PRIMARY KEY (ns, name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS clustersync_job_metadata (
+        ns text NOT NULL,
+        key text NOT NULL,
+        last_finished_us bigint NOT NULL,
+        PRIMARY KEY (ns, key)
+    )""",
+    """CREATE TABLE IF NOT EXISTS clustersync_jobs (
+        ns text NOT NULL,
+        key text NOT NULL,
+        run_at_us bigint NOT NULL,
+        props text NOT NULL,
+        due_us bigint NOT NULL,
+        owner text,
+        claim bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (ns, key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS clustersync_jobs_due ON clustersync_jobs (ns, due_us)",
+    "CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_at_us, key)",
+]
+
+_NOW = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+
+NOW = f"SELECT {_NOW}"
+
+ACQUIRE = f"""
+WITH now AS (SELECT {_NOW} AS us),
+old AS (SELECT expires_us, owner FROM clustersync_leases WHERE ns = %(ns)s AND name = %(name)s),
+ins AS (
+    INSERT INTO clustersync_leases AS l (ns, name, owner, token, expires_us)
+    SELECT %(ns)s, %(name)s, %(owner)s, 1, now.us + %(ttl_us)s FROM now
+    ON CONFLICT (ns, name) DO UPDATE
+        SET owner = excluded.owner, token = l.token + 1, expires_us = excluded.expires_us
+        WHERE l.owner IS NULL OR l.expires_us <= excluded.expires_us - %(ttl_us)s
+    RETURNING token
+)
+SELECT (SELECT token FROM ins), (SELECT old.expires_us - now.us FROM old, now)
+"""
+
+RENEW = f"""
+UPDATE clustersync_leases SET expires_us = {_NOW} + %(ttl_us)s
+WHERE ns = %(ns)s AND name = %(name)s AND owner = %(owner)s AND token = %(token)s
+    AND expires_us > {_NOW}
+"""
+
+RELEASE = f"""
+WITH released AS (
+    UPDATE clustersync_leases SET owner = NULL, expires_us = 0
+    WHERE ns = %(ns)s AND name = %(name)s AND owner = %(owner)s AND token = %(token)s
+        AND expires_us > {_NOW}
+    RETURNING name
+)
+SELECT pg_notify(%(channel)s, 'lease:' || name) FROM released
+"""
+
+LIST_LEASES = f"""
+WITH now AS (SELECT {_NOW} AS us)
+SELECT name, owner, token, expires_us - now.us FROM clustersync_leases, now
+WHERE ns = %(ns)s AND owner IS NOT NULL AND expires_us > now.us ORDER BY name
+"""
+
+GET_METADATA = f"""
+SELECT (SELECT last_finished_us FROM clustersync_job_metadata WHERE ns = %(ns)s AND key = %(key)s),
+    {_NOW}
+"""
+
+SET_FINISHED = f"""
+INSERT INTO clustersync_job_metadata (ns, key, last_finished_us)
+SELECT %(ns)s, %(key)s, {_NOW}
+WHERE EXISTS (
+    SELECT 1 FROM clustersync_leases WHERE ns = %(ns)s AND name = %(lease)s
+        AND owner = %(owner)s AND token = %(token)s AND expires_us > {_NOW}
+)
+ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us
+"""
+
+PUT_JOBS = """
+WITH new AS (
+    INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)
+    SELECT %(ns)s, k, r, p, r
+    FROM unnest(%(keys)s::text[], %(run_ats)s::bigint[], %(props)s::text[]) AS t(k, r, p)
+    ON CONFLICT (ns, key) DO NOTHING
+    RETURNING key
+)
+SELECT (SELECT count(*) FROM new), pg_notify(%(channel)s, 'jobs')
+"""
+
+EXISTING_KEYS = "SELECT key FROM clustersync_jobs WHERE ns = %(ns)s AND key = ANY(%(keys)s::text[])"
+
+CLAIM_DUE = f"""
+WITH now AS (SELECT {_NOW} AS us),
+due AS (
+    SELECT key FROM clustersync_jobs
+    WHERE ns = %(ns)s AND due_us <= (SELECT us FROM now)
+    ORDER BY due_us LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE clustersync_jobs AS j
+SET owner = %(owner)s, claim = j.claim + 1, due_us = (SELECT us FROM now) + %(ttl_us)s
+FROM due WHERE j.ns = %(ns)s AND j.key = due.key
+RETURNING j.key, j.run_at_us, j.props, j.claim
+"""
+
+RENEW_CLAIMS = f"""
+UPDATE clustersync_jobs AS j SET due_us = {_NOW} + %(ttl_us)s
+FROM unnest(%(keys)s::text[], %(claims)s::bigint[]) AS t(k, c)
+WHERE j.ns = %(ns)s AND j.key = t.k AND j.claim = t.c AND j.owner = %(owner)s
+    AND j.due_us > {_NOW}
+RETURNING j.key
+"""
+
+COMPLETE = """
+DELETE FROM clustersync_jobs
+WHERE ns = %(ns)s AND key = %(key)s AND owner = %(owner)s AND claim = %(claim)s
+"""
+
+CANCEL = f"""
+WITH gone AS (
+    DELETE FROM clustersync_jobs WHERE ns = %(ns)s AND key = %(key)s RETURNING owner, due_us
+),
+told AS (SELECT pg_notify(%(channel)s, 'jobs') FROM gone)
+SELECT gone.owner IS NULL OR gone.due_us <= {_NOW}, (SELECT count(*) FROM told) FROM gone
+"""
+
+LIST_JOBS = f"""
+SELECT key, run_at_us, props FROM clustersync_jobs
+WHERE ns = %(ns)s AND (owner IS NULL OR due_us <= {_NOW})
+ORDER BY run_at_us, key
+"""
+
+NEXT_DELAY = f"SELECT min(due_us) - {_NOW} FROM clustersync_jobs WHERE ns = %(ns)s"

@@ -1,0 +1,224 @@
+"""Lua scripts of the Redis store: each operation is one atomic round trip (EVALSHA).
+
+Key layout for namespace ``ns`` (``P = "cs:{ns}:"``; the ``{ns}`` hash tag keeps a whole
+namespace in one Redis Cluster slot):
+
+- ``P l:<name>``   live lease: ``"<token>|<owner>"`` with ``PX`` expiry (Redis judges it)
+- ``P f:<name>``   fencing counter of the name (never expires)
+- ``P meta``       hash: recurring job key -> last_finished (µs, Redis ``TIME``)
+- ``P j:<key>``    hash of one one-shot job: r (run_at µs), p (props JSON), o (claim
+                   owner), c (claim counter)
+- ``P due``        sorted set key -> due time µs (run_at while pending, claim expiry
+                   while claimed): the index the schedulers sleep on
+- ``P runat``      sorted set key -> run_at µs, for listing in (run_at, key) order
+- ``P events``     pub/sub channel: ``lease:<name>`` on release, ``jobs`` on add/cancel
+
+Fencing tokens survive a Redis restart that lost the data: a missing counter restarts at
+Redis's ``TIME`` in microseconds, above any token issued before (tokens grow by one per
+acquisition, far slower than a microsecond clock) — provided the Redis host's clock did
+not step backwards across the restart.
+"""
+
+from __future__ import annotations
+
+# Shared prologue: the server's time in µs.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+ACQUIRE = (
+    """
+-- KEYS[1] lease, KEYS[2] fence counter; ARGV[1] owner, ARGV[2] ttl ms
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+local token = redis.call('INCR', KEYS[2])
+if token == 1 then
+"""
+    + _NOW
+    + """
+  token = now
+  redis.call('SET', KEYS[2], string.format('%d', token))
+end
+redis.call('SET', KEYS[1], string.format('%d', token) .. '|' .. ARGV[1], 'PX', ARGV[2])
+return {1, token}
+"""
+)
+
+RENEW = """
+-- KEYS[1] lease; ARGV[1] "token|owner", ARGV[2] ttl ms
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+RELEASE = """
+-- KEYS[1] lease, KEYS[2] events channel; ARGV[1] "token|owner", ARGV[2] message
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+GET_METADATA = (
+    """
+-- KEYS[1] meta hash; ARGV[1] job key
+"""
+    + _NOW
+    + """
+return {redis.call('HGET', KEYS[1], ARGV[1]) or false, string.format('%d', now)}
+"""
+)
+
+SET_FINISHED = (
+    """
+-- KEYS[1] lease, KEYS[2] meta hash; ARGV[1] "token|owner", ARGV[2] job key
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+"""
+    + _NOW
+    + """
+redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', now))
+return 1
+"""
+)
+
+PUT_JOBS = """
+-- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, then key, run_at, props...
+local prefix = ARGV[1]
+local seen = {}
+for i = 2, #ARGV, 3 do
+  local key = ARGV[i]
+  if seen[key] or redis.call('EXISTS', prefix .. 'j:' .. key) == 1 then
+    return key
+  end
+  seen[key] = true
+end
+for i = 2, #ARGV, 3 do
+  local key = ARGV[i]
+  redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0)
+  redis.call('ZADD', KEYS[1], ARGV[i + 1], key)
+  redis.call('ZADD', KEYS[2], ARGV[i + 1], key)
+end
+redis.call('PUBLISH', KEYS[3], 'jobs')
+return false
+"""
+
+CLAIM_DUE = (
+    """
+-- KEYS[1] due; ARGV[1] prefix, ARGV[2] owner, ARGV[3] limit, ARGV[4] claim ttl µs
+"""
+    + _NOW
+    + """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local untl = now + tonumber(ARGV[4])
+local out = {}
+for _, key in ipairs(keys) do
+  local h = ARGV[1] .. 'j:' .. key
+  local claim = redis.call('HINCRBY', h, 'c', 1)
+  redis.call('HSET', h, 'o', ARGV[2])
+  redis.call('ZADD', KEYS[1], untl, key)
+  local v = redis.call('HMGET', h, 'r', 'p')
+  out[#out + 1] = {key, v[1], v[2], claim}
+end
+return out
+"""
+)
+
+RENEW_CLAIMS = (
+    """
+-- KEYS[1] due; ARGV[1] prefix, ARGV[2] owner, ARGV[3] claim ttl µs, then key, claim...
+"""
+    + _NOW
+    + """
+local untl = now + tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV, 2 do
+  local key = ARGV[i]
+  local v = redis.call('HMGET', ARGV[1] .. 'j:' .. key, 'o', 'c')
+  local due = redis.call('ZSCORE', KEYS[1], key)
+  if v[1] == ARGV[2] and v[2] == ARGV[i + 1] and due and tonumber(due) > now then
+    redis.call('ZADD', KEYS[1], untl, key)
+    out[#out + 1] = key
+  end
+end
+return out
+"""
+)
+
+COMPLETE = """
+-- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, ARGV[2] key, ARGV[3] owner, ARGV[4] claim
+local h = ARGV[1] .. 'j:' .. ARGV[2]
+local v = redis.call('HMGET', h, 'o', 'c')
+if v[1] == ARGV[3] and v[2] == ARGV[4] then
+  redis.call('DEL', h)
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+CANCEL = (
+    """
+-- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, ARGV[2] key
+local h = ARGV[1] .. 'j:' .. ARGV[2]
+if redis.call('EXISTS', h) == 0 then
+  return 0
+end
+"""
+    + _NOW
+    + """
+local owner = redis.call('HGET', h, 'o')
+local due = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
+redis.call('DEL', h)
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('PUBLISH', KEYS[3], 'jobs')
+if (not owner) or due <= now then
+  return 1
+end
+return 2
+"""
+)
+
+LIST_PAGE = (
+    """
+-- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, ARGV[2] start index, ARGV[3] count
+"""
+    + _NOW
+    + """
+local keys = redis.call('ZRANGE', KEYS[2], ARGV[2], tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1)
+local out = {}
+for _, key in ipairs(keys) do
+  local v = redis.call('HMGET', ARGV[1] .. 'j:' .. key, 'r', 'p', 'o')
+  local due = tonumber(redis.call('ZSCORE', KEYS[1], key) or '0')
+  if v[1] and ((not v[3]) or due <= now) then
+    out[#out + 1] = {key, v[1], v[2]}
+  end
+end
+return {#keys, out}
+"""
+)
+
+NEXT_DELAY = (
+    """
+-- KEYS[1] due
+"""
+    + _NOW
+    + """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 then
+  return false
+end
+return string.format('%d', tonumber(first[2]) - now)
+"""
+)
+
+NOW = _NOW + "\nreturn string.format('%d', now)\n"

@@ -1,0 +1,476 @@
+"""The ``clustersync`` command line (also ``python -m clustersync``).
+
+::
+
+    clustersync [--url URL] [--namespace NS] demo [--workers 3] [--seconds 15]
+    clustersync [--url URL] [--namespace NS] locks [--json]
+    clustersync [--url URL] [--namespace NS] jobs list [--json]
+    clustersync [--url URL] [--namespace NS] jobs schedule KEY (--at TIME | --in DURATION)
+                                                          [--props JSON] [--json]
+    clustersync [--url URL] [--namespace NS] jobs cancel KEY [--json]
+
+``--url`` defaults as :func:`clustersync.open_store` does (``$CLUSTERSYNC_URL``, else
+``sqlite:///clustersync.db``). Errors print one line, ``clustersync: error: ...``, on
+stderr and exit non-zero (2 for usage errors, 1 otherwise) without a traceback; Ctrl-C
+exits 130 quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, TextIO
+
+from . import __version__
+from ._core.validation import validate_name
+from ._sync.job_once import get_job_once_scheduler
+from ._sync.store import Store, open_store
+from .backends.base import LeaseInfo
+from .backends.urls import backend_kind, resolve_url
+from .exceptions import ClusterSyncError
+
+PROG = "clustersync"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Internal lease-name prefixes (see docs/architecture.md) and the kind they denote.
+LEASE_KINDS = {"m:": "mutex", "j:": "job"}
+
+_PROPS_COLUMN_WIDTH = 60
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status ``status``."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``clustersync: error: ...``) instead of usage dumps."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"see '{self.prog} --help'"
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} ({hint})\n")
+
+
+# -- parsing of user input -----------------------------------------------------------------
+
+_DURATION_RE = re.compile(
+    r"""^(?:(?P<d>\d+(?:\.\d+)?)d)?
+         (?:(?P<h>\d+(?:\.\d+)?)h)?
+         (?:(?P<m>\d+(?:\.\d+)?)m)?
+         (?:(?P<s>\d+(?:\.\d+)?)s)?
+         (?:(?P<ms>\d+(?:\.\d+)?)ms)?$""",
+    re.VERBOSE,
+)
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``5m``, ``2h``, ``1h30m``, ``1.5s``, ``250ms``, ``2d`` -> timedelta.
+
+    Units, largest first, each at most once: d, h, m, s, ms. A unit is required.
+    """
+    match = _DURATION_RE.match(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groupdict().values()):
+        raise CLIError(
+            f"invalid duration {text!r}: use a number with a unit, e.g. 90s, 5m, 2h, "
+            "1h30m, 1.5s, 250ms or 2d"
+        )
+    seconds = sum(
+        float(value) * _UNIT_SECONDS[unit]
+        for unit, value in match.groupdict().items()
+        if value is not None
+    )
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise CLIError(f"duration {text!r} is too large") from None
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO-8601 time with ``Z`` or an offset, as aware UTC; naive times are rejected."""
+    raw = text.strip()
+    if raw.endswith("z"):
+        raw = raw[:-1] + "Z"
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise CLIError(
+            f"invalid time {text!r}: use ISO-8601 with a timezone, e.g. 2030-01-31T09:00:00Z "
+            "or 2030-01-31T10:00:00+01:00"
+        ) from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise CLIError(
+            f"time {text!r} has no timezone and would be ambiguous: add 'Z' for UTC or an "
+            "offset such as +01:00 (e.g. 2030-01-31T09:00:00Z)"
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise CLIError(f"time {text!r} is out of range") from None
+
+
+def parse_props(text: str | None) -> Any:
+    """The JSON value of ``--props`` (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"--props is not valid JSON: {exc}") from None
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+
+def format_time(value: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z`` suffix."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration: ``850ms``, ``12.3s``, ``5m03s``, ``2h05m``, ``3d04h``."""
+    if math.isinf(seconds) or math.isnan(seconds):
+        return "?"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def _relative(seconds: float) -> str:
+    if seconds >= 0:
+        return "in " + format_duration(seconds)
+    return format_duration(-seconds) + " ago"
+
+
+def _table(out: TextIO, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def _dump_json(out: TextIO, value: Any) -> None:
+    out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _compact_json(value: Any, limit: int = _PROPS_COLUMN_WIDTH) -> str:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def split_lease_name(lease: str) -> tuple[str, str]:
+    """``m:x`` -> (``mutex``, ``x``); ``j:x`` -> (``job``, ``x``); anything else is kept."""
+    for prefix, kind in LEASE_KINDS.items():
+        if lease.startswith(prefix):
+            return kind, lease[len(prefix) :]
+    return "other", lease
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace, *, must_exist: bool = False) -> Store:
+    """Open the store of ``--url``/``--namespace``.
+
+    With ``must_exist``, a SQLite URL naming a file that does not exist is an error rather
+    than silently creating an empty store (a typo or the wrong working directory).
+    """
+    url = resolve_url(args.url)
+    if must_exist and backend_kind(url) == "sqlite":
+        from .backends.sqlite import sqlite_path_from_url
+
+        path = sqlite_path_from_url(url)
+        if not os.path.exists(path):
+            raise CLIError(
+                f"no SQLite store at {os.path.abspath(path)!r} (from {url!r}); "
+                "check --url or $CLUSTERSYNC_URL"
+            )
+    return open_store(url, namespace="default" if args.namespace is None else args.namespace)
+
+
+def cmd_locks(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args, must_exist=True) as store:
+        leases = store.list_leases()
+        where = f"namespace {store.namespace!r} of {store.url}"
+    named = sorted(((*split_lease_name(lease.name), lease) for lease in leases), key=_lock_order)
+    if args.json:
+        records = [
+            {
+                "kind": kind,
+                "name": name,
+                "lease": lease.name,
+                "holder": lease.owner,
+                "token": lease.token,
+                "expires_in": round(lease.expires_in, 3),
+            }
+            for kind, name, lease in named
+        ]
+        _dump_json(out, records)
+    elif not named:
+        out.write(f"no locks held in {where}\n")
+    else:
+        rows = [
+            [kind, name, lease.owner, str(lease.token), format_duration(lease.expires_in)]
+            for kind, name, lease in named
+        ]
+        _table(out, ["KIND", "NAME", "HOLDER", "TOKEN", "EXPIRES IN"], rows)
+    return 0
+
+
+def _lock_order(entry: tuple[str, str, LeaseInfo]) -> tuple[str, str]:
+    return entry[0], entry[1]
+
+
+def cmd_jobs_list(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args, must_exist=True) as store:
+        jobs = get_job_once_scheduler(store).list_scheduled_jobs()
+        where = f"namespace {store.namespace!r} of {store.url}"
+    if args.json:
+        _dump_json(
+            out, [{"key": j.key, "run_at": format_time(j.run_at), "props": j.props} for j in jobs]
+        )
+    elif not jobs:
+        out.write(f"no pending one-shot jobs in {where}\n")
+    else:
+        now = time.time()
+        rows = [
+            [
+                j.key,
+                format_time(j.run_at),
+                _relative(j.run_at.timestamp() - now),
+                _compact_json(j.props),
+            ]
+            for j in jobs
+        ]
+        _table(out, ["KEY", "RUN AT (UTC)", "DUE", "PROPS"], rows)
+    return 0
+
+
+def cmd_jobs_schedule(args: argparse.Namespace, out: TextIO) -> int:
+    validate_name(args.key, "job key")
+    if args.at is not None:
+        run_at = parse_time(args.at)
+    else:
+        delay = parse_duration(args.in_)
+        try:
+            run_at = datetime.now(UTC) + delay
+        except OverflowError:
+            raise CLIError(f"duration {args.in_!r} is too large") from None
+    props = parse_props(args.props)
+    with _open(args) as store:
+        job = get_job_once_scheduler(store).schedule_once(args.key, run_at, props)
+        where = f"namespace {store.namespace!r} of {store.url}"
+    if args.json:
+        _dump_json(out, {"key": job.key, "run_at": format_time(job.run_at), "props": job.props})
+    else:
+        seconds = job.run_at.timestamp() - time.time()
+        when = _relative(seconds) if seconds >= 0 else "in the past: fires as soon as possible"
+        out.write(
+            f"scheduled one-shot job {job.key!r} at {format_time(job.run_at)} ({when}) in {where}\n"
+        )
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace, out: TextIO) -> int:
+    validate_name(args.key, "job key")
+    with _open(args, must_exist=True) as store:
+        removed = get_job_once_scheduler(store).cancel(args.key)
+        where = f"namespace {store.namespace!r} of {store.url}"
+    if args.json:
+        _dump_json(out, {"key": args.key, "cancelled": removed})
+    if not removed:
+        raise CLIError(f"no pending one-shot job with key {args.key!r} in {where}")
+    if not args.json:
+        out.write(f"cancelled one-shot job {args.key!r}\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from ._demo import run_demo
+
+    if args.workers < 1 or args.workers > 32:
+        raise CLIError("--workers must be between 1 and 32")
+    if not 1 <= args.seconds <= 3600:
+        raise CLIError("--seconds must be between 1 and 3600")
+    if not 0 <= args.jobs <= 1000:
+        raise CLIError("--jobs must be between 0 and 1000")
+    return run_demo(
+        workers=args.workers,
+        seconds=args.seconds,
+        jobs=args.jobs,
+        url=args.url,  # only an explicit --url; the demo ignores $CLUSTERSYNC_URL
+        namespace=args.namespace,
+        out=out,
+    )
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Cluster-wide mutexes, recurring jobs and one-shot jobs for services running as "
+            "several instances. Start with 'clustersync demo'."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    url_help = "store URL (default: $CLUSTERSYNC_URL, else sqlite:///clustersync.db)"
+    namespace_help = "namespace inside the store (default: 'default')"
+    parser.add_argument("--url", default=None, help=url_help)
+    parser.add_argument("--namespace", default=None, help=namespace_help)
+    # --url/--namespace are also accepted after the command (clustersync locks --url ...).
+    common = _Parser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+    common.add_argument("--namespace", default=argparse.SUPPRESS, help=namespace_help)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="run worker processes that share a mutex and jobs, then verify the results",
+        description=(
+            "Start worker processes on a fresh SQLite store in a temporary directory (or on "
+            "--url if given) that share a Mutex, a recurring job and one-shot jobs; show "
+            "what happens and verify it: no overlapping holds, strictly increasing fencing "
+            "tokens, every one-shot job fired exactly once, recurring runs never overlap. "
+            "Exit 0 when every check passes."
+        ),
+    )
+    demo.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    demo.add_argument("--seconds", type=float, default=15.0, help="run time (default 15)")
+    demo.add_argument("--jobs", type=int, default=30, help="one-shot jobs (default 30)")
+    demo.set_defaults(handler=cmd_demo)
+
+    locks = commands.add_parser(
+        "locks",
+        parents=[common],
+        help="list held locks (mutexes and running recurring jobs)",
+        description="List held locks with kind, name, holder, fencing token and time to expiry.",
+    )
+    locks.add_argument("--json", action="store_true", help="machine-readable output")
+    locks.set_defaults(handler=cmd_locks)
+
+    jobs = commands.add_parser(
+        "jobs",
+        help="list, schedule or cancel one-shot jobs",
+        description=(
+            "Manage persisted one-shot jobs. Jobs fire on a service instance running a "
+            "one-shot scheduler (get_job_once_scheduler(store).start()) on this store and "
+            "namespace."
+        ),
+    )
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+
+    jobs_list = jobs_commands.add_parser(
+        "list",
+        parents=[common],
+        help="list pending one-shot jobs",
+        description="List pending one-shot jobs.",
+    )
+    jobs_list.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs_list.set_defaults(handler=cmd_jobs_list)
+
+    jobs_schedule = jobs_commands.add_parser(
+        "schedule",
+        parents=[common],
+        help="schedule a one-shot job",
+        description="Store a one-shot job that fires once at the given time.",
+    )
+    jobs_schedule.add_argument("key", metavar="KEY", help="unique job key")
+    when = jobs_schedule.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--at",
+        metavar="TIME",
+        help="ISO-8601 time with 'Z' or an offset, e.g. 2030-01-31T09:00:00Z",
+    )
+    when.add_argument(
+        "--in",
+        dest="in_",
+        metavar="DURATION",
+        help="delay from now, e.g. 90s, 5m, 2h, 1h30m, 1.5s",
+    )
+    jobs_schedule.add_argument(
+        "--props", metavar="JSON", help="JSON props passed to the callback, e.g. '{\"user\": 42}'"
+    )
+    jobs_schedule.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs_schedule.set_defaults(handler=cmd_jobs_schedule)
+
+    jobs_cancel = jobs_commands.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel a pending one-shot job",
+        description="Remove a pending one-shot job; exits 1 if no such job is pending.",
+    )
+    jobs_cancel.add_argument("key", metavar="KEY", help="job key")
+    jobs_cancel.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs_cancel.set_defaults(handler=cmd_jobs_cancel)
+    return parser
+
+
+def _error(err: TextIO, message: str) -> None:
+    text = " ".join(message.split())  # always one line
+    err.write(f"{PROG}: error: {text}\n")
+    err.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    out, err = sys.stdout, sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
+        status = handler(args, out)
+        out.flush()
+        return status
+    except CLIError as exc:
+        out.flush()
+        _error(err, str(exc))
+        return exc.status
+    except (ClusterSyncError, ValueError, TypeError, OSError) as exc:
+        # ClusterSyncError: bad URL / unknown scheme (ConfigurationError), unreachable store
+        # (StoreUnavailableError), duplicate key; ValueError/TypeError: the library's input
+        # validation (key too long, props too large, ...).
+        if isinstance(exc, BrokenPipeError):
+            return _broken_pipe()
+        _error(err, str(exc) or type(exc).__name__)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _broken_pipe() -> int:
+    # stdout was closed early (e.g. piped into `head`): exit quietly, and keep Python from
+    # complaining again when it flushes stdout at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
