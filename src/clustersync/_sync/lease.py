@@ -40,6 +40,8 @@ logger = logging.getLogger("clustersync.lease")
 WAITER_POLL_INTERVAL = 0.001
 #: Upper bound of one wait without news, in case a notification was lost.
 MAX_WAIT_WITHOUT_NEWS = 2.0
+#: How long ``release()`` retries a failing store before leaving the lease to expire.
+RELEASE_RETRY_SECONDS = 2.0
 _HOST = socket.gethostname()
 
 
@@ -241,13 +243,19 @@ class Lease:
             )
 
     def _release_in_store(self, hold: Hold) -> bool:
-        """Owner-checked delete, retried until the lease would expire by itself anyway."""
+        """Owner-checked delete, retried briefly on store errors.
+
+        Gives up after :data:`RELEASE_RETRY_SECONDS` (or when the lease would expire by
+        itself anyway): the critical section was protected until ``release()`` was
+        called, and the lease frees itself at expiry.
+        """
         backoff = Backoff()
+        give_up = min(hold.deadline, shim.monotonic() + RELEASE_RETRY_SECONDS)
         while True:
             try:
                 return self.store.release_lease(self.name, hold.owner, hold.token)
             except StoreUnavailableError as exc:
-                remaining = hold.deadline - shim.monotonic()
+                remaining = give_up - shim.monotonic()
                 if remaining <= 0:
                     logger.warning(
                         "could not release %s %r; it expires on its own: %s",

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .._core.clock import ManualClock
+from .faults import FaultController, InjectedFault, inject_faults
 
-__all__ = ["ManualClock"]
+__all__ = ["FaultController", "InjectedFault", "ManualClock", "inject_faults"]
