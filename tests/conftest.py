@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-ALL_BACKENDS = ("memory", "sqlite")
+from tests.servers import postgres_server, private_server, redis_server
+
+__all__ = ["postgres_server", "private_server", "redis_server"]
+
+ALL_BACKENDS = ("memory", "sqlite", "redis", "postgres")
+#: Backends whose stores live in a server process (started once per test session).
+SERVER_BACKENDS = ("redis", "postgres")
 
 
 def selected_backends() -> list[str]:
@@ -24,12 +30,19 @@ def selected_backends() -> list[str]:
     return chosen
 
 
-def make_store_url(backend: str, tmp_path: Path) -> str:
-    """A fresh store URL for ``backend`` (private to one test)."""
+def make_store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A store URL for ``backend``: fresh for memory and SQLite; the session's server for
+    Redis and PostgreSQL (tests are isolated there by their own namespace)."""
     if backend == "memory":
         return f"memory://test-{uuid.uuid4().hex}"
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'cluster.db'}"
+    if backend == "redis":
+        url: str = request.getfixturevalue("redis_server").url
+        return url
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_server").url
+        return url
     raise AssertionError(backend)
 
 
@@ -40,8 +53,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_url(backend: str, tmp_path: Path) -> str:
-    return make_store_url(backend, tmp_path)
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return make_store_url(backend, tmp_path, request)
 
 
 @pytest.fixture

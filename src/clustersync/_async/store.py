@@ -1,7 +1,7 @@
 """Stores: a connection to the shared state plus a namespace.
 
 ``open_store(url)`` picks the backend from the URL scheme (see SPEC §1). A store object
-is shared by every primitive built on it, owns the connection and the change listener,
+is shared by every primitive built on it, owns the connections and the change listener,
 and is closed with ``close()`` or by leaving its ``with`` block.
 """
 
@@ -17,15 +17,15 @@ from .._core.validation import validate_name
 from .._notify import ChangeHub
 from ..backends.base import (
     AcquireResult,
-    BlockingEngine,
     ClaimedJob,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
     StoredJob,
 )
-from ..backends.urls import open_engine, redact, resolve_url
-from ..exceptions import StoreUnavailableError
+from ..backends.urls import backend_kind, open_engine, redact, resolve_url
+from ..exceptions import ConfigurationError, StoreUnavailableError
+from .backend import Backend, EngineBackend
 
 if TYPE_CHECKING:
     from .job_once import JobOnceScheduler
@@ -41,15 +41,14 @@ class Store:
     ``__cause__``.
     """
 
-    def __init__(self, engine: BlockingEngine, *, url: str, namespace: str) -> None:
-        self._engine = engine
+    def __init__(self, backend: Backend, *, url: str, namespace: str) -> None:
+        self._backend = backend
         self.url = redact(url)
         self.namespace = namespace
-        self.hub = ChangeHub(engine.set_watch_interval)
+        self.hub = ChangeHub(backend.set_watch_interval)
         self._scheduler: JobOnceScheduler | None = None
         self._closed = False
-        self._executor = shim.io_executor("clustersync-store") if engine.blocking_io else None
-        engine.set_listener(self.hub)
+        backend.set_listener(self.hub)
 
     def __repr__(self) -> str:
         return f"<Store {self.url} namespace={self.namespace!r}>"
@@ -66,9 +65,7 @@ class Store:
         if scheduler is not None and scheduler.started:
             await scheduler.stop()
         self._closed = True
-        await shim.run_blocking(self._engine.close, executor=self._executor)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        await self._backend.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -81,70 +78,56 @@ class Store:
     ) -> None:
         await self.close()
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    def _open_backend(self) -> Backend:
         if self._closed:
             raise StoreUnavailableError(f"store {self.url} is closed")
-        if self._executor is not None:
-            return await shim.run_blocking(fn, *args, executor=self._executor)
-        return fn(*args)
+        return self._backend
 
     # -- narrow operations (see clustersync.backends.base) -------------------------------
 
     async def now_us(self) -> int:
-        result: int = await self._call(self._engine.now_us)
-        return result
+        return await self._open_backend().now_us()
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
-        result: AcquireResult = await self._call(self._engine.acquire_lease, name, owner, ttl)
-        return result
+        return await self._open_backend().acquire_lease(name, owner, ttl)
 
     async def renew_lease(self, name: str, owner: str, token: int, ttl: float) -> bool:
-        return bool(await self._call(self._engine.renew_lease, name, owner, token, ttl))
+        return await self._open_backend().renew_lease(name, owner, token, ttl)
 
     async def release_lease(self, name: str, owner: str, token: int) -> bool:
-        return bool(await self._call(self._engine.release_lease, name, owner, token))
+        return await self._open_backend().release_lease(name, owner, token)
 
     async def list_leases(self) -> list[LeaseInfo]:
-        result: list[LeaseInfo] = await self._call(self._engine.list_leases)
-        return result
+        return await self._open_backend().list_leases()
 
     async def get_job_metadata(self, key: str) -> JobMetadataRecord:
-        result: JobMetadataRecord = await self._call(self._engine.get_job_metadata, key)
-        return result
+        return await self._open_backend().get_job_metadata(key)
 
     async def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
-        return bool(await self._call(self._engine.set_job_finished, key, lease_name, owner, token))
+        return await self._open_backend().set_job_finished(key, lease_name, owner, token)
 
     async def put_jobs(self, jobs: Sequence[NewJob]) -> None:
-        await self._call(self._engine.put_jobs, jobs)
+        await self._open_backend().put_jobs(jobs)
 
     async def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
-        result: list[ClaimedJob] = await self._call(
-            self._engine.claim_due_jobs, owner, limit, claim_ttl
-        )
-        return result
+        return await self._open_backend().claim_due_jobs(owner, limit, claim_ttl)
 
     async def renew_job_claims(
         self, owner: str, claims: Sequence[tuple[str, int]], claim_ttl: float
     ) -> list[str]:
-        result: list[str] = await self._call(
-            self._engine.renew_job_claims, owner, claims, claim_ttl
-        )
-        return result
+        return await self._open_backend().renew_job_claims(owner, claims, claim_ttl)
 
     async def complete_job(self, key: str, owner: str, claim: int) -> bool:
-        return bool(await self._call(self._engine.complete_job, key, owner, claim))
+        return await self._open_backend().complete_job(key, owner, claim)
 
     async def cancel_job(self, key: str) -> bool:
-        return bool(await self._call(self._engine.cancel_job, key))
+        return await self._open_backend().cancel_job(key)
 
     async def list_jobs(self) -> list[StoredJob]:
-        result: list[StoredJob] = await self._call(self._engine.list_jobs)
-        return result
+        return await self._open_backend().list_jobs()
 
     async def next_job_delay(self) -> float | None:
-        result: float | None = await self._call(self._engine.next_job_delay)
-        return result
+        return await self._open_backend().next_job_delay()
 
 
 async def open_store(
@@ -153,11 +136,45 @@ async def open_store(
     """Open the store at ``url`` (default: ``$CLUSTERSYNC_URL``, else
     ``sqlite:///clustersync.db``) for ``namespace``.
 
-    Raises :class:`~clustersync.ConfigurationError` for an unknown scheme, a malformed URL
-    or unknown options, and :class:`~clustersync.StoreUnavailableError` when the store
-    cannot be reached. Backends create their schema on first use.
+    Raises :class:`~clustersync.ConfigurationError` for an unknown scheme, a malformed URL,
+    unknown options or a missing optional dependency (naming the extra to install), and
+    :class:`~clustersync.StoreUnavailableError` when the store cannot be reached or
+    rejects the credentials. Backends create their schema on first use.
     """
     resolved = resolve_url(url)
     validate_name(namespace, "namespace")
-    engine = await shim.run_blocking(open_engine, resolved, namespace, options)
-    return Store(engine, url=resolved, namespace=namespace)
+    kind = backend_kind(resolved)
+    backend: Backend
+    if kind == "redis":
+        backend = await _open_redis(resolved, namespace, options)
+    elif kind == "postgres":
+        backend = await _open_postgres(resolved, namespace, options)
+    else:
+        backend = EngineBackend(await shim.run_blocking(open_engine, resolved, namespace, options))
+    return Store(backend, url=resolved, namespace=namespace)
+
+
+def _server_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    if "clock" in options:
+        raise ConfigurationError(f"the {kind} store judges time by its own clock: no clock=")
+    return options
+
+
+async def _open_redis(url: str, namespace: str, options: dict[str, Any]) -> Backend:
+    try:
+        from .redis_backend import RedisBackend
+    except ImportError as exc:
+        raise ConfigurationError(
+            'the redis store needs redis-py: pip install "clustersync[redis]"'
+        ) from exc
+    return await RedisBackend.open(url, namespace, _server_options("redis", options))
+
+
+async def _open_postgres(url: str, namespace: str, options: dict[str, Any]) -> Backend:
+    try:
+        from .postgres_backend import PostgresBackend
+    except ImportError as exc:
+        raise ConfigurationError(
+            'the postgres store needs psycopg 3: pip install "clustersync[postgres]"'
+        ) from exc
+    return await PostgresBackend.open(url, namespace, _server_options("postgres", options))

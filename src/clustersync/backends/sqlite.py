@@ -288,7 +288,11 @@ class SQLiteEngine:
                 except sqlite3.Error:
                     logger.warning("SQLite change watcher failed; retrying", exc_info=True)
                     version = None
-                if last is not None and version != last:
+                # The first read after (re)activation or an error is a new baseline: a
+                # commit made after a waiter registered (and rechecked) but before this
+                # read would go unseen, leaving the waiter asleep until its deadline. So
+                # that read wakes every waiter once; they just recheck.
+                if version is not None and version != last:
                     self._notify(ANY_CHANNEL)
                 last = version
                 time.sleep(interval or 0.001)

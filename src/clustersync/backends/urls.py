@@ -92,10 +92,7 @@ def open_engine(url: str, namespace: str, options: dict[str, Any]) -> BlockingEn
             busy_timeout=_option_seconds(busy_timeout, "busy_timeout"),
             synchronous=str(synchronous),
         )
-    raise ConfigurationError(
-        f"the {kind} store is not available in this version of clustersync yet; "
-        "use sqlite:/// or memory://"
-    )
+    raise AssertionError(f"{kind} stores are opened by their own backend")
 
 
 def _option_seconds(value: Any, name: str) -> float:

@@ -17,19 +17,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
-from ..backends.base import (
-    AcquireResult,
-    BlockingEngine,
-    ChangeListener,
-    ClaimedJob,
-    JobMetadataRecord,
-    LeaseInfo,
-    NewJob,
-    StoredJob,
-)
 from ..exceptions import StoreUnavailableError
 
 __all__ = ["OPERATIONS", "FaultController", "InjectedFault", "inject_faults"]
@@ -71,16 +61,16 @@ class InjectedFault(ConnectionError):
     """The stand-in driver error behind an injected ``StoreUnavailableError``."""
 
 
-class _HasEngine(Protocol):
-    _engine: BlockingEngine
+class _HasBackend(Protocol):
+    _backend: Any
 
 
 class FaultController:
     """Switches injected faults on and off and counts operation calls (thread-safe)."""
 
-    def __init__(self, store: _HasEngine, engine: BlockingEngine) -> None:
+    def __init__(self, store: _HasBackend, backend: Any) -> None:
         self._store = store
-        self.engine = engine  # the real engine
+        self.backend = backend  # the real backend
         self._lock = threading.Lock()
         self._failing = False
         self._operations: frozenset[str] = OPERATIONS
@@ -113,9 +103,9 @@ class FaultController:
         self._failing = False
 
     def restore(self) -> None:
-        """Put the real engine back into the store (faults no longer apply)."""
+        """Put the real backend back into the store (faults no longer apply)."""
         self._failing = False
-        self._store._engine = self.engine
+        self._store._backend = self.backend
 
     def _guard(self, operation: str, fn: Callable[[], _T]) -> _T:
         with self._lock:
@@ -129,95 +119,38 @@ class FaultController:
         return fn()
 
 
-class _FaultyEngine:
-    """A :class:`BlockingEngine` that asks its controller before every operation."""
+class _FaultyBackend:
+    """Wraps a store backend (sync or asyncio): asks the controller before every operation.
 
-    def __init__(self, engine: BlockingEngine, controller: FaultController) -> None:
-        self._engine = engine
+    The check runs when the operation is *called*, before an asyncio backend creates its
+    coroutine, so the same proxy serves both worlds. Plumbing passes through.
+    """
+
+    def __init__(self, backend: Any, controller: FaultController) -> None:
+        self.backend = backend
         self._faults = controller
-        self.blocking_io = engine.blocking_io
 
-    def now_us(self) -> int:
-        return self._faults._guard("now_us", self._engine.now_us)
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.backend, name)
+        if name not in OPERATIONS:
+            return attribute
 
-    def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
-        return self._faults._guard(
-            "acquire_lease", lambda: self._engine.acquire_lease(name, owner, ttl)
-        )
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            return self._faults._guard(name, lambda: attribute(*args, **kwargs))
 
-    def renew_lease(self, name: str, owner: str, token: int, ttl: float) -> bool:
-        return self._faults._guard(
-            "renew_lease", lambda: self._engine.renew_lease(name, owner, token, ttl)
-        )
-
-    def release_lease(self, name: str, owner: str, token: int) -> bool:
-        return self._faults._guard(
-            "release_lease", lambda: self._engine.release_lease(name, owner, token)
-        )
-
-    def list_leases(self) -> list[LeaseInfo]:
-        return self._faults._guard("list_leases", self._engine.list_leases)
-
-    def get_job_metadata(self, key: str) -> JobMetadataRecord:
-        return self._faults._guard("get_job_metadata", lambda: self._engine.get_job_metadata(key))
-
-    def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
-        return self._faults._guard(
-            "set_job_finished",
-            lambda: self._engine.set_job_finished(key, lease_name, owner, token),
-        )
-
-    def put_jobs(self, jobs: Sequence[NewJob]) -> None:
-        self._faults._guard("put_jobs", lambda: self._engine.put_jobs(jobs))
-
-    def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
-        return self._faults._guard(
-            "claim_due_jobs", lambda: self._engine.claim_due_jobs(owner, limit, claim_ttl)
-        )
-
-    def renew_job_claims(
-        self, owner: str, claims: Sequence[tuple[str, int]], claim_ttl: float
-    ) -> list[str]:
-        return self._faults._guard(
-            "renew_job_claims", lambda: self._engine.renew_job_claims(owner, claims, claim_ttl)
-        )
-
-    def complete_job(self, key: str, owner: str, claim: int) -> bool:
-        return self._faults._guard(
-            "complete_job", lambda: self._engine.complete_job(key, owner, claim)
-        )
-
-    def cancel_job(self, key: str) -> bool:
-        return self._faults._guard("cancel_job", lambda: self._engine.cancel_job(key))
-
-    def list_jobs(self) -> list[StoredJob]:
-        return self._faults._guard("list_jobs", self._engine.list_jobs)
-
-    def next_job_delay(self) -> float | None:
-        return self._faults._guard("next_job_delay", self._engine.next_job_delay)
-
-    # -- plumbing: passed through, never failed ------------------------------------------
-
-    def set_listener(self, listener: ChangeListener | None) -> None:
-        self._engine.set_listener(listener)
-
-    def set_watch_interval(self, seconds: float | None) -> None:
-        self._engine.set_watch_interval(seconds)
-
-    def close(self) -> None:
-        self._engine.close()
+        return guarded
 
 
-def inject_faults(store: _HasEngine, operations: Iterable[str] | None = None) -> FaultController:
-    """Wrap ``store``'s engine (sync or asyncio ``Store``) so that it can be made to fail.
+def inject_faults(store: _HasBackend, operations: Iterable[str] | None = None) -> FaultController:
+    """Wrap ``store``'s backend (sync or asyncio ``Store``) so that it can be made to fail.
 
     Nothing fails until :meth:`FaultController.fail` is called or ``failing`` is set;
     ``operations`` preselects which operations fail then (default: all).
     """
-    engine = store._engine
-    if isinstance(engine, _FaultyEngine):
+    backend = store._backend
+    if isinstance(backend, _FaultyBackend):
         raise ValueError("faults are already injected into this store")
-    controller = FaultController(store, engine)
+    controller = FaultController(store, backend)
     controller._operations = _select(operations)
-    store._engine = _FaultyEngine(engine, controller)
+    store._backend = _FaultyBackend(backend, controller)
     return controller
