@@ -12,8 +12,10 @@ def test_mutex_round_trip(store: cs.Store) -> None:
     with mutex:
         assert mutex.locked()
         first = mutex.token
-        assert first is not None and first > 0
+        assert first is not None
+        assert first > 0
     assert not mutex.locked()
     assert mutex.token is None
     with mutex:
-        assert mutex.token is not None and mutex.token > first
+        assert mutex.token is not None
+        assert mutex.token > first

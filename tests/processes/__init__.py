@@ -1,0 +1,1 @@
+"""Multi-process tests on the embedded SQLite store (real OS processes)."""
