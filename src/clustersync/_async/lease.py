@@ -55,9 +55,9 @@ class Hold:
     owner: str
     token: int
     deadline: float  # monotonic; the lease is not trusted past it
-    stop: shim.CancelEvent = field(default_factory=shim.CancelEvent)
+    released: bool = False
     lost: bool = False
-    renewer: shim.Task | None = None
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.05, cap=1.0))
 
 
 class Lease:
@@ -159,55 +159,19 @@ class Lease:
             return (result.retry_after or 0.0) + 0.0005
         hold = Hold(owner, result.token, sent + self.ttl)
         self.hold = hold
-        hold.renewer = shim.spawn(self._renew, hold, name=f"clustersync-renew:{self.name}")
+        self.store.renewer().add(self, hold)
         return True
 
-    # -- renewal -------------------------------------------------------------------------
+    # -- loss ---------------------------------------------------------------------------
 
-    async def _renew(self, hold: Hold) -> None:
-        interval = self.ttl / 3
-        backoff = Backoff(base=min(0.05, interval / 4), cap=max(min(1.0, interval), 0.05))
-        wait = interval
-        while True:
-            if await shim.wait_for_event(hold.stop, wait):
-                return
-            sent = shim.monotonic()
-            try:
-                renewed = await self.store.renew_lease(self.name, hold.owner, hold.token, self.ttl)
-            except StoreUnavailableError as exc:
-                remaining = hold.deadline - shim.monotonic()
-                if remaining <= 0:
-                    await self._lose(hold, f"it could not be renewed before it expired ({exc})")
-                    return
-                wait = min(backoff.next_delay(), remaining)
-                logger.warning(
-                    "could not renew %s %r (%.2fs left); retrying in %.2fs: %s",
-                    self.description,
-                    self.name,
-                    remaining,
-                    wait,
-                    exc,
-                )
-                continue
-            if hold.stop.is_set():
-                return
-            if not renewed:
-                await self._lose(hold, "the store no longer has it (expired or taken over)")
-                return
-            hold.deadline = sent + self.ttl
-            backoff.reset()
-            wait = interval
-
-    async def _lose(self, hold: Hold, why: str) -> None:
-        if hold.lost:
+    async def call_on_lost(self) -> None:
+        """Run the ``on_lost`` callback (from the store's renewer, in its own task/thread)."""
+        if self.on_lost is None:
             return
-        hold.lost = True
-        logger.error("lost %s %r (token %d): %s", self.description, self.name, hold.token, why)
-        if self.on_lost is not None:
-            try:
-                await shim.call_user(self.on_lost)
-            except Exception:
-                logger.exception("on_lost callback of %s %r failed", self.description, self.name)
+        try:
+            await shim.call_user(self.on_lost)
+        except Exception:
+            logger.exception("on_lost callback of %s %r failed", self.description, self.name)
 
     # -- state and release ---------------------------------------------------------------
 
@@ -229,9 +193,7 @@ class Lease:
         if hold is None:
             raise NotLockedError(f"{self.description} {self.name!r} is not held by this object")
         self.hold = None
-        hold.stop.set()
-        if hold.renewer is not None and not shim.in_task(hold.renewer):
-            await shim.join(hold.renewer, None)
+        hold.released = True  # the store's renewer drops it
         lost = hold.lost or shim.monotonic() >= hold.deadline
         released = await self._release_in_store(hold)
         if lost or not released:

@@ -29,6 +29,7 @@ from .backend import Backend, EngineBackend
 
 if TYPE_CHECKING:
     from .job_once import JobOnceScheduler
+    from .renewer import Renewer
 
 logger = logging.getLogger("clustersync.store")
 
@@ -47,6 +48,7 @@ class Store:
         self.namespace = namespace
         self.hub = ChangeHub(backend.set_watch_interval)
         self._scheduler: JobOnceScheduler | None = None
+        self._renewer: Renewer | None = None
         self._closed = False
         backend.set_listener(self.hub)
 
@@ -64,8 +66,18 @@ class Store:
         scheduler = self._scheduler
         if scheduler is not None and scheduler.started:
             await scheduler.stop()
+        if self._renewer is not None:  # leases still held simply expire
+            await self._renewer.close()
         self._closed = True
         await self._backend.close()
+
+    def renewer(self) -> Renewer:
+        """The worker that renews every lease held through this store."""
+        if self._renewer is None:
+            from .renewer import Renewer
+
+            self._renewer = Renewer(self)
+        return self._renewer
 
     async def __aenter__(self) -> Store:
         return self

@@ -1,0 +1,139 @@
+"""One background renewer per store for every lease held through it.
+
+A thread (sync) or task (asyncio) per hold would cost a thread start and join on every
+acquisition; instead each store keeps a single worker that sleeps until the earliest
+renewal is due. Renewal rules are those of :mod:`clustersync._async.lease`: renew every
+``ttl / 3``; on store errors retry with capped backoff until the local deadline; a
+refused renewal or a passed deadline marks the hold lost and calls ``on_lost`` (in a
+task or thread of its own, so a slow callback cannot delay other renewals).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from .. import _aioshim as shim
+from ..exceptions import StoreUnavailableError
+
+if TYPE_CHECKING:
+    from .lease import Hold, Lease
+    from .store import Store
+
+logger = logging.getLogger("clustersync.lease")
+
+#: Sleep bound while nothing is held, so the worker notices a closed store.
+_IDLE = 1.0
+
+
+class Renewer:
+    """Renews the holds of one store from one worker."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()  # holds are added from any thread (sync world)
+        self._heap: list[tuple[float, int, Lease, Hold]] = []
+        self._order = itertools.count()
+        self._task: shim.Task | None = None
+        self._waker: shim.Waker | None = None
+        self._closed = False
+
+    def add(self, lease: Lease, hold: Hold) -> None:
+        """Start renewing ``hold`` (from an acquiring task or thread)."""
+        entry = (shim.monotonic() + lease.ttl / 3, next(self._order), lease, hold)
+        with self._lock:
+            heapq.heappush(self._heap, entry)
+            if self._task is None:
+                self._waker = shim.Waker()
+                self._task = shim.spawn(self._run, name="clustersync-renewer")
+            # Wake the worker only if this renewal is now the earliest one.
+            waker = self._waker if self._heap[0] is entry else None
+        if waker is not None:
+            waker.set_threadsafe()
+
+    async def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            task, waker = self._task, self._waker
+        if waker is not None:
+            waker.set_threadsafe()
+        if task is not None and not shim.in_task(task):
+            await shim.join(task, 5.0)
+
+    def _next_due(self) -> tuple[float, Lease, Hold] | None:
+        """Pop the earliest renewal if it is due; drop released holds on the way."""
+        with self._lock:
+            while self._heap:
+                due, _, lease, hold = self._heap[0]
+                if hold.released or hold.lost:
+                    heapq.heappop(self._heap)
+                    continue
+                if due > shim.monotonic():
+                    return None
+                heapq.heappop(self._heap)
+                return due, lease, hold
+        return None
+
+    def _wait_time(self) -> float:
+        with self._lock:
+            if not self._heap:
+                return _IDLE
+            return max(0.0, min(_IDLE, self._heap[0][0] - shim.monotonic()))
+
+    async def _run(self) -> None:
+        waker = self._waker
+        assert waker is not None
+        while not self._closed:
+            waker.clear()
+            while (item := self._next_due()) is not None:
+                _, lease, hold = item
+                delay = await self._renew(lease, hold)
+                if delay is not None:
+                    with self._lock:
+                        heapq.heappush(
+                            self._heap,
+                            (shim.monotonic() + delay, next(self._order), lease, hold),
+                        )
+            await waker.wait(self._wait_time())
+
+    async def _renew(self, lease: Lease, hold: Hold) -> float | None:
+        """Renew once; return the delay before the next renewal, or None when done."""
+        sent = shim.monotonic()
+        try:
+            renewed = await self._store.renew_lease(lease.name, hold.owner, hold.token, lease.ttl)
+        except StoreUnavailableError as exc:
+            if hold.released:
+                return None
+            remaining = hold.deadline - shim.monotonic()
+            if remaining <= 0:
+                self._lose(lease, hold, f"it could not be renewed before it expired ({exc})")
+                return None
+            delay = min(hold.backoff.next_delay(), remaining)
+            logger.warning(
+                "could not renew %s %r (%.2fs left); retrying in %.2fs: %s",
+                lease.description,
+                lease.name,
+                remaining,
+                delay,
+                exc,
+            )
+            return delay
+        if hold.released:
+            return None
+        if not renewed:
+            self._lose(lease, hold, "the store no longer has it (expired or taken over)")
+            return None
+        hold.deadline = sent + lease.ttl
+        hold.backoff.reset()
+        return lease.ttl / 3
+
+    def _lose(self, lease: Lease, hold: Hold, why: str) -> None:
+        if hold.lost:
+            return
+        hold.lost = True
+        logger.error("lost %s %r (token %d): %s", lease.description, lease.name, hold.token, why)
+        if lease.on_lost is not None:
+            shim.spawn(lease.call_on_lost, name=f"clustersync-on-lost:{lease.name}")
