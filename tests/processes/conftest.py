@@ -1,4 +1,9 @@
-"""Fixtures of the multi-process tests."""
+"""Fixtures of the multi-process tests.
+
+The tests run on every selected *durable* backend (``CLUSTERSYNC_TEST_BACKENDS``): SQLite
+(a fresh file per test) and the session's Redis and PostgreSQL servers (a fresh namespace
+per test). The memory store cannot be shared between processes, so it is left out.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,26 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import selected_backends
+
 from .harness import Cluster
+
+#: Backends whose stores several processes can share.
+DURABLE_BACKENDS = ("sqlite", "redis", "postgres")
+
+
+@pytest.fixture(params=[b for b in selected_backends() if b in DURABLE_BACKENDS])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The durable backend under test (overrides the suite-wide ``backend``)."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """Workers on a fresh SQLite file; every one of them is killed when the test ends."""
-    group = Cluster(tmp_path)
+def cluster(backend: str, store_url: str, namespace: str, tmp_path: Path) -> Iterator[Cluster]:
+    """Workers on the store ``store_url``, in a namespace of their own; every one of them
+    is killed when the test ends."""
+    group = Cluster(tmp_path, store_url, namespace, backend)
     try:
         yield group
     finally:

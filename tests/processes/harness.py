@@ -1,5 +1,6 @@
-"""Harness of the multi-process tests: start workers (``worker.py``) on one SQLite file,
-read their event logs, send them commands and signals, and kill them all at the end."""
+"""Harness of the multi-process tests: start workers (``worker.py``) on one durable store
+(SQLite file, Redis or PostgreSQL server) and namespace, read their event logs, send them
+commands and signals, and kill them all at the end."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -72,13 +72,16 @@ class Worker:
 
 
 class Cluster:
-    """Workers sharing one SQLite store file and namespace."""
+    """Workers sharing one store (``url``) and namespace; ``directory`` holds their event
+    logs, stderr and the command files."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, url: str, namespace: str, backend: str) -> None:
         self.dir = directory
-        self.url = f"sqlite:///{directory / 'cluster.db'}"
-        assert self.url.startswith("sqlite:////")  # an absolute path
-        self.namespace = f"ns-{uuid.uuid4().hex[:12]}"
+        self.url = url
+        if backend == "sqlite":
+            assert url.startswith("sqlite:////"), url  # an absolute path: any cwd works
+        self.namespace = namespace
+        self.backend = backend
         self.workers: list[Worker] = []
 
     def spawn(self, name: str, scenario: str, **cfg: Any) -> Worker:

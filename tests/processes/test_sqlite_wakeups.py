@@ -16,8 +16,14 @@ import pytest
 import clustersync
 from clustersync import _syncshim as shim
 from clustersync.backends.base import lease_channel
+from tests.conftest import selected_backends
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        "sqlite" not in selected_backends(), reason="sqlite not in CLUSTERSYNC_TEST_BACKENDS"
+    ),
+]
 
 
 def test_commit_right_after_registration_wakes_the_waiter(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """A worker process for the multi-process tests: ``python worker.py SCENARIO CONFIG_JSON``.
 
-Each worker opens the SQLite store named in its config and plays one scenario with the
-public threading API (``import clustersync``). It reports what happens as JSON lines in
-its own event log (``config["log"]``), one object per line with at least ``event``,
-``pid``, ``t`` (``time.monotonic()``, shared by all processes on the host) and ``wall``
-(``time.time()``). The test drives it through files: a worker waiting for a command
-polls until the file ``<dir>/<name>`` exists.
+Each worker opens the store ``config["url"]`` (SQLite, Redis or PostgreSQL) in namespace
+``config["namespace"]`` and plays one scenario with the public threading API (``import
+clustersync``). It reports what happens as JSON lines in its own event log
+(``config["log"]``), one object per line with at least ``event``, ``pid``, ``t``
+(``time.monotonic()``, shared by all processes on the host) and ``wall`` (``time.time()``).
+The test drives it through files: a worker waiting for a command polls until the file
+``<dir>/<name>`` exists.
 
 A watchdog ends the worker if its parent dies or after ``config["lifetime"]`` seconds,
 so a crashed test run leaves no process behind.
