@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import clustersync
@@ -109,8 +110,17 @@ class Plan:
 # -- the handoff protocol (the same for two processes or two threads) --------------------
 
 
+class Lockable(Protocol):
+    """What the handoff protocol needs of a lock: clustersync's ``Mutex``, or the
+    adapters of the peer libraries in ``bench_locks.py``."""
+
+    def acquire(self) -> object: ...
+
+    def release(self) -> None: ...
+
+
 def play_handoff(
-    mutex: clustersync.Mutex, peer: Connection, plan: Plan, starts_holding: bool
+    mutex: Lockable, peer: Connection, plan: Plan, starts_holding: bool
 ) -> list[float]:
     """Play ``rounds`` handoffs against the peer; return this side's latencies (seconds).
 

@@ -42,10 +42,10 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\basynccontextmanager\b", "contextmanager"),
     (r"\baclose\b", "close"),
     (r"^import redis\.asyncio as redis_client$", "import redis as redis_client"),
-    (r"\bAsyncConnectionPool\b", "ConnectionPool"),
     (r"\bpsycopg\.AsyncConnection\b", "psycopg.Connection"),
     (r"\basyncio orchestration\b", "threading orchestration"),
     (r"^from clustersync import aio as cs$", "import clustersync as cs"),
+    (r"^from tests\._async\.conftest import\b", "from tests._sync.conftest import"),
     (
         r"^from clustersync import _syncshim as shim\nimport clustersync as cs$",
         "import clustersync as cs\nfrom clustersync import _syncshim as shim",

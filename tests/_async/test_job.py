@@ -2,8 +2,9 @@
 
 The Go package's ``TestSchedule`` subtests (``job_test.go``) are re-expressed here (named
 in the docstrings), plus close/metadata/error behaviour the Go suite does not cover.
-Due times of ``wait_for_rounded_interval`` and ``wait_for_cron`` are driven with a
-:class:`~clustersync.testing.ManualClock` (``clocked_store``) so they are deterministic.
+Due times of ``wait_for_rounded_interval`` and ``wait_for_cron`` are driven by the
+``timed`` fixture: a ManualClock on memory and SQLite (deterministic), the server's own
+clock on Redis and PostgreSQL, always judged by the store's time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 
 from clustersync import _aioshim as shim
 from clustersync import aio as cs
-from clustersync.testing import ManualClock, inject_faults
+from clustersync.testing import inject_faults
+from tests._async.conftest import TimeControl
 
 INTERVAL = timedelta(milliseconds=100)
 HOUR = timedelta(hours=1)
@@ -309,15 +311,16 @@ async def test_metadata_before_and_after_the_first_run(store: cs.Store) -> None:
     assert abs(datetime.now(UTC) - finished) < timedelta(seconds=30)
 
 
-async def test_metadata_is_judged_by_the_store_clock(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
+async def test_metadata_is_judged_by_the_store_clock(timed: TimeControl) -> None:
     counter = RunCounter()
-    job = cs.schedule(clocked_store, "store-clock", cs.wait_for_interval(HOUR), counter)
+    before = await timed.now()
+    job = cs.schedule(timed.store, "store-clock", cs.wait_for_interval(HOUR), counter)
     assert await eventually(lambda: counter.runs == 1)
     assert await job.close(timeout=5)
-    metadata = await job.metadata()
-    assert metadata == cs.JobMetadata(datetime.fromtimestamp(clock.time(), UTC))
+    after = await timed.now()
+    finished = (await job.metadata()).last_finished
+    assert finished is not None
+    assert before <= finished <= after  # exactly the clock's time when it stands still
 
 
 async def test_metadata_is_shared_by_instances_of_one_key(
@@ -417,37 +420,57 @@ def test_invalid_next_wait_helpers(make: Callable[[], object]) -> None:
 # -- the other next_wait helpers under schedule ----------------------------------------------
 
 
-async def test_rounded_interval_under_schedule(clocked_store: cs.Store, clock: ManualClock) -> None:
+async def finished_run(job: cs.Job) -> datetime:
+    """``last_finished`` once the (first) run has been recorded."""
+    deadline = shim.monotonic() + 5.0
+    while (finished := (await job.metadata()).last_finished) is None:
+        assert shim.monotonic() < deadline, "the run was not recorded"
+        await shim.sleep(0.005)
+    return finished
+
+
+async def test_rounded_interval_under_schedule(timed: TimeControl) -> None:
     """A never-run job runs at once, then at the next UTC multiple of the interval (the
-    ManualClock starts on one)."""
+    ManualClock starts on one) by the store's clock."""
     step = timedelta(milliseconds=125)
+    epoch = datetime.fromtimestamp(0, UTC)
+    # Start on a multiple (where a manual clock is), so the first run is not next to one.
+    await timed.advance_to(epoch - (epoch - await timed.now()) // step * step)
     counter = RunCounter()
-    job = cs.schedule(clocked_store, "rounded", cs.wait_for_rounded_interval(step), counter)
+    job = cs.schedule(timed.store, "rounded", cs.wait_for_rounded_interval(step), counter)
     try:
         assert await eventually(lambda: counter.runs == 1)
-        await shim.sleep(0.3)
-        assert counter.runs == 1  # the store's clock has not moved
-        clock.advance(0.0625)
-        await shim.sleep(0.3)
-        assert counter.runs == 1  # half way to the next multiple
-        clock.advance(0.0625)
+        first = await finished_run(job)
+        boundary = epoch + (first + step - epoch) // step * step
+        # Half way to the next multiple, then at it: nothing runs before.
+        await timed.advance_to(boundary - step / 2, lambda: counter.runs == 1, "one run")
+        await timed.advance_to(boundary, lambda: counter.runs == 1, "one run")
         assert await eventually(lambda: counter.runs == 2)
     finally:
         assert await job.close(timeout=5)
+    second = (await job.metadata()).last_finished
+    assert second is not None
+    assert second >= boundary
 
 
-async def test_cron_under_schedule(clocked_store: cs.Store, clock: ManualClock) -> None:
+async def test_cron_under_schedule(timed: TimeControl) -> None:
     """Every-second cron: runs at once, then at the next whole second of the store clock."""
-    clock.advance(0.75)
+    # Start three quarters into a second (a manual clock starts on a whole one), so the
+    # first run is not next to a whole second.
+    now = await timed.now()
+    start = now.replace(microsecond=750_000)
+    await timed.advance_to(start if start >= now else start + timedelta(seconds=1))
     counter = RunCounter()
-    job = cs.schedule(clocked_store, "cron", cs.wait_for_cron("* * * * * *"), counter)
+    job = cs.schedule(timed.store, "cron", cs.wait_for_cron("* * * * * *"), counter)
     try:
         assert await eventually(lambda: counter.runs == 1)
-        await shim.sleep(0.3)
-        assert counter.runs == 1
-        clock.advance(0.25)
+        first = await finished_run(job)
+        boundary = first.replace(microsecond=0) + timedelta(seconds=1)
+        await timed.advance_to(boundary, lambda: counter.runs == 1, "one run")
         assert await eventually(lambda: counter.runs == 2)
     finally:
         assert await job.close(timeout=5)
-    metadata = await job.metadata()
-    assert metadata == cs.JobMetadata(datetime.fromtimestamp(clock.time(), UTC))
+    after = await timed.now()
+    finished = (await job.metadata()).last_finished
+    assert finished is not None
+    assert boundary <= finished <= after  # exactly the next second on a manual clock

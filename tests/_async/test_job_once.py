@@ -7,9 +7,9 @@ deadlock, the hang on over-long keys and the ``mutex_<key>`` collision.
 
 Callbacks are plain functions that record under a ``threading.Lock`` so that the same
 test is meaningful in both worlds (asyncio runs them in a worker thread, the threading
-API in the scheduler's thread). Where time matters, ``clocked_store`` and a
-``ManualClock`` move the store's time instead of sleeping; otherwise waits poll with
-generous deadlines.
+API in the scheduler's thread). Where time matters, the ``timed`` fixture moves the
+store's time: a ManualClock on memory and SQLite (no sleeping), the server's own clock on
+Redis and PostgreSQL (short real waits); otherwise waits poll with generous deadlines.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import pytest
 
 from clustersync import _aioshim as shim
 from clustersync import aio as cs
-from clustersync.testing import ManualClock, inject_faults
+from clustersync.testing import inject_faults
+from tests._async.conftest import TimeControl
 
 #: Upper bound for anything that should happen "soon" (loaded 2-core CI machines).
 SOON = 10.0
@@ -131,11 +132,6 @@ def in_(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
-def at(clock: ManualClock, seconds: float) -> datetime:
-    """A run time ``seconds`` from now by ``clock``."""
-    return datetime.fromtimestamp(clock.time() + seconds, UTC)
-
-
 async def keys_listed(scheduler: cs.JobOnceScheduler) -> list[str]:
     return [job.key for job in await scheduler.list_scheduled_jobs()]
 
@@ -163,20 +159,19 @@ async def test_one_scheduled_job_fires_exactly_once(store: cs.Store) -> None:
     assert recorder.props_of("k1") == [None]
 
 
-async def test_job_cancelled_before_firing_never_fires(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = await started(clocked_store, recorder)
-    job = await scheduler.schedule_once("k2", at(clock, 1))
+async def test_job_cancelled_before_firing_never_fires(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = await started(timed.store, recorder)
+    run_at = await timed.at(0.25)
+    job = await scheduler.schedule_once("k2", run_at)
     assert await job.cancel() is True
     for _ in range(4):
         assert await job.cancel() is False
     assert await scheduler.list_scheduled_jobs() == []
-    assert await clocked_store.next_job_delay() is None  # the record is gone
+    assert await timed.store.next_job_delay() is None  # the record is gone
 
-    await scheduler.schedule_once("control", at(clock, 1))
-    clock.advance(2)
+    await scheduler.schedule_once("control", run_at)
+    await timed.advance_to(run_at)
     await wait_until(lambda: recorder.count("control") == 1, "the control job fired")
     await shim.sleep(QUIET)
     assert recorder.count("k2") == 0
@@ -209,67 +204,67 @@ async def test_callback_that_raises_is_logged_and_job_removed_without_retry(
 
 
 async def test_cancel_and_reschedule_same_key_fires_once_at_new_time(
-    clocked_store: cs.Store, clock: ManualClock
+    timed: TimeControl,
 ) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = await started(clocked_store, recorder)
-    await scheduler.schedule_once("k4", at(clock, 1), {"v": 1})
+    recorder = Recorder(timed.time)
+    scheduler = await started(timed.store, recorder)
+    old_run_at = await timed.at(0.25)
+    await scheduler.schedule_once("k4", old_run_at, {"v": 1})
     assert await scheduler.cancel("k4") is True
-    assert await clocked_store.next_job_delay() is None
-    new_run_at = at(clock, 3)
+    assert await timed.store.next_job_delay() is None
+    new_run_at = old_run_at + timedelta(seconds=0.25)
     await scheduler.schedule_once("k4", new_run_at, {"v": 2})
-    await scheduler.schedule_once("control", at(clock, 1))
+    await scheduler.schedule_once("control", old_run_at)
 
-    clock.advance(1)  # the old time: nothing of k4 fires
+    await timed.advance_to(old_run_at)  # the old time: nothing of k4 fires
     await wait_until(lambda: recorder.count("control") == 1, "the control job fired")
-    await shim.sleep(QUIET)
-    assert recorder.count("k4") == 0
     assert await scheduler.list_scheduled_jobs() == [cs.JobOnceMetadata("k4", new_run_at, {"v": 2})]
+    await timed.quiet(lambda: recorder.count("k4") == 0, "k4 not fired", until=new_run_at)
 
-    clock.advance(2)  # the new time
+    await timed.advance_to(new_run_at)  # the new time
     await wait_until(lambda: recorder.count("k4") == 1, "k4 fired at its new time")
-    await wait_store_empty(clocked_store)
+    await wait_store_empty(timed.store)
     await shim.sleep(QUIET)
     assert recorder.props_of("k4") == [{"v": 2}]
     assert recorder.times_of("k4")[0] >= new_run_at.timestamp()
 
 
-async def test_rescheduled_job_is_not_lost_to_a_stale_instance(
-    clocked_store: cs.Store, clock: ManualClock, store_url: str, namespace: str
-) -> None:
+async def test_rescheduled_job_is_not_lost_to_a_stale_instance(timed: TimeControl) -> None:
     """The Go data-loss bug (HA test): instance B still knows the old run time of `key`
     when instance A cancels it and schedules it again slightly later. In Go, B deletes
     the new record at the old time and the job is lost; here it fires exactly once."""
-    async with await cs.open_store(store_url, namespace=namespace, clock=clock) as other:
-        rec_a, rec_b = Recorder(clock.time), Recorder(clock.time)
-        sched_a = await started(clocked_store, rec_a)
+    async with await timed.open_store() as other:
+        rec_a, rec_b = Recorder(timed.time), Recorder(timed.time)
+        sched_a = await started(timed.store, rec_a)
         sched_b = await started(other, rec_b)
-        original = at(clock, 1)
+        original = await timed.at(0.25)
         await sched_a.schedule_many([("key", original, {"v": 1}), ("control", original, None)])
         assert [j.run_at for j in await sched_b.list_scheduled_jobs()] == [original] * 2
         await shim.sleep(0.05)  # both schedulers have seen the jobs and sleep until `original`
 
         assert await sched_a.cancel("key") is True
-        later = original + timedelta(seconds=0.25)  # exact in binary: no rounding
+        later = original + timedelta(seconds=0.25)
         await sched_a.schedule_once("key", later, {"v": 2})
 
-        clock.advance(1)  # the old run time
+        await timed.advance_to(original)  # the old run time
         await wait_until(
             lambda: rec_a.count("control") + rec_b.count("control") == 1, "control fired"
         )
-        await shim.sleep(QUIET)
-        assert rec_a.count("key") + rec_b.count("key") == 0
         for scheduler in (sched_a, sched_b):  # neither instance deleted the new record
             assert await scheduler.list_scheduled_jobs() == [
                 cs.JobOnceMetadata("key", later, {"v": 2})
             ]
+        await timed.quiet(
+            lambda: rec_a.count("key") + rec_b.count("key") == 0, "key not fired", until=later
+        )
 
-        clock.advance(0.25)
+        await timed.advance_to(later)
         await wait_until(lambda: rec_a.count("key") + rec_b.count("key") == 1, "key fired")
-        await wait_store_empty(clocked_store)
+        await wait_store_empty(timed.store)
         await shim.sleep(QUIET)
         assert rec_a.counts() + rec_b.counts() == Counter({"key": 1, "control": 1})
         assert rec_a.props_of("key") + rec_b.props_of("key") == [{"v": 2}]
+        assert (rec_a.times_of("key") + rec_b.times_of("key"))[0] >= later.timestamp()
 
 
 async def test_many_scheduled_jobs_each_fire_exactly_once(store: cs.Store) -> None:
@@ -287,18 +282,19 @@ async def test_many_scheduled_jobs_each_fire_exactly_once(store: cs.Store) -> No
     assert await scheduler.list_scheduled_jobs() == []
 
 
-async def test_cancel_a_job_by_key(clocked_store: cs.Store, clock: ManualClock) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = await started(clocked_store, recorder)
-    await scheduler.schedule_once("k5", at(clock, 1))
+async def test_cancel_a_job_by_key(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = await started(timed.store, recorder)
+    run_at = await timed.at(0.25)
+    await scheduler.schedule_once("k5", run_at)
     assert await keys_listed(scheduler) == ["k5"]
     assert await scheduler.cancel("k5") is True
     assert await scheduler.list_scheduled_jobs() == []
     assert await scheduler.cancel("k5") is False  # a no-op the second time
     assert await scheduler.cancel("never-scheduled") is False
 
-    await scheduler.schedule_once("control", at(clock, 1))
-    clock.advance(2)
+    await scheduler.schedule_once("control", run_at)
+    await timed.advance_to(run_at)
     await wait_until(lambda: recorder.count("control") == 1, "the control job fired")
     await shim.sleep(QUIET)
     assert recorder.count("k5") == 0
@@ -480,15 +476,13 @@ async def test_wakeups_while_a_job_runs_do_not_run_it_again(store: cs.Store) -> 
     assert await keys_listed(scheduler) == ["later"]
 
 
-async def test_duplicate_key_is_rejected_and_original_unchanged(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = await started(clocked_store, recorder)
-    original = at(clock, 1)
+async def test_duplicate_key_is_rejected_and_original_unchanged(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = await started(timed.store, recorder)
+    original = await timed.at(0.25)
     await scheduler.schedule_once("dup", original, {"orig": True})
     with pytest.raises(cs.DuplicateJobError) as excinfo:
-        await scheduler.schedule_once("dup", at(clock, 10), {"orig": False})
+        await scheduler.schedule_once("dup", await timed.at(10), {"orig": False})
     assert isinstance(excinfo.value, KeyError)
     assert isinstance(excinfo.value, cs.ClusterSyncError)
     assert excinfo.value.key == "dup"
@@ -497,13 +491,14 @@ async def test_duplicate_key_is_rejected_and_original_unchanged(
         cs.JobOnceMetadata("dup", original, {"orig": True})
     ]
 
-    clock.advance(1)
+    await timed.advance_to(original)
     await wait_until(lambda: recorder.count("dup") == 1, "dup fired at its original time")
-    await wait_store_empty(clocked_store)
+    await wait_store_empty(timed.store)
     await shim.sleep(QUIET)
     assert recorder.props_of("dup") == [{"orig": True}]
+    assert recorder.times_of("dup")[0] >= original.timestamp()
     # Once done, the key is free again.
-    await scheduler.schedule_once("dup", at(clock, 5))
+    await scheduler.schedule_once("dup", await timed.at(5))
     assert await keys_listed(scheduler) == ["dup"]
 
 
@@ -678,27 +673,24 @@ async def test_run_at_in_the_past_fires_as_soon_as_possible(store: cs.Store) -> 
     assert shim.monotonic() - begin < 5.0
 
 
-async def test_jobs_never_fire_early_by_the_store_clock(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = await started(clocked_store, recorder)
-    run_at = at(clock, 10)
+async def test_jobs_never_fire_early_by_the_store_clock(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = await started(timed.store, recorder)
+    run_at = await timed.at(0.5)
+    nine_at = run_at - timedelta(seconds=0.25)
     await scheduler.schedule_once("ten", run_at)
-    await scheduler.schedule_once("nine", at(clock, 9))
-    await shim.sleep(QUIET)
-    assert recorder.count() == 0
+    await scheduler.schedule_once("nine", nine_at)
 
-    clock.advance(9)
-    await wait_until(lambda: recorder.count("nine") == 1, "the 9 s job fired")
-    await shim.sleep(QUIET)
-    assert recorder.count("ten") == 0
+    await timed.advance_to(nine_at, lambda: recorder.count() == 0, "nothing fired")
+    await wait_until(lambda: recorder.count("nine") == 1, "the first job fired")
     assert await keys_listed(scheduler) == ["ten"]
-
-    clock.advance(1)
-    await wait_until(lambda: recorder.count("ten") == 1, "the 10 s job fired")
-    assert recorder.times_of("ten") == [run_at.timestamp()]
-    assert recorder.times_of("nine")[0] >= run_at.timestamp() - 1
+    await timed.advance_to(run_at, lambda: recorder.count("ten") == 0, "the second did not")
+    await wait_until(lambda: recorder.count("ten") == 1, "the second job fired")
+    [fired] = recorder.times_of("ten")
+    assert fired >= run_at.timestamp()
+    if timed.manual:  # at the very moment the clock reached its run time
+        assert fired == run_at.timestamp()
+    assert recorder.times_of("nine")[0] >= nine_at.timestamp()
 
 
 async def test_jobs_never_fire_early_by_the_real_clock(store: cs.Store) -> None:
@@ -877,26 +869,25 @@ async def test_reschedule_while_the_old_run_is_still_running(store: cs.Store) ->
     assert await store.next_job_delay() is None
 
 
-async def test_stop_keeps_jobs_and_start_again_fires_them(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = await started(clocked_store, recorder)
-    await scheduler.schedule_once("kept", at(clock, 1))
+async def test_stop_keeps_jobs_and_start_again_fires_them(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = await started(timed.store, recorder)
+    run_at = await timed.at(0.25)
+    await scheduler.schedule_once("kept", run_at)
     assert await scheduler.stop() is True
     assert not scheduler.started
     assert await scheduler.stop() is True  # idempotent
 
-    clock.advance(2)
+    await timed.advance_to(run_at)
     await shim.sleep(QUIET)
     assert recorder.count() == 0  # stopped: nothing fires here
     assert await keys_listed(scheduler) == ["kept"]  # ... and the job stays stored
 
     await scheduler.start()
     await wait_until(lambda: recorder.count("kept") == 1, "the kept job fired after restart")
-    await wait_store_empty(clocked_store)
-    await scheduler.schedule_once("after-restart", at(clock, 1))
-    clock.advance(1)
+    await wait_store_empty(timed.store)
+    await scheduler.schedule_once("after-restart", await timed.at(0.25))
+    await timed.advance(0.25)
     await wait_until(lambda: recorder.count("after-restart") == 1, "a new job fired")
 
 
@@ -935,33 +926,38 @@ async def test_long_callback_keeps_its_claim_and_is_not_run_again(
 
 
 async def test_job_of_a_crashed_claimer_runs_once_after_the_claim_expires(
-    clocked_store: cs.Store, clock: ManualClock
+    timed: TimeControl,
 ) -> None:
-    recorder = Recorder(clock.time, blocking={"crashed"})
-    scheduler = cs.get_job_once_scheduler(clocked_store)
+    store = timed.store
+    claim_ttl = 0.5
+    recorder = Recorder(timed.time, blocking={"crashed"})
+    scheduler = cs.get_job_once_scheduler(store)
     scheduler.set_callback(recorder.callback)
-    await scheduler.schedule_once("crashed", at(clock, 0), {"p": 1})
+    await scheduler.schedule_once("crashed", await timed.now(), {"p": 1})
     # An instance claims the job and dies without completing it.
-    [claim] = await clocked_store.claim_due_jobs("dead-owner", 10, 5.0)
+    claim_expires = await timed.at(claim_ttl)  # at the earliest
+    [claim] = await store.claim_due_jobs("dead-owner", 10, claim_ttl)
     assert claim.key == "crashed"
     assert await scheduler.list_scheduled_jobs() == []  # claimed: not pending
 
     await scheduler.start()
-    await scheduler.schedule_once("control", at(clock, 1))
-    clock.advance(1)
+    control_at = await timed.at(0.25)
+    await scheduler.schedule_once("control", control_at)
+    await timed.advance_to(control_at)
     await wait_until(lambda: recorder.count("control") == 1, "control fired")
-    await shim.sleep(QUIET)
-    assert recorder.count("crashed") == 0  # the claim is still live
+    await timed.quiet(  # the claim is still live
+        lambda: recorder.count("crashed") == 0, "crashed not re-run", until=claim_expires
+    )
 
     try:
-        clock.advance(4.5)  # past the dead claim
+        await timed.advance_to(claim_expires)  # past the dead claim
         await wait_until(lambda: recorder.count("crashed") == 1, "the crashed job re-ran")
         # The dead claimer's late completion cannot remove the job now claimed by us.
-        assert await clocked_store.complete_job("crashed", "dead-owner", claim.claim) is False
-        assert await clocked_store.next_job_delay() is not None
+        assert await store.complete_job("crashed", "dead-owner", claim.claim) is False
+        assert await store.next_job_delay() is not None
     finally:
         recorder.release.set()
-    await wait_store_empty(clocked_store)
+    await wait_store_empty(store)
     await shim.sleep(QUIET)
     assert recorder.count("crashed") == 1
     assert recorder.props_of("crashed") == [{"p": 1}]

@@ -4,8 +4,9 @@
 
 The Go package's ``TestSchedule`` subtests (``job_test.go``) are re-expressed here (named
 in the docstrings), plus close/metadata/error behaviour the Go suite does not cover.
-Due times of ``wait_for_rounded_interval`` and ``wait_for_cron`` are driven with a
-:class:`~clustersync.testing.ManualClock` (``clocked_store``) so they are deterministic.
+Due times of ``wait_for_rounded_interval`` and ``wait_for_cron`` are driven by the
+``timed`` fixture: a ManualClock on memory and SQLite (deterministic), the server's own
+clock on Redis and PostgreSQL, always judged by the store's time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import pytest
 
 import clustersync as cs
 from clustersync import _syncshim as shim
-from clustersync.testing import ManualClock, inject_faults
+from clustersync.testing import inject_faults
+from tests._sync.conftest import TimeControl
 
 INTERVAL = timedelta(milliseconds=100)
 HOUR = timedelta(hours=1)
@@ -311,15 +313,16 @@ def test_metadata_before_and_after_the_first_run(store: cs.Store) -> None:
     assert abs(datetime.now(UTC) - finished) < timedelta(seconds=30)
 
 
-def test_metadata_is_judged_by_the_store_clock(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
+def test_metadata_is_judged_by_the_store_clock(timed: TimeControl) -> None:
     counter = RunCounter()
-    job = cs.schedule(clocked_store, "store-clock", cs.wait_for_interval(HOUR), counter)
+    before = timed.now()
+    job = cs.schedule(timed.store, "store-clock", cs.wait_for_interval(HOUR), counter)
     assert eventually(lambda: counter.runs == 1)
     assert job.close(timeout=5)
-    metadata = job.metadata()
-    assert metadata == cs.JobMetadata(datetime.fromtimestamp(clock.time(), UTC))
+    after = timed.now()
+    finished = (job.metadata()).last_finished
+    assert finished is not None
+    assert before <= finished <= after  # exactly the clock's time when it stands still
 
 
 def test_metadata_is_shared_by_instances_of_one_key(
@@ -419,37 +422,57 @@ def test_invalid_next_wait_helpers(make: Callable[[], object]) -> None:
 # -- the other next_wait helpers under schedule ----------------------------------------------
 
 
-def test_rounded_interval_under_schedule(clocked_store: cs.Store, clock: ManualClock) -> None:
+def finished_run(job: cs.Job) -> datetime:
+    """``last_finished`` once the (first) run has been recorded."""
+    deadline = shim.monotonic() + 5.0
+    while (finished := (job.metadata()).last_finished) is None:
+        assert shim.monotonic() < deadline, "the run was not recorded"
+        shim.sleep(0.005)
+    return finished
+
+
+def test_rounded_interval_under_schedule(timed: TimeControl) -> None:
     """A never-run job runs at once, then at the next UTC multiple of the interval (the
-    ManualClock starts on one)."""
+    ManualClock starts on one) by the store's clock."""
     step = timedelta(milliseconds=125)
+    epoch = datetime.fromtimestamp(0, UTC)
+    # Start on a multiple (where a manual clock is), so the first run is not next to one.
+    timed.advance_to(epoch - (epoch - timed.now()) // step * step)
     counter = RunCounter()
-    job = cs.schedule(clocked_store, "rounded", cs.wait_for_rounded_interval(step), counter)
+    job = cs.schedule(timed.store, "rounded", cs.wait_for_rounded_interval(step), counter)
     try:
         assert eventually(lambda: counter.runs == 1)
-        shim.sleep(0.3)
-        assert counter.runs == 1  # the store's clock has not moved
-        clock.advance(0.0625)
-        shim.sleep(0.3)
-        assert counter.runs == 1  # half way to the next multiple
-        clock.advance(0.0625)
+        first = finished_run(job)
+        boundary = epoch + (first + step - epoch) // step * step
+        # Half way to the next multiple, then at it: nothing runs before.
+        timed.advance_to(boundary - step / 2, lambda: counter.runs == 1, "one run")
+        timed.advance_to(boundary, lambda: counter.runs == 1, "one run")
         assert eventually(lambda: counter.runs == 2)
     finally:
         assert job.close(timeout=5)
+    second = (job.metadata()).last_finished
+    assert second is not None
+    assert second >= boundary
 
 
-def test_cron_under_schedule(clocked_store: cs.Store, clock: ManualClock) -> None:
+def test_cron_under_schedule(timed: TimeControl) -> None:
     """Every-second cron: runs at once, then at the next whole second of the store clock."""
-    clock.advance(0.75)
+    # Start three quarters into a second (a manual clock starts on a whole one), so the
+    # first run is not next to a whole second.
+    now = timed.now()
+    start = now.replace(microsecond=750_000)
+    timed.advance_to(start if start >= now else start + timedelta(seconds=1))
     counter = RunCounter()
-    job = cs.schedule(clocked_store, "cron", cs.wait_for_cron("* * * * * *"), counter)
+    job = cs.schedule(timed.store, "cron", cs.wait_for_cron("* * * * * *"), counter)
     try:
         assert eventually(lambda: counter.runs == 1)
-        shim.sleep(0.3)
-        assert counter.runs == 1
-        clock.advance(0.25)
+        first = finished_run(job)
+        boundary = first.replace(microsecond=0) + timedelta(seconds=1)
+        timed.advance_to(boundary, lambda: counter.runs == 1, "one run")
         assert eventually(lambda: counter.runs == 2)
     finally:
         assert job.close(timeout=5)
-    metadata = job.metadata()
-    assert metadata == cs.JobMetadata(datetime.fromtimestamp(clock.time(), UTC))
+    after = timed.now()
+    finished = (job.metadata()).last_finished
+    assert finished is not None
+    assert boundary <= finished <= after  # exactly the next second on a manual clock

@@ -9,9 +9,9 @@ deadlock, the hang on over-long keys and the ``mutex_<key>`` collision.
 
 Callbacks are plain functions that record under a ``threading.Lock`` so that the same
 test is meaningful in both worlds (asyncio runs them in a worker thread, the threading
-API in the scheduler's thread). Where time matters, ``clocked_store`` and a
-``ManualClock`` move the store's time instead of sleeping; otherwise waits poll with
-generous deadlines.
+API in the scheduler's thread). Where time matters, the ``timed`` fixture moves the
+store's time: a ManualClock on memory and SQLite (no sleeping), the server's own clock on
+Redis and PostgreSQL (short real waits); otherwise waits poll with generous deadlines.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import pytest
 
 import clustersync as cs
 from clustersync import _syncshim as shim
-from clustersync.testing import ManualClock, inject_faults
+from clustersync.testing import inject_faults
+from tests._sync.conftest import TimeControl
 
 #: Upper bound for anything that should happen "soon" (loaded 2-core CI machines).
 SOON = 10.0
@@ -133,11 +134,6 @@ def in_(seconds: float) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
-def at(clock: ManualClock, seconds: float) -> datetime:
-    """A run time ``seconds`` from now by ``clock``."""
-    return datetime.fromtimestamp(clock.time() + seconds, UTC)
-
-
 def keys_listed(scheduler: cs.JobOnceScheduler) -> list[str]:
     return [job.key for job in scheduler.list_scheduled_jobs()]
 
@@ -165,20 +161,19 @@ def test_one_scheduled_job_fires_exactly_once(store: cs.Store) -> None:
     assert recorder.props_of("k1") == [None]
 
 
-def test_job_cancelled_before_firing_never_fires(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = started(clocked_store, recorder)
-    job = scheduler.schedule_once("k2", at(clock, 1))
+def test_job_cancelled_before_firing_never_fires(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = started(timed.store, recorder)
+    run_at = timed.at(0.25)
+    job = scheduler.schedule_once("k2", run_at)
     assert job.cancel() is True
     for _ in range(4):
         assert job.cancel() is False
     assert scheduler.list_scheduled_jobs() == []
-    assert clocked_store.next_job_delay() is None  # the record is gone
+    assert timed.store.next_job_delay() is None  # the record is gone
 
-    scheduler.schedule_once("control", at(clock, 1))
-    clock.advance(2)
+    scheduler.schedule_once("control", run_at)
+    timed.advance_to(run_at)
     wait_until(lambda: recorder.count("control") == 1, "the control job fired")
     shim.sleep(QUIET)
     assert recorder.count("k2") == 0
@@ -211,67 +206,67 @@ def test_callback_that_raises_is_logged_and_job_removed_without_retry(
 
 
 def test_cancel_and_reschedule_same_key_fires_once_at_new_time(
-    clocked_store: cs.Store, clock: ManualClock
+    timed: TimeControl,
 ) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = started(clocked_store, recorder)
-    scheduler.schedule_once("k4", at(clock, 1), {"v": 1})
+    recorder = Recorder(timed.time)
+    scheduler = started(timed.store, recorder)
+    old_run_at = timed.at(0.25)
+    scheduler.schedule_once("k4", old_run_at, {"v": 1})
     assert scheduler.cancel("k4") is True
-    assert clocked_store.next_job_delay() is None
-    new_run_at = at(clock, 3)
+    assert timed.store.next_job_delay() is None
+    new_run_at = old_run_at + timedelta(seconds=0.25)
     scheduler.schedule_once("k4", new_run_at, {"v": 2})
-    scheduler.schedule_once("control", at(clock, 1))
+    scheduler.schedule_once("control", old_run_at)
 
-    clock.advance(1)  # the old time: nothing of k4 fires
+    timed.advance_to(old_run_at)  # the old time: nothing of k4 fires
     wait_until(lambda: recorder.count("control") == 1, "the control job fired")
-    shim.sleep(QUIET)
-    assert recorder.count("k4") == 0
     assert scheduler.list_scheduled_jobs() == [cs.JobOnceMetadata("k4", new_run_at, {"v": 2})]
+    timed.quiet(lambda: recorder.count("k4") == 0, "k4 not fired", until=new_run_at)
 
-    clock.advance(2)  # the new time
+    timed.advance_to(new_run_at)  # the new time
     wait_until(lambda: recorder.count("k4") == 1, "k4 fired at its new time")
-    wait_store_empty(clocked_store)
+    wait_store_empty(timed.store)
     shim.sleep(QUIET)
     assert recorder.props_of("k4") == [{"v": 2}]
     assert recorder.times_of("k4")[0] >= new_run_at.timestamp()
 
 
-def test_rescheduled_job_is_not_lost_to_a_stale_instance(
-    clocked_store: cs.Store, clock: ManualClock, store_url: str, namespace: str
-) -> None:
+def test_rescheduled_job_is_not_lost_to_a_stale_instance(timed: TimeControl) -> None:
     """The Go data-loss bug (HA test): instance B still knows the old run time of `key`
     when instance A cancels it and schedules it again slightly later. In Go, B deletes
     the new record at the old time and the job is lost; here it fires exactly once."""
-    with cs.open_store(store_url, namespace=namespace, clock=clock) as other:
-        rec_a, rec_b = Recorder(clock.time), Recorder(clock.time)
-        sched_a = started(clocked_store, rec_a)
+    with timed.open_store() as other:
+        rec_a, rec_b = Recorder(timed.time), Recorder(timed.time)
+        sched_a = started(timed.store, rec_a)
         sched_b = started(other, rec_b)
-        original = at(clock, 1)
+        original = timed.at(0.25)
         sched_a.schedule_many([("key", original, {"v": 1}), ("control", original, None)])
         assert [j.run_at for j in sched_b.list_scheduled_jobs()] == [original] * 2
         shim.sleep(0.05)  # both schedulers have seen the jobs and sleep until `original`
 
         assert sched_a.cancel("key") is True
-        later = original + timedelta(seconds=0.25)  # exact in binary: no rounding
+        later = original + timedelta(seconds=0.25)
         sched_a.schedule_once("key", later, {"v": 2})
 
-        clock.advance(1)  # the old run time
+        timed.advance_to(original)  # the old run time
         wait_until(
             lambda: rec_a.count("control") + rec_b.count("control") == 1, "control fired"
         )
-        shim.sleep(QUIET)
-        assert rec_a.count("key") + rec_b.count("key") == 0
         for scheduler in (sched_a, sched_b):  # neither instance deleted the new record
             assert scheduler.list_scheduled_jobs() == [
                 cs.JobOnceMetadata("key", later, {"v": 2})
             ]
+        timed.quiet(
+            lambda: rec_a.count("key") + rec_b.count("key") == 0, "key not fired", until=later
+        )
 
-        clock.advance(0.25)
+        timed.advance_to(later)
         wait_until(lambda: rec_a.count("key") + rec_b.count("key") == 1, "key fired")
-        wait_store_empty(clocked_store)
+        wait_store_empty(timed.store)
         shim.sleep(QUIET)
         assert rec_a.counts() + rec_b.counts() == Counter({"key": 1, "control": 1})
         assert rec_a.props_of("key") + rec_b.props_of("key") == [{"v": 2}]
+        assert (rec_a.times_of("key") + rec_b.times_of("key"))[0] >= later.timestamp()
 
 
 def test_many_scheduled_jobs_each_fire_exactly_once(store: cs.Store) -> None:
@@ -289,18 +284,19 @@ def test_many_scheduled_jobs_each_fire_exactly_once(store: cs.Store) -> None:
     assert scheduler.list_scheduled_jobs() == []
 
 
-def test_cancel_a_job_by_key(clocked_store: cs.Store, clock: ManualClock) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = started(clocked_store, recorder)
-    scheduler.schedule_once("k5", at(clock, 1))
+def test_cancel_a_job_by_key(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = started(timed.store, recorder)
+    run_at = timed.at(0.25)
+    scheduler.schedule_once("k5", run_at)
     assert keys_listed(scheduler) == ["k5"]
     assert scheduler.cancel("k5") is True
     assert scheduler.list_scheduled_jobs() == []
     assert scheduler.cancel("k5") is False  # a no-op the second time
     assert scheduler.cancel("never-scheduled") is False
 
-    scheduler.schedule_once("control", at(clock, 1))
-    clock.advance(2)
+    scheduler.schedule_once("control", run_at)
+    timed.advance_to(run_at)
     wait_until(lambda: recorder.count("control") == 1, "the control job fired")
     shim.sleep(QUIET)
     assert recorder.count("k5") == 0
@@ -482,15 +478,13 @@ def test_wakeups_while_a_job_runs_do_not_run_it_again(store: cs.Store) -> None:
     assert keys_listed(scheduler) == ["later"]
 
 
-def test_duplicate_key_is_rejected_and_original_unchanged(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = started(clocked_store, recorder)
-    original = at(clock, 1)
+def test_duplicate_key_is_rejected_and_original_unchanged(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = started(timed.store, recorder)
+    original = timed.at(0.25)
     scheduler.schedule_once("dup", original, {"orig": True})
     with pytest.raises(cs.DuplicateJobError) as excinfo:
-        scheduler.schedule_once("dup", at(clock, 10), {"orig": False})
+        scheduler.schedule_once("dup", timed.at(10), {"orig": False})
     assert isinstance(excinfo.value, KeyError)
     assert isinstance(excinfo.value, cs.ClusterSyncError)
     assert excinfo.value.key == "dup"
@@ -499,13 +493,14 @@ def test_duplicate_key_is_rejected_and_original_unchanged(
         cs.JobOnceMetadata("dup", original, {"orig": True})
     ]
 
-    clock.advance(1)
+    timed.advance_to(original)
     wait_until(lambda: recorder.count("dup") == 1, "dup fired at its original time")
-    wait_store_empty(clocked_store)
+    wait_store_empty(timed.store)
     shim.sleep(QUIET)
     assert recorder.props_of("dup") == [{"orig": True}]
+    assert recorder.times_of("dup")[0] >= original.timestamp()
     # Once done, the key is free again.
-    scheduler.schedule_once("dup", at(clock, 5))
+    scheduler.schedule_once("dup", timed.at(5))
     assert keys_listed(scheduler) == ["dup"]
 
 
@@ -680,27 +675,24 @@ def test_run_at_in_the_past_fires_as_soon_as_possible(store: cs.Store) -> None:
     assert shim.monotonic() - begin < 5.0
 
 
-def test_jobs_never_fire_early_by_the_store_clock(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = started(clocked_store, recorder)
-    run_at = at(clock, 10)
+def test_jobs_never_fire_early_by_the_store_clock(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = started(timed.store, recorder)
+    run_at = timed.at(0.5)
+    nine_at = run_at - timedelta(seconds=0.25)
     scheduler.schedule_once("ten", run_at)
-    scheduler.schedule_once("nine", at(clock, 9))
-    shim.sleep(QUIET)
-    assert recorder.count() == 0
+    scheduler.schedule_once("nine", nine_at)
 
-    clock.advance(9)
-    wait_until(lambda: recorder.count("nine") == 1, "the 9 s job fired")
-    shim.sleep(QUIET)
-    assert recorder.count("ten") == 0
+    timed.advance_to(nine_at, lambda: recorder.count() == 0, "nothing fired")
+    wait_until(lambda: recorder.count("nine") == 1, "the first job fired")
     assert keys_listed(scheduler) == ["ten"]
-
-    clock.advance(1)
-    wait_until(lambda: recorder.count("ten") == 1, "the 10 s job fired")
-    assert recorder.times_of("ten") == [run_at.timestamp()]
-    assert recorder.times_of("nine")[0] >= run_at.timestamp() - 1
+    timed.advance_to(run_at, lambda: recorder.count("ten") == 0, "the second did not")
+    wait_until(lambda: recorder.count("ten") == 1, "the second job fired")
+    [fired] = recorder.times_of("ten")
+    assert fired >= run_at.timestamp()
+    if timed.manual:  # at the very moment the clock reached its run time
+        assert fired == run_at.timestamp()
+    assert recorder.times_of("nine")[0] >= nine_at.timestamp()
 
 
 def test_jobs_never_fire_early_by_the_real_clock(store: cs.Store) -> None:
@@ -879,26 +871,25 @@ def test_reschedule_while_the_old_run_is_still_running(store: cs.Store) -> None:
     assert store.next_job_delay() is None
 
 
-def test_stop_keeps_jobs_and_start_again_fires_them(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    recorder = Recorder(clock.time)
-    scheduler = started(clocked_store, recorder)
-    scheduler.schedule_once("kept", at(clock, 1))
+def test_stop_keeps_jobs_and_start_again_fires_them(timed: TimeControl) -> None:
+    recorder = Recorder(timed.time)
+    scheduler = started(timed.store, recorder)
+    run_at = timed.at(0.25)
+    scheduler.schedule_once("kept", run_at)
     assert scheduler.stop() is True
     assert not scheduler.started
     assert scheduler.stop() is True  # idempotent
 
-    clock.advance(2)
+    timed.advance_to(run_at)
     shim.sleep(QUIET)
     assert recorder.count() == 0  # stopped: nothing fires here
     assert keys_listed(scheduler) == ["kept"]  # ... and the job stays stored
 
     scheduler.start()
     wait_until(lambda: recorder.count("kept") == 1, "the kept job fired after restart")
-    wait_store_empty(clocked_store)
-    scheduler.schedule_once("after-restart", at(clock, 1))
-    clock.advance(1)
+    wait_store_empty(timed.store)
+    scheduler.schedule_once("after-restart", timed.at(0.25))
+    timed.advance(0.25)
     wait_until(lambda: recorder.count("after-restart") == 1, "a new job fired")
 
 
@@ -937,33 +928,38 @@ def test_long_callback_keeps_its_claim_and_is_not_run_again(
 
 
 def test_job_of_a_crashed_claimer_runs_once_after_the_claim_expires(
-    clocked_store: cs.Store, clock: ManualClock
+    timed: TimeControl,
 ) -> None:
-    recorder = Recorder(clock.time, blocking={"crashed"})
-    scheduler = cs.get_job_once_scheduler(clocked_store)
+    store = timed.store
+    claim_ttl = 0.5
+    recorder = Recorder(timed.time, blocking={"crashed"})
+    scheduler = cs.get_job_once_scheduler(store)
     scheduler.set_callback(recorder.callback)
-    scheduler.schedule_once("crashed", at(clock, 0), {"p": 1})
+    scheduler.schedule_once("crashed", timed.now(), {"p": 1})
     # An instance claims the job and dies without completing it.
-    [claim] = clocked_store.claim_due_jobs("dead-owner", 10, 5.0)
+    claim_expires = timed.at(claim_ttl)  # at the earliest
+    [claim] = store.claim_due_jobs("dead-owner", 10, claim_ttl)
     assert claim.key == "crashed"
     assert scheduler.list_scheduled_jobs() == []  # claimed: not pending
 
     scheduler.start()
-    scheduler.schedule_once("control", at(clock, 1))
-    clock.advance(1)
+    control_at = timed.at(0.25)
+    scheduler.schedule_once("control", control_at)
+    timed.advance_to(control_at)
     wait_until(lambda: recorder.count("control") == 1, "control fired")
-    shim.sleep(QUIET)
-    assert recorder.count("crashed") == 0  # the claim is still live
+    timed.quiet(  # the claim is still live
+        lambda: recorder.count("crashed") == 0, "crashed not re-run", until=claim_expires
+    )
 
     try:
-        clock.advance(4.5)  # past the dead claim
+        timed.advance_to(claim_expires)  # past the dead claim
         wait_until(lambda: recorder.count("crashed") == 1, "the crashed job re-ran")
         # The dead claimer's late completion cannot remove the job now claimed by us.
-        assert clocked_store.complete_job("crashed", "dead-owner", claim.claim) is False
-        assert clocked_store.next_job_delay() is not None
+        assert store.complete_job("crashed", "dead-owner", claim.claim) is False
+        assert store.next_job_delay() is not None
     finally:
         recorder.release.set()
-    wait_store_empty(clocked_store)
+    wait_store_empty(store)
     shim.sleep(QUIET)
     assert recorder.count("crashed") == 1
     assert recorder.props_of("crashed") == [{"p": 1}]

@@ -4,8 +4,9 @@
 
 Each test of the Go package's ``mutex_test.go`` is re-expressed here (named in the
 docstring), plus what the Go suite does not cover: lease expiry, takeover after a crash,
-renewal failures, owner-checked release and fencing tokens. Lease expiry is driven with
-a :class:`~clustersync.testing.ManualClock` where possible (``clocked_store``); store
+renewal failures, owner-checked release and fencing tokens. Lease expiry is driven by
+the ``timed`` fixture (a ManualClock on memory and SQLite, short real leases on the
+server stores), with the expired holder paused by :class:`FrozenRenewals`; store
 outages are simulated with :func:`~clustersync.testing.inject_faults`.
 """
 
@@ -15,16 +16,19 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import clustersync as cs
 from clustersync import _syncshim as shim
-from clustersync.testing import InjectedFault, ManualClock, inject_faults
+from clustersync.testing import InjectedFault, inject_faults
+from tests._sync.conftest import TimeControl
 
 #: Generous bound for "promptly" on a loaded machine (the library aims at milliseconds).
 PROMPT = 1.0
+#: A lease short enough to expire in real time on server stores.
+SHORT_TTL = 0.3
 
 
 @pytest.fixture
@@ -61,6 +65,35 @@ def start_acquire(
             results.append(exc)
 
     return shim.spawn(run, name="test-acquire")
+
+
+class FrozenRenewals:
+    """Holds back the lease renewals of one store, as if its process were paused while
+    time passes (what a manual clock's jump does to a holder): each renewal waits until
+    :meth:`thaw` and only then reaches the store — too late if the lease expired
+    meanwhile. Thaw before releasing a mutex of that store (release waits for its
+    renewer)."""
+
+    def __init__(self, store: cs.Store) -> None:
+        self._store = store
+        self._backend = store._backend
+        self._thawed = shim.CancelEvent()
+        store._backend = cast(Any, self)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._backend, name)
+        if name != "renew_lease":
+            return attribute
+
+        def held_back(*args: Any, **kwargs: Any) -> Any:
+            shim.wait_for_event(self._thawed, None)
+            return attribute(*args, **kwargs)
+
+        return held_back
+
+    def thaw(self) -> None:
+        self._store._backend = self._backend
+        self._thawed.set()
 
 
 # -- Go TestMutex ------------------------------------------------------------------------
@@ -153,25 +186,40 @@ def test_failed_lock_with_timeout_raises_the_store_error(store: cs.Store) -> Non
     mutex.release()
 
 
-def test_failed_unlock(clocked_store: cs.Store, clock: ManualClock) -> None:
+def test_failed_unlock(timed: TimeControl) -> None:
     """Go: TestMutex/failed unlock — release while the store fails does not raise; the
     lease stays in the store until it expires, then someone else gets it."""
-    mutex = cs.Mutex(clocked_store, "failed-unlock", ttl=0.5)
-    other = cs.Mutex(clocked_store, "failed-unlock", ttl=0.5)
-    assert mutex.acquire(timeout=PROMPT)
-    faults = inject_faults(clocked_store)
-    faults.fail()
-    started = shim.monotonic()
-    mutex.release()  # neither NotLockedError nor the store error
-    assert shim.monotonic() - started < 3.0
-    assert faults.failures["release_lease"] >= 1
-    assert mutex.token is None
-    assert not mutex.locked()
-    faults.heal()
-    assert not other.acquire(blocking=False)  # the store clock has not moved
-    clock.advance(0.6)
-    assert other.acquire(timeout=PROMPT)
-    other.release()
+    with timed.open_store() as other_store:
+        mutex = cs.Mutex(timed.store, "failed-unlock", ttl=SHORT_TTL)
+        other = cs.Mutex(other_store, "failed-unlock", ttl=SHORT_TTL)
+        expires = timed.at(SHORT_TTL)  # at the earliest
+        assert mutex.acquire(timeout=PROMPT)
+        faults = inject_faults(timed.store)
+        faults.fail()
+        errors: list[Exception] = []
+
+        def release() -> None:
+            try:
+                mutex.release()  # neither NotLockedError nor the store error
+            except Exception as exc:
+                errors.append(exc)
+
+        started = shim.monotonic()
+        task = shim.spawn(release, name="test-release")
+        # While the release retries (until the lease would expire), the lease is held.
+        assert not other.acquire(blocking=False)
+        assert shim.join(task, 5.0)
+        assert errors == []
+        assert shim.monotonic() - started < 3.0
+        assert faults.failures["release_lease"] >= 1
+        assert mutex.token is None
+        assert not mutex.locked()
+        faults.heal()
+        if timed.manual:  # still held after release gave up (real time is at the expiry)
+            assert not other.acquire(blocking=False)
+        timed.advance_to(expires)
+        assert other.acquire(timeout=PROMPT)
+        other.release()
 
 
 def test_discrete_keys(store: cs.Store) -> None:
@@ -437,20 +485,24 @@ def test_tokens_survive_reopening_the_store(store_url: str, namespace: str) -> N
     assert tokens == sorted(set(tokens))
 
 
-def test_takeover_after_expiry_mints_a_larger_token(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    first = cs.Mutex(clocked_store, "fenced-expiry", ttl=1.0)
-    second = cs.Mutex(clocked_store, "fenced-expiry", ttl=1.0)
-    assert first.acquire(timeout=PROMPT)
-    clock.advance(1.5)
-    assert second.acquire(timeout=PROMPT)
-    assert first.token is not None
-    assert second.token is not None
-    assert second.token > first.token
-    with pytest.raises(cs.LockLostError):
-        first.release()
-    second.release()
+def test_takeover_after_expiry_mints_a_larger_token(timed: TimeControl) -> None:
+    with timed.open_store() as paused_store:
+        first = cs.Mutex(paused_store, "fenced-expiry", ttl=SHORT_TTL)
+        second = cs.Mutex(timed.store, "fenced-expiry", ttl=SHORT_TTL)
+        frozen = FrozenRenewals(paused_store)
+        try:
+            expires = timed.at(SHORT_TTL)  # at the earliest
+            assert first.acquire(timeout=PROMPT)
+            timed.advance_to(expires)
+            assert second.acquire(timeout=PROMPT)
+        finally:
+            frozen.thaw()
+        assert first.token is not None
+        assert second.token is not None
+        assert second.token > first.token
+        with pytest.raises(cs.LockLostError):
+            first.release()
+        second.release()
 
 
 # -- isolation ---------------------------------------------------------------------------
@@ -488,48 +540,60 @@ def test_mutex_and_recurring_job_with_the_same_name_do_not_collide(
 # -- ownership, loss and renewal -----------------------------------------------------------
 
 
-def test_release_is_owner_checked(clocked_store: cs.Store, clock: ManualClock) -> None:
+def test_release_is_owner_checked(timed: TimeControl) -> None:
     """A holder whose lease expired cannot release the next holder's lease (Go's Unlock
     deletes it unconditionally and lets a third contender in)."""
-    a = cs.Mutex(clocked_store, "owned", ttl=1.0)
-    b = cs.Mutex(clocked_store, "owned", ttl=1.0)
-    c = cs.Mutex(clocked_store, "owned", ttl=1.0)
-    assert a.acquire(timeout=PROMPT)
-    clock.advance(1.5)
-    assert b.acquire(timeout=PROMPT)
-    with pytest.raises(cs.LockLostError):
-        a.release()
-    assert a.token is None
-    assert b.locked()
-    b.check()
-    assert not c.acquire(blocking=False)
-    b.release()
-    assert c.acquire(blocking=False)
-    c.release()
+    with timed.open_store() as paused_store:
+        a = cs.Mutex(paused_store, "owned", ttl=SHORT_TTL)
+        b = cs.Mutex(timed.store, "owned", ttl=SHORT_TTL)
+        c = cs.Mutex(timed.store, "owned", ttl=SHORT_TTL)
+        frozen = FrozenRenewals(paused_store)
+        try:
+            expires = timed.at(SHORT_TTL)  # at the earliest
+            assert a.acquire(timeout=PROMPT)
+            timed.advance_to(expires)
+            assert b.acquire(timeout=PROMPT)
+        finally:
+            frozen.thaw()
+        with pytest.raises(cs.LockLostError):
+            a.release()
+        assert a.token is None
+        assert b.locked()
+        b.check()
+        assert not c.acquire(blocking=False)
+        b.release()
+        assert c.acquire(blocking=False)
+        c.release()
 
 
-def test_on_lost_when_taken_over(clocked_store: cs.Store, clock: ManualClock) -> None:
+def test_on_lost_when_taken_over(timed: TimeControl) -> None:
     """Lease expired and taken by another holder: on_lost is called exactly once,
     locked() turns False, check() and release() raise LockLostError."""
     lost: list[int] = []
-    a = cs.Mutex(clocked_store, "lost", ttl=0.6, on_lost=lambda: lost.append(1))
-    b = cs.Mutex(clocked_store, "lost", ttl=0.6)
-    assert a.acquire(timeout=PROMPT)
-    clock.advance(1.0)
-    assert b.acquire(timeout=PROMPT)
-    assert eventually(lambda: bool(lost), 3.0)  # the next renewal finds out
-    assert not a.locked()
-    with pytest.raises(cs.LockLostError):
-        a.check()
-    shim.sleep(0.3)
-    assert lost == [1]
-    with pytest.raises(cs.LockLostError):
-        a.release()
-    with pytest.raises(cs.NotLockedError):
-        a.check()
-    assert b.locked()
-    b.release()
-    assert lost == [1]
+    with timed.open_store() as paused_store:
+        a = cs.Mutex(paused_store, "lost", ttl=SHORT_TTL, on_lost=lambda: lost.append(1))
+        b = cs.Mutex(timed.store, "lost", ttl=SHORT_TTL)
+        frozen = FrozenRenewals(paused_store)
+        try:
+            expires = timed.at(SHORT_TTL)  # at the earliest
+            assert a.acquire(timeout=PROMPT)
+            timed.advance_to(expires)
+            assert b.acquire(timeout=PROMPT)
+        finally:
+            frozen.thaw()
+        assert eventually(lambda: bool(lost), 3.0)  # the next renewal finds out
+        assert not a.locked()
+        with pytest.raises(cs.LockLostError):
+            a.check()
+        shim.sleep(0.3)
+        assert lost == [1]
+        with pytest.raises(cs.LockLostError):
+            a.release()
+        with pytest.raises(cs.NotLockedError):
+            a.check()
+        assert b.locked()
+        b.release()
+        assert lost == [1]
 
 
 def test_on_lost_when_renewals_keep_failing(store: cs.Store) -> None:
@@ -589,25 +653,32 @@ def test_crash_takeover_when_renewals_stop(store: cs.Store, other_store: cs.Stor
     waiter.release()
 
 
-def test_waiter_gets_an_expired_lease_at_once(
-    clocked_store: cs.Store, clock: ManualClock
-) -> None:
-    """Crash takeover, deterministic: a waiter blocked on a 15 s lease gets it as soon as
-    the store's clock passes the expiry, without polling for it."""
-    crashed = cs.Mutex(clocked_store, "expiry")
-    waiter = cs.Mutex(clocked_store, "expiry")
-    assert crashed.acquire(timeout=PROMPT)
-    results: list[Any] = []
-    task = start_acquire(waiter, results, timeout=10)
-    assert not shim.join(task, 0.2)
-    expired_at = shim.monotonic()
-    clock.advance(15.5)
-    assert shim.join(task, 5.0)
-    assert results == [True]
-    assert shim.monotonic() - expired_at < PROMPT
-    with pytest.raises(cs.LockLostError):
-        crashed.release()
-    waiter.release()
+def test_waiter_gets_an_expired_lease_at_once(timed: TimeControl) -> None:
+    """Crash takeover, deterministic: a waiter blocked on a lease gets it as soon as the
+    store's clock passes the expiry, without polling for it. With a manual clock the
+    lease lasts 15 s (a waiter polling every MAX_WAIT_WITHOUT_NEWS would be late); a
+    server's must expire in real time."""
+    ttl = 15.0 if timed.manual else 0.5  # long enough to see the waiter block first
+    with timed.open_store() as crashed_store:
+        crashed = cs.Mutex(crashed_store, "expiry", ttl=ttl)
+        waiter = cs.Mutex(timed.store, "expiry", ttl=ttl)
+        frozen = FrozenRenewals(crashed_store)  # the holder never renews again
+        try:
+            expires = timed.at(ttl)  # at the earliest
+            assert crashed.acquire(timeout=PROMPT)
+            results: list[Any] = []
+            task = start_acquire(waiter, results, timeout=10)
+            assert not shim.join(task, 0.2)
+            timed.advance_to(expires)
+            expired_at = shim.monotonic()
+            assert shim.join(task, 5.0)
+            assert results == [True]
+            assert shim.monotonic() - expired_at < PROMPT
+        finally:
+            frozen.thaw()
+        with pytest.raises(cs.LockLostError):
+            crashed.release()
+        waiter.release()
 
 
 # -- the fault injection helper used above ---------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,9 @@ class Renewer:
         self._task: shim.Task | None = None
         self._waker: shim.Waker | None = None
         self._closed = False
+        # Until when the worker sleeps (monotonic; -inf while it is awake): an added hold
+        # wakes it only if its renewal is due before that, not on every acquisition.
+        self._sleep_until = -math.inf
 
     def add(self, lease: Lease, hold: Hold) -> None:
         """Start renewing ``hold`` (from an acquiring task or thread)."""
@@ -49,8 +53,8 @@ class Renewer:
             if self._task is None:
                 self._waker = shim.Waker()
                 self._task = shim.spawn(self._run, name="clustersync-renewer")
-            # Wake the worker only if this renewal is now the earliest one.
-            waker = self._waker if self._heap[0] is entry else None
+            # Wake the worker only if it would otherwise sleep past this renewal.
+            waker = self._waker if entry[0] < self._sleep_until else None
         if waker is not None:
             waker.set_threadsafe()
 
@@ -78,10 +82,12 @@ class Renewer:
         return None
 
     def _wait_time(self) -> float:
+        """How long to sleep; from now on, ``add`` wakes the worker for earlier renewals."""
         with self._lock:
-            if not self._heap:
-                return _IDLE
-            return max(0.0, min(_IDLE, self._heap[0][0] - shim.monotonic()))
+            now = shim.monotonic()
+            wait = _IDLE if not self._heap else max(0.0, min(_IDLE, self._heap[0][0] - now))
+            self._sleep_until = now + wait
+            return wait
 
     async def _run(self) -> None:
         waker = self._waker
@@ -98,6 +104,8 @@ class Renewer:
                             (shim.monotonic() + delay, next(self._order), lease, hold),
                         )
             await waker.wait(self._wait_time())
+            with self._lock:
+                self._sleep_until = -math.inf
 
     async def _renew(self, lease: Lease, hold: Hold) -> float | None:
         """Renew once; return the delay before the next renewal, or None when done."""

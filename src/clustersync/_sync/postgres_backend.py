@@ -15,8 +15,14 @@ object ``LISTEN``s on a dedicated connection opened before ``open_store`` return
 waiter also has a deadline, so a lost notification costs latency only.
 
 Failure modes: psycopg errors and pool timeouts become ``StoreUnavailableError`` (cause
-kept). The listening connection reconnects with backoff and then wakes every waiter to
-recheck. Committed one-shot jobs survive server restarts and crashes.
+kept). Connections come from a small pool of the backend's own (at most
+``max_connections``): an idle connection the server has closed (restart, crash,
+terminated backend) is noticed before use and dropped, and new connections are opened
+on demand, never behind a background reconnection backoff — so while the server is down
+an operation fails as fast as a connection attempt does, and it works again as soon as
+the server answers. Only waiting for a free connection when all are busy is bounded by
+``pool_timeout``. The listening connection reconnects with backoff and then wakes every
+waiter to recheck. Committed one-shot jobs survive server restarts and crashes.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import select
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg.pq import TransactionStatus
 
 from .. import _syncshim as shim
 from .._core.backoff import Backoff
@@ -52,6 +61,9 @@ logger = logging.getLogger("clustersync.postgres")
 _US = 1_000_000
 #: How often the LISTEN reader checks whether the store was closed.
 _LISTEN_POLL = 0.1
+#: Idle pooled connections older than this are closed rather than reused (a firewall or
+#: NAT may have dropped them silently).
+_MAX_IDLE = 300.0
 
 
 def notify_channel(namespace: str) -> str:
@@ -62,8 +74,15 @@ def notify_channel(namespace: str) -> str:
 class PostgresBackend:
     """Lease and job operations on one namespace of a PostgreSQL database."""
 
-    def __init__(self, pool: Any, url: str, namespace: str, connect_timeout: float) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        *,
+        connect_timeout: float = 5.0,
+        pool_timeout: float = 10.0,
+        max_connections: int = 10,
+    ) -> None:
         self._url = url
         self._safe_url = redact(url)
         self._ns = namespace
@@ -73,6 +92,15 @@ class PostgresBackend:
         self._listen_conn: Any = None
         self._reader: shim.Task | None = None
         self._closed = False
+        # The connection pool: idle connections with when they were checked in (newest
+        # last), how many are open or being opened, and who waits for one when all
+        # max_connections are busy.
+        self._pool_timeout = pool_timeout
+        self._max_connections = max_connections
+        self._idle: list[tuple[Any, float]] = []
+        self._opened = 0
+        self._slot_waiters: deque[shim.Waker] = deque()
+        self._pool_lock = shim.Lock()
 
     @classmethod
     def open(cls, url: str, namespace: str, options: dict[str, Any]) -> PostgresBackend:
@@ -80,32 +108,28 @@ class PostgresBackend:
         connect_timeout = float(options.pop("connect_timeout", 5.0))
         pool_timeout = float(options.pop("pool_timeout", 10.0))
         max_connections = int(options.pop("max_connections", 10))
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be at least 1")
         if options:
             raise ConfigurationError(
                 f"unknown option(s) for the postgres store: {', '.join(sorted(options))}"
             )
         try:
-            psycopg.conninfo.conninfo_to_dict(url)
+            params = psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"invalid PostgreSQL URL {redact(url)!r}: {exc}") from exc
-        pool = ConnectionPool(
+            raise ConfigurationError(
+                f"invalid PostgreSQL URL {redact(url)!r}: {str(exc).strip()}"
+            ) from exc
+        _check_ports(str(params.get("port") or ""), url)
+        backend = cls(
             url,
-            min_size=1,
-            max_size=max_connections,
-            open=False,
-            timeout=pool_timeout,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(1, int(connect_timeout)),
-                # Prepared statements do not survive a transaction-pooling PgBouncer.
-                "prepare_threshold": None,
-            },
-            name="clustersync",
+            namespace,
+            connect_timeout=connect_timeout,
+            pool_timeout=pool_timeout,
+            max_connections=max_connections,
         )
-        backend = cls(pool, url, namespace, connect_timeout)
         try:
             backend._listen()  # connects first: proves the server is reachable
-            pool.open(wait=False)
         except BaseException:
             backend.close()
             raise
@@ -116,7 +140,11 @@ class PostgresBackend:
     def _connect(self) -> Any:
         try:
             return psycopg.Connection.connect(
-                self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                self._url,
+                autocommit=True,
+                connect_timeout=max(1, int(self._connect_timeout)),
+                # Prepared statements do not survive a transaction-pooling PgBouncer.
+                prepare_threshold=None,
             )
         except psycopg.OperationalError as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
@@ -153,22 +181,92 @@ class PostgresBackend:
             raise StoreUnavailableError(f"store {self._safe_url} is closed")
         try:
             yield
-        except PoolTimeout as exc:
-            raise StoreUnavailableError(
-                f"PostgreSQL at {self._safe_url}: no connection available to {action} ({exc})"
-            ) from exc
         except psycopg.Error as exc:
             raise StoreUnavailableError(
                 f"PostgreSQL at {self._safe_url} failed to {action}: {exc}"
             ) from exc
 
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A connection of the pool for one operation (use inside ``_translate``)."""
+        conn = self._checkout()
+        try:
+            yield conn
+        finally:
+            self._checkin(conn)
+
+    def _checkout(self) -> Any:
+        """An idle connection the server has not closed, else a new one if fewer than
+        ``max_connections`` are open, else wait (up to ``pool_timeout``) for one."""
+        deadline = shim.monotonic() + self._pool_timeout
+        stale: list[Any] = []
+        try:
+            while True:
+                with self._pool_lock:
+                    if self._closed:
+                        raise StoreUnavailableError(f"store {self._safe_url} is closed")
+                    while self._idle:
+                        conn, since = self._idle.pop()
+                        if shim.monotonic() - since < _MAX_IDLE and not _closed_by_server(conn):
+                            return conn
+                        self._opened -= 1
+                        stale.append(conn)
+                    if self._opened < self._max_connections:
+                        self._opened += 1
+                        break
+                    waker = shim.Waker()
+                    self._slot_waiters.append(waker)
+                try:
+                    remaining = deadline - shim.monotonic()
+                    woken = remaining > 0 and waker.wait(remaining)
+                finally:
+                    with self._pool_lock:
+                        if waker in self._slot_waiters:
+                            self._slot_waiters.remove(waker)
+                if not woken:
+                    raise StoreUnavailableError(
+                        f"PostgreSQL at {self._safe_url}: all {self._max_connections}"
+                        f" connections of this store stayed busy for {self._pool_timeout:g}s"
+                        " (see the max_connections and pool_timeout options)"
+                    )
+        finally:
+            for conn in stale:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        try:
+            return self._connect()
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _checkin(self, conn: Any) -> None:
+        """Keep ``conn`` for reuse if it is idle and healthy, else close it."""
+        reusable = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+        with self._pool_lock:
+            keep = reusable and not self._closed
+            if keep:
+                self._idle.append((conn, shim.monotonic()))
+            else:
+                self._opened -= 1
+            if self._slot_waiters:
+                self._slot_waiters.popleft().set_threadsafe()
+        if not keep:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _release_slot(self) -> None:
+        with self._pool_lock:
+            self._opened -= 1
+            if self._slot_waiters:
+                self._slot_waiters.popleft().set_threadsafe()
+
     def _fetch(self, action: str, query: str, params: dict[str, Any]) -> list[Any]:
-        with self._translate(action), self._pool.connection() as conn:
+        with self._translate(action), self._connection() as conn:
             cur = conn.execute(query, params)
             return list(cur.fetchall())
 
     def _rowcount(self, action: str, query: str, params: dict[str, Any]) -> int:
-        with self._translate(action), self._pool.connection() as conn:
+        with self._translate(action), self._connection() as conn:
             cur = conn.execute(query, params)
             return int(cur.rowcount)
 
@@ -238,8 +336,15 @@ class PostgresBackend:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-        with contextlib.suppress(Exception):
-            self._pool.close()
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+            self._opened -= len(idle)
+            waiters, self._slot_waiters = list(self._slot_waiters), deque()
+        for waiter in waiters:
+            waiter.set_threadsafe()
+        for conn, _ in idle:  # connections in use are closed when they are checked in
+            with contextlib.suppress(Exception):
+                conn.close()
 
     # -- leases --------------------------------------------------------------------------
 
@@ -302,16 +407,13 @@ class PostgresBackend:
             "props": [job.props_json for job in jobs],
             "channel": self._channel,
         }
-        with self._translate("store one-shot jobs"), self._pool.connection() as conn:
-            inserted = 0
-            with conn.transaction():
-                cur = conn.execute(q.PUT_JOBS, params)
-                row = cur.fetchone()
-                inserted = int(row[0]) if row else 0
-                if inserted != len(jobs):
-                    raise psycopg.Rollback()  # all or nothing: a duplicate stores none
-            if inserted == len(jobs):
+        with self._translate("store one-shot jobs"), self._connection() as conn:
+            try:
+                # One statement, so all or nothing: a duplicate key stores none.
+                conn.execute(q.PUT_JOBS, params)
                 return
+            except psycopg.errors.UniqueViolation:
+                pass
             cur = conn.execute(q.EXISTING_KEYS, {"ns": self._ns, "keys": keys})
             existing = {str(r[0]) for r in cur.fetchall()}
         raise DuplicateJobError(_first_duplicate(keys, existing))
@@ -353,6 +455,34 @@ class PostgresBackend:
         rows = self._fetch("find the next due job", q.NEXT_DELAY, {"ns": self._ns})
         delay = rows[0][0]
         return None if delay is None else max(0.0, int(delay) / _US)
+
+
+def _closed_by_server(conn: Any) -> bool:
+    """Whether an idle connection has input waiting or is closed: the server said something
+    unprompted, which on an idle connection means it closed it (restart, crash,
+    terminated backend)."""
+    if conn.closed:
+        return True
+    try:
+        fd = conn.pgconn.socket
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([fd], [], [], 0)[0])
+    except (psycopg.Error, OSError, ValueError):
+        return True
+
+
+def _check_ports(ports: str, url: str) -> None:
+    """libpq only checks ports when connecting; a malformed one is a configuration error."""
+    for raw in unquote(ports).split(","):
+        port = raw.strip()
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(
+                f"invalid PostgreSQL URL {redact(url)!r}: port {port!r} is not a number"
+                " from 1 to 65535"
+            )
 
 
 def _first_duplicate(keys: Sequence[str], existing: set[str]) -> str:

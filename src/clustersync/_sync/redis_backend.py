@@ -126,7 +126,8 @@ class RedisBackend:
             yield
         except AuthenticationError as exc:
             raise StoreUnavailableError(
-                f"Redis at {self._url} rejected the credentials ({exc})"
+                f"Redis at {self._url} rejected the credentials: authentication failed"
+                f" (wrong or missing password?): {exc}"
             ) from exc
         except (RedisError, OSError) as exc:
             raise StoreUnavailableError(f"Redis at {self._url} failed to {action}: {exc}") from exc

@@ -102,15 +102,15 @@ WHERE EXISTS (
 ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us
 """
 
+# A plain INSERT (no ON CONFLICT): one duplicate makes the whole statement fail, so a
+# batch is stored all or nothing in one round trip. The notification is sent on commit.
 PUT_JOBS = """
 WITH new AS (
     INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)
     SELECT %(ns)s, k, r, p, r
     FROM unnest(%(keys)s::text[], %(run_ats)s::bigint[], %(props)s::text[]) AS t(k, r, p)
-    ON CONFLICT (ns, key) DO NOTHING
-    RETURNING key
 )
-SELECT (SELECT count(*) FROM new), pg_notify(%(channel)s, 'jobs')
+SELECT pg_notify(%(channel)s, 'jobs')
 """
 
 EXISTING_KEYS = "SELECT key FROM clustersync_jobs WHERE ns = %(ns)s AND key = ANY(%(keys)s::text[])"
