@@ -38,6 +38,8 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
         "from collections.abc import Callable, Iterator",
     ),
     (r"\basync for\b", "for"),
+    (r"\bAwaitable\[(\w+(?:\[\w+\])?)\]", r"\1"),
+    (r"\bAwaitable, ", ""),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\basynccontextmanager\b", "contextmanager"),
     (r"\baclose\b", "close"),

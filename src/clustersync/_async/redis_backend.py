@@ -24,13 +24,9 @@ from typing import Any
 import redis.asyncio as redis_client
 from redis.exceptions import AuthenticationError, RedisError
 
-from .. import _aioshim as shim
-from .._core.backoff import Backoff
 from ..backends import redis_lua
 from ..backends.base import (
-    ANY_CHANNEL,
     AcquireResult,
-    ChangeListener,
     ClaimedJob,
     JobMetadataRecord,
     LeaseInfo,
@@ -40,16 +36,15 @@ from ..backends.base import (
 )
 from ..backends.urls import redact
 from ..exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
+from .change_feed import POLL, ChangeFeed, PushNotifications
 
 logger = logging.getLogger("clustersync.redis")
 
 _US = 1_000_000
 _LIST_PAGE = 1000
-#: How often the subscription reader checks whether the store was closed.
-_LISTEN_POLL = 0.1
 
 
-class RedisBackend:
+class RedisBackend(PushNotifications):
     """Lease and job operations on one namespace of a Redis server."""
 
     def __init__(self, client: Any, url: str, namespace: str) -> None:
@@ -60,10 +55,15 @@ class RedisBackend:
         self._due = self._prefix + "due"
         self._runat = self._prefix + "runat"
         self._meta = self._prefix + "meta"
-        self._listener: ChangeListener | None = None
-        self._pubsub: Any = None
-        self._reader: shim.Task | None = None
         self._closed = False
+        self._feed: ChangeFeed[Any] = ChangeFeed(
+            what="Redis subscription",
+            connect=self._subscribe,
+            receive=self._receive,
+            disconnect=_close_pubsub,
+            notify=self._notify,
+            errors=(RedisError, OSError),
+        )
         scripts = {
             name: client.register_script(getattr(redis_lua, name))
             for name in (
@@ -109,7 +109,7 @@ class RedisBackend:
         try:
             async with backend._translate("connect"):
                 await client.ping()
-                await backend._subscribe()
+                await backend._feed.start()
         except BaseException:
             await backend.close()
             raise
@@ -136,68 +136,27 @@ class RedisBackend:
 
     # -- notifications -------------------------------------------------------------------
 
-    async def _subscribe(self) -> None:
+    async def _subscribe(self) -> Any:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self._events)
         except BaseException:
             await pubsub.aclose()
             raise
-        self._pubsub = pubsub
-        self._reader = shim.spawn(self._read_events, name="clustersync-redis-events")
+        return pubsub
 
-    async def _read_events(self) -> None:
-        backoff = Backoff(cap=2.0)
-        while not self._closed:
-            pubsub = self._pubsub
-            try:
-                if pubsub is None:
-                    pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                    await pubsub.subscribe(self._events)
-                    self._pubsub = pubsub
-                    self._notify(ANY_CHANNEL)  # messages may have been missed meanwhile
-                message = await pubsub.get_message(timeout=_LISTEN_POLL)
-                backoff.reset()
-            except (RedisError, OSError) as exc:
-                if self._closed:
-                    return
-                delay = backoff.next_delay()
-                logger.warning("Redis subscription lost; reconnecting in %.2fs: %s", delay, exc)
-                self._pubsub = None
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
-                self._notify(ANY_CHANNEL)
-                await shim.sleep(delay)
-                continue
-            if message is not None and message.get("type") == "message":
-                self._notify(str(message["data"]))
-
-    def _notify(self, channel: str) -> None:
-        listener = self._listener
-        if listener is not None:
-            listener(channel)
-
-    def set_listener(self, listener: ChangeListener | None) -> None:
-        self._listener = listener
-
-    def set_watch_interval(self, seconds: float | None) -> None:
-        """Nothing to poll: changes arrive by pub/sub."""
+    async def _receive(self, pubsub: Any) -> list[str]:
+        message = await pubsub.get_message(timeout=POLL)
+        if message is not None and message.get("type") == "message":
+            return [str(message["data"])]
+        return []
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._listener = None
-        reader = self._reader
-        if reader is not None and not shim.in_task(reader):
-            shim.cancel_task(reader)
-            await shim.join(reader, 2 * _LISTEN_POLL + 1)
-        pubsub = self._pubsub
-        self._pubsub = None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        await self._feed.close()
         with contextlib.suppress(Exception):
             await self._client.aclose()
 
@@ -339,3 +298,7 @@ class RedisBackend:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+async def _close_pubsub(pubsub: Any) -> None:
+    await pubsub.aclose()

@@ -41,12 +41,9 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from .. import _syncshim as shim
-from .._core.backoff import Backoff
 from ..backends import postgres_sql as q
 from ..backends.base import (
-    ANY_CHANNEL,
     AcquireResult,
-    ChangeListener,
     ClaimedJob,
     JobMetadataRecord,
     LeaseInfo,
@@ -55,12 +52,11 @@ from ..backends.base import (
 )
 from ..backends.urls import redact
 from ..exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
+from .change_feed import POLL, ChangeFeed, PushNotifications
 
 logger = logging.getLogger("clustersync.postgres")
 
 _US = 1_000_000
-#: How often the LISTEN reader checks whether the store was closed.
-_LISTEN_POLL = 0.1
 #: Idle pooled connections older than this are closed rather than reused (a firewall or
 #: NAT may have dropped them silently).
 _MAX_IDLE = 300.0
@@ -71,7 +67,7 @@ def notify_channel(namespace: str) -> str:
     return "clustersync_" + hashlib.sha1(namespace.encode()).hexdigest()[:32]
 
 
-class PostgresBackend:
+class PostgresBackend(PushNotifications):
     """Lease and job operations on one namespace of a PostgreSQL database."""
 
     def __init__(
@@ -88,9 +84,14 @@ class PostgresBackend:
         self._ns = namespace
         self._channel = notify_channel(namespace)
         self._connect_timeout = connect_timeout
-        self._listener: ChangeListener | None = None
-        self._listen_conn: Any = None
-        self._reader: shim.Task | None = None
+        self._feed: ChangeFeed[Any] = ChangeFeed(
+            what="PostgreSQL LISTEN connection",
+            connect=self._listen,
+            receive=self._receive,
+            disconnect=_close_connection,
+            notify=self._notify,
+            errors=(psycopg.Error, StoreUnavailableError, OSError),
+        )
         self._closed = False
         # The connection pool: idle connections with when they were checked in (newest
         # last), how many are open or being opened, and who waits for one when all
@@ -129,7 +130,9 @@ class PostgresBackend:
             max_connections=max_connections,
         )
         try:
-            backend._listen()  # connects first: proves the server is reachable
+            with backend._translate("create the schema"), backend._connection() as conn:
+                backend._create_schema(conn)  # also proves the server is reachable
+            backend._feed.start()
         except BaseException:
             backend.close()
             raise
@@ -272,70 +275,25 @@ class PostgresBackend:
 
     # -- notifications -------------------------------------------------------------------
 
-    def _listen(self) -> None:
+    def _listen(self) -> Any:
         conn = self._connect()
         try:
-            self._create_schema(conn)
             with self._translate("listen for changes"):
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
         except BaseException:
             conn.close()
             raise
-        self._listen_conn = conn
-        self._reader = shim.spawn(self._read_notifications, name="clustersync-pg-listen")
+        return conn
 
-    def _read_notifications(self) -> None:
-        backoff = Backoff(cap=2.0)
-        while not self._closed:
-            conn = self._listen_conn
-            try:
-                if conn is None:
-                    conn = self._connect()
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    self._listen_conn = conn
-                    self._notify(ANY_CHANNEL)  # notifications may have been missed meanwhile
-                for notice in conn.notifies(timeout=_LISTEN_POLL):
-                    self._notify(notice.payload)
-                backoff.reset()
-            except (psycopg.Error, StoreUnavailableError, OSError) as exc:
-                if self._closed:
-                    return
-                delay = backoff.next_delay()
-                logger.warning(
-                    "PostgreSQL LISTEN connection lost; retrying in %.2fs: %s", delay, exc
-                )
-                self._listen_conn = None
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                self._notify(ANY_CHANNEL)
-                shim.sleep(delay)
-
-    def _notify(self, channel: str) -> None:
-        listener = self._listener
-        if listener is not None:
-            listener(channel)
-
-    def set_listener(self, listener: ChangeListener | None) -> None:
-        self._listener = listener
-
-    def set_watch_interval(self, seconds: float | None) -> None:
-        """Nothing to poll: changes arrive by LISTEN/NOTIFY."""
+    def _receive(self, conn: Any) -> list[str]:
+        return [notice.payload for notice in conn.notifies(timeout=POLL)]
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._listener = None
-        reader = self._reader
-        if reader is not None and not shim.in_task(reader):
-            shim.cancel_task(reader)
-            shim.join(reader, 2 * _LISTEN_POLL + 1)
-        conn = self._listen_conn
-        self._listen_conn = None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._feed.close()
         with self._pool_lock:
             idle, self._idle = self._idle, []
             self._opened -= len(idle)
@@ -492,3 +450,7 @@ def _first_duplicate(keys: Sequence[str], existing: set[str]) -> str:
             return key
         seen.add(key)
     return keys[0]
+
+
+def _close_connection(conn: Any) -> None:
+    conn.close()
