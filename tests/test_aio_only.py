@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 
 from clustersync import aio
-from clustersync.testing import ManualClock
+from clustersync.testing import inject_faults
 
 HOUR = timedelta(hours=1)
 
@@ -22,18 +22,6 @@ HOUR = timedelta(hours=1)
 async def store(store_url: str, namespace: str) -> AsyncIterator[aio.Store]:
     opened = await aio.open_store(store_url, namespace=namespace)
     yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def clocked_store(
-    backend: str, store_url: str, namespace: str
-) -> AsyncIterator[tuple[aio.Store, ManualClock]]:
-    if backend not in ("memory", "sqlite"):
-        pytest.skip("server stores use their own clock")
-    clock = ManualClock()
-    opened = await aio.open_store(store_url, namespace=namespace, clock=clock)
-    yield opened, clock
     await opened.close()
 
 
@@ -217,8 +205,8 @@ async def test_sync_callback_does_not_block_the_loop(store: aio.Store) -> None:
         assert await job.close(timeout=5)
 
 
-async def test_coroutine_on_lost(clocked_store: tuple[aio.Store, ManualClock]) -> None:
-    store, clock = clocked_store
+async def test_coroutine_on_lost(store: aio.Store) -> None:
+    """A coroutine on_lost is awaited once when renewals fail until the lease expires."""
     lost: list[int] = []
 
     async def on_lost() -> None:
@@ -227,9 +215,12 @@ async def test_coroutine_on_lost(clocked_store: tuple[aio.Store, ManualClock]) -
 
     mutex = aio.Mutex(store, "coro-lost", ttl=0.6, on_lost=on_lost)
     assert await mutex.acquire(timeout=1)
-    clock.advance(1.0)
+    faults = inject_faults(store, {"renew_lease"})
+    faults.fail({"renew_lease"})
     assert await eventually(lambda: bool(lost), 3.0)
     await asyncio.sleep(0.3)
     assert lost == [1]
+    assert not mutex.locked()
+    faults.heal()
     with pytest.raises(aio.LockLostError):
         await mutex.release()
