@@ -30,7 +30,9 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from ._core.validation import validate_name
+from ._sync.job import JOB_PREFIX
 from ._sync.job_once import get_job_once_scheduler
+from ._sync.mutex import MUTEX_PREFIX
 from ._sync.store import Store, open_store
 from .backends.base import LeaseInfo
 from .backends.urls import backend_kind, resolve_url
@@ -42,7 +44,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 #: Internal lease-name prefixes (see docs/architecture.md) and the kind they denote.
-LEASE_KINDS = {"m:": "mutex", "j:": "job"}
+LEASE_KINDS = {MUTEX_PREFIX: "mutex", JOB_PREFIX: "job"}
 
 _PROPS_COLUMN_WIDTH = 60
 

@@ -40,7 +40,7 @@ from .store import Store
 logger = logging.getLogger("clustersync")
 
 DEFAULT_JOB_TTL = 15.0
-_JOB_PREFIX = "j:"  # keeps job leases apart from user mutexes
+JOB_PREFIX = "j:"  # keeps job leases apart from user mutexes
 
 
 class Job:
@@ -59,7 +59,7 @@ class Job:
         self.key = key
         self._next_wait = next_wait
         self._callback = callback
-        self._lease = Lease(store, _JOB_PREFIX + key, ttl, description="job")
+        self._lease = Lease(store, JOB_PREFIX + key, ttl, description="job")
         self._stop = shim.CancelEvent()
         self._task: shim.Task | None = None
 

@@ -35,7 +35,7 @@ from .lease import Lease
 from .store import Store
 
 DEFAULT_TTL = 15.0
-_MUTEX_PREFIX = "m:"  # keeps mutexes apart from recurring jobs' leases
+MUTEX_PREFIX = "m:"  # keeps mutexes apart from recurring jobs' leases
 
 
 class Mutex:
@@ -60,7 +60,7 @@ class Mutex:
         if on_lost is not None and not callable(on_lost):
             raise TypeError("on_lost must be callable or None")
         self.store = store
-        self._lease = Lease(store, _MUTEX_PREFIX + name, self.ttl, on_lost, description="mutex")
+        self._lease = Lease(store, MUTEX_PREFIX + name, self.ttl, on_lost, description="mutex")
 
     def __repr__(self) -> str:
         state = f"held token={self.token}" if self._lease.hold else "unlocked"
