@@ -186,6 +186,26 @@ def test_failed_lock_with_timeout_raises_the_store_error(store: cs.Store) -> Non
     mutex.release()
 
 
+def test_an_acquisition_slower_than_the_ttl_is_not_handed_out(
+    store: cs.Store, other_store: cs.Store
+) -> None:
+    """If the store answers only after the ttl has passed, the lease may already have
+    expired: acquire must not return it as held (it gives it back and tries again)."""
+    faults = inject_faults(store)
+    mutex = cs.Mutex(store, "slower-than-ttl", ttl=0.1)
+    faults.slow({"acquire_lease"}, 0.15)
+    assert not mutex.acquire(timeout=0.5)
+    assert mutex.token is None
+    assert not mutex.locked()
+    faults.heal()
+    other = cs.Mutex(other_store, "slower-than-ttl", ttl=5.0)
+    assert other.acquire(blocking=False)  # nothing was left held
+    other.release()
+    assert mutex.acquire(timeout=5)
+    assert mutex.locked()
+    mutex.release()
+
+
 def test_failed_unlock(timed: TimeControl) -> None:
     """Go: TestMutex/failed unlock — release while the store fails does not raise; the
     lease stays in the store until it expires, then someone else gets it."""

@@ -159,6 +159,14 @@ class Lease:
             return exc
         if not result.acquired or result.token is None:
             return (result.retry_after or 0.0) + 0.0005
+        if shim.monotonic() >= sent + self.ttl:
+            # The answer took longer than the ttl: the lease may already have expired, so
+            # it protects nothing. Give it back and try again rather than hand it out.
+            logger.warning(
+                "acquiring %s %r took longer than its ttl; retrying", self.description, self.name
+            )
+            _release_quietly(self.store, self.name, owner, result.token)
+            return 0.0
         hold = Hold(owner, result.token, sent + self.ttl)
         self.hold = hold
         self.store.renewer().add(self, hold)
@@ -227,3 +235,11 @@ class Lease:
                     )
                     return True
                 shim.sleep(min(backoff.next_delay(), remaining))
+
+
+def _release_quietly(store: Store, name: str, owner: str, token: int) -> None:
+    """Owner-checked release whose failure only means the lease expires on its own."""
+    try:
+        store.release_lease(name, owner, token)
+    except StoreUnavailableError as exc:
+        logger.warning("could not give back lease %r; it expires on its own: %s", name, exc)

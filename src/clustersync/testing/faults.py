@@ -16,6 +16,7 @@ listeners, watch intervals, ``close``) is never failed.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
@@ -73,6 +74,7 @@ class FaultController:
         self.backend = backend  # the real backend
         self._lock = threading.Lock()
         self._failing = False
+        self._delays: dict[str, float] = {}
         self._operations: frozenset[str] = OPERATIONS
         #: Calls per operation name (failed ones included).
         self.calls: Counter[str] = Counter()
@@ -98,8 +100,15 @@ class FaultController:
         self._operations = _select(operations)
         self._failing = True
 
+    def slow(self, operations: Iterable[str], seconds: float) -> None:
+        """Delay ``operations`` by ``seconds`` (a blocking sleep before the real call, like a
+        slow network) until :meth:`heal`."""
+        for operation in _select(operations):
+            self._delays[operation] = seconds
+
     def heal(self) -> None:
         """Stop failing (the selection of operations is kept for the next ``failing = True``)."""
+        self._delays.clear()
         self._failing = False
 
     def restore(self) -> None:
@@ -116,6 +125,9 @@ class FaultController:
         if fail:
             cause = InjectedFault(f"injected fault in {operation}")
             raise StoreUnavailableError(f"injected fault: {operation} failed") from cause
+        delay = self._delays.get(operation)
+        if delay:
+            time.sleep(delay)
         return fn()
 
 
