@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the Redis and PostgreSQL server binaries used by the test suite are installed.
+# Make sure the Redis and PostgreSQL server binaries used by the test suite are installed,
+# and libfaketime (the clock-skew tests run client processes under `faketime`).
 #   scripts/install-servers.sh
 # Idempotent: installs (Debian: apt-get) only what is missing, never starts the system
 # services (the tests start private instances on free loopback ports, see tests/servers.py),
@@ -35,6 +36,7 @@ find_pg_bindir() {
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 find_pg_bindir >/dev/null || missing+=(postgresql)
+command -v faketime >/dev/null || missing+=(faketime)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]} (apt-get) =="
@@ -68,3 +70,8 @@ if ! pg_bindir="$(find_pg_bindir)"; then
 fi
 echo "redis-server: $("$redis_bin" --version) ($redis_bin)"
 echo "postgresql: $("$pg_bindir/postgres" --version) ($pg_bindir)"
+if ! faketime_bin="$(command -v faketime)"; then
+  echo "faketime still missing after install" >&2
+  exit 1
+fi
+echo "faketime: $(dpkg-query -W -f='${Version}' faketime 2>/dev/null || echo '?') ($faketime_bin)"

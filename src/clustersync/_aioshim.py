@@ -116,6 +116,12 @@ async def join(task: Task, timeout: float | None) -> bool:
     return bool(done)
 
 
+def call_later(delay: float, fn: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
+    """Call ``fn(*args)`` from this event loop in ``delay`` seconds unless the returned
+    handle is cancelled first (a shared timer thread when sync)."""
+    return asyncio.get_running_loop().call_later(delay, fn, *args)
+
+
 def io_executor(name: str) -> ThreadPoolExecutor | None:
     """A private worker thread for a store's blocking I/O.
 

@@ -5,6 +5,9 @@ Same names, same meaning, built on ``threading``: generated ``_sync/`` code impo
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -90,6 +93,106 @@ def join(task: Task, timeout: float | None) -> bool:
     """Wait for a background thread to end; True if it did within ``timeout``."""
     task.join(timeout)
     return not task.is_alive()
+
+
+class Timer:
+    """A delayed call of :func:`call_later`. After :meth:`cancel` returns, the call has
+    either completed or will never run (so it may safely act on a resource that the
+    caller releases next)."""
+
+    __slots__ = ("_args", "_fn", "_lock", "cancelled")
+
+    def __init__(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self._fn = fn
+        self._args = args
+        self._lock = threading.Lock()
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+        _TIMERS.count_cancelled()
+
+    def _run(self) -> None:
+        with self._lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+            self._fn(*self._args)
+
+
+class _TimerThread:
+    """One daemon thread runs every delayed call of the process (watchdogs: they are
+    rare, quick and need no precision better than :data:`_TIMER_GRANULARITY`).
+
+    Cancelled timers stay in the heap until due or until they are the majority (then the
+    heap is rebuilt), so arming and cancelling cost no wake-up of the thread.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self.cancelled = 0  # cancelled timers still in the heap (about)
+
+    def count_cancelled(self) -> None:
+        with self._cond:
+            self.cancelled += 1
+
+    def call_later(self, delay: float, fn: Callable[..., None], args: tuple[Any, ...]) -> Timer:
+        timer = Timer(fn, args)
+        entry = (time.monotonic() + delay, next(self._order), timer)
+        with self._cond:
+            heap = self._heap
+            if self.cancelled > 64 and self.cancelled * 2 > len(heap):
+                heap[:] = [queued for queued in heap if not queued[2].cancelled]
+                heapq.heapify(heap)
+                self.cancelled = 0
+            heapq.heappush(heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="clustersync-timers", daemon=True
+                )
+                self._thread.start()
+            elif heap[0] is entry:  # due before what the thread waits for
+                self._cond.notify()
+        return timer
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                heap = self._heap
+                due: list[Timer] = []
+                now = time.monotonic()
+                while heap and heap[0][0] <= now:
+                    timer = heapq.heappop(heap)[2]
+                    if timer.cancelled:
+                        self.cancelled = max(0, self.cancelled - 1)
+                    else:
+                        due.append(timer)
+                if not due:
+                    wait = None if not heap else max(heap[0][0] - now, _TIMER_GRANULARITY)
+                    self._cond.wait(wait)
+                    continue
+            for timer in due:
+                try:
+                    timer._run()
+                except Exception:  # a watchdog must not kill the timer thread
+                    logging.getLogger("clustersync").exception("delayed call failed")
+
+
+#: How late a delayed call of the threading world may run.
+_TIMER_GRANULARITY = 0.05
+_TIMERS = _TimerThread()
+
+
+def call_later(delay: float, fn: Callable[..., None], *args: Any) -> Timer:
+    """Call ``fn(*args)`` in about ``delay`` seconds (from a shared timer thread) unless
+    the returned timer is cancelled first."""
+    return _TIMERS.call_later(delay, fn, args)
 
 
 def io_executor(name: str) -> Executor | None:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -84,7 +84,11 @@ class Cluster:
         self.backend = backend
         self.workers: list[Worker] = []
 
-    def spawn(self, name: str, scenario: str, **cfg: Any) -> Worker:
+    def spawn(
+        self, name: str, scenario: str, *, env: Mapping[str, str] | None = None, **cfg: Any
+    ) -> Worker:
+        """Start a worker playing ``scenario`` with ``cfg``; ``env`` replaces its
+        environment (e.g. to run it under libfaketime)."""
         log = self.dir / f"{name}.events"
         stderr = self.dir / f"{name}.stderr"
         config = {"url": self.url, "namespace": self.namespace, "log": str(log), **cfg}
@@ -94,6 +98,7 @@ class Cluster:
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
+                env=env,
             )
         worker = Worker(name, proc, log, stderr)
         self.workers.append(worker)

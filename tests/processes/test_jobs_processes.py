@@ -9,6 +9,7 @@ import time
 import pytest
 
 import clustersync
+from tests.reliability.checker import Run, check_recurring
 
 from .harness import Cluster, Event, Worker
 
@@ -119,5 +120,6 @@ def test_recurring_job_runs_once_per_interval_across_processes(cluster: Cluster)
         assert end <= n_start, f"run on {who} overlaps run on {n_who}"
         # Measured from the end of the previous run (store clock = this host's clock).
         assert n_start - end >= interval * 0.9, f"runs {n_start - end:.3f}s apart"
+    check_recurring(Run("tick", start, end, who) for start, end, who in runs)
     window = runs[-1][1] - runs[0][0]
     assert 4 <= len(runs) <= window / interval + 2, (len(runs), window)

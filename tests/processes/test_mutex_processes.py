@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.reliability.checker import HoldLog, check_holds
+
 from .harness import Cluster
 
 pytestmark = pytest.mark.slow
@@ -44,6 +46,7 @@ def test_contending_processes_never_overlap_and_tokens_increase(cluster: Cluster
     first = 1 if cluster.backend in ("sqlite", "postgres") else tokens[0]
     assert tokens == list(range(first, first + processes * rounds))
     assert {h[3] for h in holds} == {w.name for w in workers}
+    check_holds(HoldLog("shared", token, start, end, who) for start, end, token, who in holds)
 
 
 def test_sigkilled_holder_is_taken_over_within_ttl(cluster: Cluster) -> None:

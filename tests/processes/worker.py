@@ -14,6 +14,7 @@ so a crashed test run leaves no process behind.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -137,7 +138,9 @@ def hold(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -> Non
 
 def schedule_once(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -> None:
     """Start a one-shot scheduler (callback: log, then block if ``cfg["block"]``) and
-    optionally schedule ``cfg["job"]`` = {key, delay, props} on it."""
+    optionally schedule ``cfg["job"]`` = {key, delay, props} on it (or each job of the list
+    ``cfg["jobs"]``). A job with ``at`` (Unix time) instead of ``delay`` runs at that
+    absolute time rather than ``delay`` seconds after this process's ``datetime.now()``."""
     block = cfg.get("block", False)
 
     def callback(key: str, props: Any) -> None:
@@ -152,9 +155,14 @@ def schedule_once(store: clustersync.Store, cfg: dict[str, Any], report: Reporte
     scheduler = clustersync.get_job_once_scheduler(store, **options)
     scheduler.set_callback(callback)
     scheduler.start()
-    job = cfg.get("job")
-    if job is not None:
-        run_at = datetime.now(UTC) + timedelta(seconds=job["delay"])
+    jobs = list(cfg.get("jobs", []))
+    if cfg.get("job") is not None:
+        jobs.append(cfg["job"])
+    for job in jobs:
+        if "at" in job:
+            run_at = datetime.fromtimestamp(job["at"], UTC)
+        else:
+            run_at = datetime.now(UTC) + timedelta(seconds=job["delay"])
         scheduler.schedule_once(job["key"], run_at, job["props"])
         report("scheduled", key=job["key"], run_at=run_at.timestamp())
     report("ready")
@@ -182,11 +190,40 @@ def recurring(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -
     report("closed", ok=closed)
 
 
+def hammer(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -> None:
+    """Write as fast as possible until killed: batches of ``cfg["batch"]`` far-future
+    one-shot jobs (``schedule_many``, keys ``PREFIX-N-I``), a due job per batch (``PREFIX-
+    due-N``, fired by this process's scheduler) and an acquisition of the mutex
+    ``cfg["mutex"]``. Each step is reported before (``batch``) or after (``batched``,
+    ``due``, ``token``) it is written, so the test knows what was in flight."""
+    prefix, size = cfg["prefix"], cfg["batch"]
+
+    def callback(key: str, props: Any) -> None:
+        report("fired", key=key)
+
+    scheduler = clustersync.get_job_once_scheduler(store, claim_ttl=cfg.get("claim_ttl", 1.0))
+    scheduler.set_callback(callback)
+    scheduler.start()
+    mutex = clustersync.Mutex(store, cfg["mutex"], ttl=cfg.get("ttl", 1.0))
+    far = datetime.now(UTC) + timedelta(days=365)
+    report("ready")
+    for n in itertools.count():
+        report("batch", n=n)
+        scheduler.schedule_many([(f"{prefix}-{n}-{i}", far, {"n": n, "i": i}) for i in range(size)])
+        report("batched", n=n)
+        scheduler.schedule_once(f"{prefix}-due-{n}", datetime.now(UTC), None)
+        report("due", key=f"{prefix}-due-{n}")
+        mutex.acquire()
+        report("token", token=mutex.token)
+        mutex.release()
+
+
 SCENARIOS = {
     "contend": contend,
     "hold": hold,
     "schedule_once": schedule_once,
     "recurring": recurring,
+    "hammer": hammer,
 }
 
 

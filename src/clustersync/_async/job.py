@@ -30,7 +30,12 @@ from typing import Any
 from .. import _aioshim as shim
 from .._core.backoff import Backoff
 from .._core.intervals import JobMetadata, NextWaitInterval
-from .._core.validation import micros_to_datetime, validate_name, validate_ttl
+from .._core.validation import (
+    micros_to_datetime,
+    validate_join_timeout,
+    validate_name,
+    validate_ttl,
+)
 from ..exceptions import LockLostError, StoreUnavailableError
 from .lease import Lease
 from .store import Store
@@ -38,6 +43,9 @@ from .store import Store
 logger = logging.getLogger("clustersync")
 
 DEFAULT_JOB_TTL = 15.0
+#: Longest sleep until a run is due: the wait is recomputed at least this often (waits
+#: longer than ~292 years overflow the threading primitives).
+MAX_SLEEP = 3600.0
 JOB_PREFIX = "j:"  # keeps job leases apart from user mutexes
 
 
@@ -78,12 +86,14 @@ class Job:
 
         Idempotent. Returns True once the job has stopped on this instance (False if a
         running callback outlived ``timeout``; it stops when the callback returns).
+        ``timeout`` is None or a number of seconds >= 0 (``ValueError`` otherwise).
         """
+        seconds = validate_join_timeout(timeout)
         self._stop.set()
         task = self._task
         if task is None or shim.in_task(task):
             return True
-        return await shim.join(task, timeout)
+        return await shim.join(task, seconds)
 
     async def _seconds_until_due(self) -> float:
         record = await self.store.get_job_metadata(self.key)
@@ -99,7 +109,7 @@ class Job:
             try:
                 wait = await self._seconds_until_due()
                 if wait > 0:
-                    await shim.wait_for_event(self._stop, wait)
+                    await shim.wait_for_event(self._stop, min(wait, MAX_SLEEP))
                     continue
                 # Due: take the lease (waiting while another instance runs it), then
                 # recheck under it — the other instance may just have run the job.

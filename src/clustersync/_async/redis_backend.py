@@ -34,7 +34,7 @@ from ..backends.base import (
     StoredJob,
     lease_channel,
 )
-from ..backends.urls import redact
+from ..backends.urls import option_count, option_timeout, redact
 from ..exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
 from .change_feed import POLL, ChangeFeed, PushNotifications
 
@@ -42,6 +42,16 @@ logger = logging.getLogger("clustersync.redis")
 
 _US = 1_000_000
 _LIST_PAGE = 1000
+#: Characters with a meaning in the patterns of ``SCAN … MATCH``.
+_GLOB_SPECIAL = frozenset("\\[]?*")
+
+
+def key_prefix(namespace: str) -> str:
+    """``cs:{NAMESPACE}:``, the prefix of every key of a namespace. ``%`` and ``}`` in the
+    namespace are percent-encoded, so that the hash tag ends where the namespace does
+    (one Redis Cluster slot) and no two namespaces share a key."""
+    escaped = namespace.replace("%", "%25").replace("}", "%7D")
+    return "cs:{" + escaped + "}:"
 
 
 class RedisBackend(PushNotifications):
@@ -50,7 +60,7 @@ class RedisBackend(PushNotifications):
     def __init__(self, client: Any, url: str, namespace: str) -> None:
         self._client = client
         self._url = redact(url)
-        self._prefix = "cs:{" + namespace + "}:"
+        self._prefix = key_prefix(namespace)
         self._events = self._prefix + "events"
         self._due = self._prefix + "due"
         self._runat = self._prefix + "runat"
@@ -87,9 +97,11 @@ class RedisBackend(PushNotifications):
     @classmethod
     async def open(cls, url: str, namespace: str, options: dict[str, Any]) -> RedisBackend:
         options = dict(options)
-        timeout = float(options.pop("socket_timeout", 10.0))
-        connect_timeout = float(options.pop("connect_timeout", 5.0))
+        timeout = option_timeout(options.pop("socket_timeout", 10.0), "socket_timeout")
+        connect_timeout = option_timeout(options.pop("connect_timeout", 5.0), "connect_timeout")
         max_connections = options.pop("max_connections", None)
+        if max_connections is not None:
+            max_connections = option_count(max_connections, "max_connections")
         if options:
             raise ConfigurationError(
                 f"unknown option(s) for the redis store: {', '.join(sorted(options))}"
@@ -104,6 +116,11 @@ class RedisBackend(PushNotifications):
                 health_check_interval=30,
             )
         except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
+        try:
+            _check_connection_options(client.connection_pool)
+        except (ValueError, TypeError) as exc:
+            await client.aclose()
             raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
         backend = cls(client, url, namespace)
         try:
@@ -193,7 +210,7 @@ class RedisBackend(PushNotifications):
 
     async def list_leases(self) -> list[LeaseInfo]:
         leases: list[LeaseInfo] = []
-        pattern = self._prefix.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*")
+        pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self._prefix)
         async with self._translate("list leases"):
             async for key in self._client.scan_iter(match=pattern + "l:*", count=1000):
                 async with self._client.pipeline(transaction=True) as pipe:
@@ -294,6 +311,19 @@ class RedisBackend(PushNotifications):
         if delay is None or delay is False:
             return None
         return max(0.0, int(delay) / _US)
+
+
+def _check_connection_options(pool: Any) -> None:
+    """Check the options a URL's query gave redis-py before any connection is made: it
+    would only fail when connecting, with an OverflowError for a huge timeout or a
+    TypeError for an unknown option."""
+    options = pool.connection_kwargs
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if options.get(name) is not None:
+            option_timeout(options[name], name)
+    if options.get("health_check_interval") is not None:
+        option_timeout(options["health_check_interval"], "health_check_interval", allow_zero=True)
+    pool.connection_class(**options)  # no I/O; TypeError for an unknown option
 
 
 def _ms(seconds: float) -> int:

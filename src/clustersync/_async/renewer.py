@@ -6,6 +6,11 @@ renewal is due. Renewal rules are those of :mod:`clustersync._async.lease`: rene
 ``ttl / 3``; on store errors retry with capped backoff until the local deadline; a
 refused renewal or a passed deadline marks the hold lost and calls ``on_lost`` (in a
 task or thread of its own, so a slow callback cannot delay other renewals).
+
+A deadline passes while the worker may be stuck in a call to a store that stopped
+answering (until the driver's socket timeout): so each hold also has an expiry timer
+(``shim.call_later``), re-armed by every successful renewal, that declares the hold lost
+at its deadline whatever the worker is doing.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Renewer:
 
     def add(self, lease: Lease, hold: Hold) -> None:
         """Start renewing ``hold`` (from an acquiring task or thread)."""
+        self._arm_expiry(lease, hold)
         entry = (shim.monotonic() + lease.ttl / 3, next(self._order), lease, hold)
         with self._lock:
             heapq.heappush(self._heap, entry)
@@ -58,10 +64,23 @@ class Renewer:
         if waker is not None:
             waker.set_threadsafe()
 
+    def _arm_expiry(self, lease: Lease, hold: Hold) -> None:
+        remaining = max(0.0, hold.deadline - shim.monotonic())
+        hold.expiry = shim.call_later(remaining, self._expired, lease, hold)
+
+    def _expired(self, lease: Lease, hold: Hold) -> None:
+        """The expiry timer of ``hold`` (in the event loop, or the shared timer thread)."""
+        if not hold.released:
+            self._lose(lease, hold, "it could not be renewed before it expired")
+
     async def close(self) -> None:
         with self._lock:
             self._closed = True
             task, waker = self._task, self._waker
+            holds = [hold for _, _, _, hold in self._heap]
+        for hold in holds:  # leases still held simply expire, as before
+            if hold.expiry is not None:
+                hold.expiry.cancel()
         if waker is not None:
             waker.set_threadsafe()
         if task is not None and not shim.in_task(task):
@@ -113,7 +132,7 @@ class Renewer:
         try:
             renewed = await self._store.renew_lease(lease.name, hold.owner, hold.token, lease.ttl)
         except StoreUnavailableError as exc:
-            if hold.released:
+            if hold.released or hold.lost:
                 return None
             remaining = hold.deadline - shim.monotonic()
             if remaining <= 0:
@@ -134,14 +153,21 @@ class Renewer:
         if not renewed:
             self._lose(lease, hold, "the store no longer has it (expired or taken over)")
             return None
+        if hold.expiry is not None:
+            hold.expiry.cancel()  # once this returns, the timer has run or never will
+        if hold.lost:  # the answer came after the deadline: the timer declared it lost
+            return None
         hold.deadline = sent + lease.ttl
+        self._arm_expiry(lease, hold)
         hold.backoff.reset()
         return lease.ttl / 3
 
     def _lose(self, lease: Lease, hold: Hold, why: str) -> None:
-        if hold.lost:
-            return
-        hold.lost = True
+        """Mark ``hold`` lost and call ``on_lost``, once (from the worker or the timer)."""
+        with self._lock:
+            if hold.lost:
+                return
+            hold.lost = True
         logger.error("lost %s %r (token %d): %s", lease.description, lease.name, hold.token, why)
         if lease.on_lost is not None:
             shim.spawn(lease.call_on_lost, name=f"clustersync-on-lost:{lease.name}")

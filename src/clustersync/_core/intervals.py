@@ -49,7 +49,10 @@ def wait_for_interval(interval: timedelta) -> NextWaitInterval:
     def next_wait(now: datetime, metadata: JobMetadata) -> timedelta:
         if metadata.last_finished is None:
             return _ZERO
-        return max(_ZERO, step - (now - metadata.last_finished))
+        try:
+            return max(_ZERO, step - (now - metadata.last_finished))
+        except OverflowError:  # beyond timedelta's range: not in this era
+            return timedelta.max
 
     return next_wait
 
@@ -70,7 +73,10 @@ def wait_for_rounded_interval(interval: timedelta) -> NextWaitInterval:
     def next_wait(now: datetime, metadata: JobMetadata) -> timedelta:
         if metadata.last_finished is None:
             return _ZERO
-        target = _floor_to_multiple(metadata.last_finished + step, step)
+        try:
+            target = _floor_to_multiple(metadata.last_finished + step, step)
+        except OverflowError:  # after the year 9999: never, as far as datetime can tell
+            return timedelta.max
         return max(_ZERO, target - now)
 
     return next_wait
@@ -90,7 +96,7 @@ def wait_for_cron(expression: str, tz: str = "UTC") -> NextWaitInterval:
     from ..exceptions import ConfigurationError
 
     try:
-        from croniter import croniter
+        from croniter import CroniterBadDateError, croniter
     except ImportError:  # pragma: no cover - exercised by a test that hides croniter
         raise ConfigurationError(
             'wait_for_cron needs croniter: pip install "clustersync[cron]"'
@@ -103,6 +109,10 @@ def wait_for_cron(expression: str, tz: str = "UTC") -> NextWaitInterval:
         raise ValueError(f"unknown time zone {tz!r}") from exc
     if not croniter.is_valid(expression):
         raise ValueError(f"invalid cron expression {expression!r}")
+    try:  # e.g. "0 0 30 2 *" is well-formed but never matches
+        croniter(expression, datetime.now(zone)).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"cron expression {expression!r} never matches") from None
 
     def next_wait(now: datetime, metadata: JobMetadata) -> timedelta:
         if metadata.last_finished is None:

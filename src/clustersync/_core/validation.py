@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
 MAX_NAME_LENGTH = 255
 DEFAULT_MAX_PROPS_BYTES = 65536
+#: Deepest nesting of lists and objects accepted in props. Decoding JSON recurses once
+#: per level, so deeper props could be stored and then fail to decode (RecursionError)
+#: on a deeper call stack: in the scheduler, in another process, in ``jobs list``.
+MAX_PROPS_DEPTH = 100
+#: JSON strings (skipped whole) and the brackets that open and close nesting levels.
+_JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 def validate_name(value: object, what: str = "name") -> str:
@@ -85,6 +93,16 @@ def validate_timeout(timeout: object) -> float | None:
     return seconds
 
 
+def validate_join_timeout(timeout: object) -> float | None:
+    """A timeout for waiting on a background task (``Job.close``, ``stop``): like
+    :func:`validate_timeout`, with timeouts too long for the threading primitives
+    (``threading.TIMEOUT_MAX``, about 292 years, or infinite) meaning "wait forever"."""
+    seconds = validate_timeout(timeout)
+    if seconds is not None and seconds >= threading.TIMEOUT_MAX:
+        return None
+    return seconds
+
+
 def require_aware(value: object, what: str = "run_at") -> datetime:
     """Return ``value`` converted to UTC; naive datetimes are rejected."""
     if not isinstance(value, datetime):
@@ -130,7 +148,26 @@ def encode_props(props: Any, max_bytes: int = DEFAULT_MAX_PROPS_BYTES) -> str:
         raise TypeError(f"props must be JSON-serializable: {exc.reason}") from None
     if size > max_bytes:
         raise ValueError(f"props are {size} bytes once encoded as JSON; the limit is {max_bytes}")
+    if _nesting_depth(text) > MAX_PROPS_DEPTH:
+        raise TypeError(
+            f"props must be JSON-serializable: nested deeper than {MAX_PROPS_DEPTH} levels"
+        )
     return text
+
+
+def _nesting_depth(text: str) -> int:
+    """How deeply lists and objects nest in the JSON ``text``."""
+    if text.count("[") + text.count("{") <= MAX_PROPS_DEPTH:
+        return 0  # cannot be deeper than the limit (the common case, without a scan)
+    depth = deepest = 0
+    for match in _JSON_NESTING.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return deepest
 
 
 def decode_props(text: str) -> Any:

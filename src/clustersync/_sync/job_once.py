@@ -42,6 +42,7 @@ from .._core.validation import (
     encode_props,
     micros_to_datetime,
     require_aware,
+    validate_join_timeout,
     validate_name,
     validate_ttl,
 )
@@ -159,7 +160,8 @@ class JobOnceScheduler:
     def stop(self, timeout: float | None = None) -> bool:
         """Stop firing jobs here; jobs stay stored. Waits up to ``timeout`` for running
         callbacks (their claims keep being renewed meanwhile). Idempotent; True if
-        stopped within ``timeout``."""
+        stopped within ``timeout`` (None or seconds >= 0, ``ValueError`` otherwise)."""
+        seconds = validate_join_timeout(timeout)
         task = self._task
         if task is None:
             return True
@@ -167,7 +169,7 @@ class JobOnceScheduler:
         self._wake()
         if shim.in_task(task):
             return False
-        stopped = shim.join(task, timeout)
+        stopped = shim.join(task, seconds)
         if stopped:
             self._task = None
         return stopped

@@ -60,6 +60,8 @@ class Hold:
     released: bool = False
     lost: bool = False
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.05, cap=1.0))
+    #: The renewer's timer that declares the hold lost at its deadline (shim.call_later).
+    expiry: Any = None
 
 
 class Lease:
@@ -204,6 +206,8 @@ class Lease:
             raise NotLockedError(f"{self.description} {self.name!r} is not held by this object")
         self.hold = None
         hold.released = True  # the store's renewer drops it
+        if hold.expiry is not None:
+            hold.expiry.cancel()
         lost = hold.lost or shim.monotonic() >= hold.deadline
         released = self._release_in_store(hold)
         if lost or not released:

@@ -23,6 +23,12 @@ an operation fails as fast as a connection attempt does, and it works again as s
 the server answers. Only waiting for a free connection when all are busy is bounded by
 ``pool_timeout``. The listening connection reconnects with backoff and then wakes every
 waiter to recheck. Committed one-shot jobs survive server restarts and crashes.
+
+A server that stops answering on an open connection (hung, or a network partition that
+the kernel's TCP does not notice, e.g. behind a proxy) would leave libpq waiting forever:
+an operation that gets no answer within ``socket_timeout`` (10 s, like the Redis store)
+has its socket shut down by a watchdog, so it fails with ``StoreUnavailableError`` and
+the connection is discarded.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import select
+import socket
 from collections import deque
 from collections.abc import Iterator, Sequence
+from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
@@ -50,7 +59,7 @@ from ..backends.base import (
     NewJob,
     StoredJob,
 )
-from ..backends.urls import redact
+from ..backends.urls import option_count, option_timeout, redact
 from ..exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
 from .change_feed import POLL, ChangeFeed, PushNotifications
 
@@ -76,6 +85,7 @@ class PostgresBackend(PushNotifications):
         namespace: str,
         *,
         connect_timeout: float = 5.0,
+        socket_timeout: float = 10.0,
         pool_timeout: float = 10.0,
         max_connections: int = 10,
     ) -> None:
@@ -84,6 +94,7 @@ class PostgresBackend(PushNotifications):
         self._ns = namespace
         self._channel = notify_channel(namespace)
         self._connect_timeout = connect_timeout
+        self._socket_timeout = socket_timeout
         self._feed: ChangeFeed[Any] = ChangeFeed(
             what="PostgreSQL LISTEN connection",
             connect=self._listen,
@@ -106,11 +117,12 @@ class PostgresBackend(PushNotifications):
     @classmethod
     def open(cls, url: str, namespace: str, options: dict[str, Any]) -> PostgresBackend:
         options = dict(options)
-        connect_timeout = float(options.pop("connect_timeout", 5.0))
-        pool_timeout = float(options.pop("pool_timeout", 10.0))
-        max_connections = int(options.pop("max_connections", 10))
-        if max_connections < 1:
-            raise ConfigurationError("max_connections must be at least 1")
+        connect_timeout = option_timeout(options.pop("connect_timeout", 5.0), "connect_timeout")
+        socket_timeout = option_timeout(options.pop("socket_timeout", 10.0), "socket_timeout")
+        pool_timeout = option_timeout(
+            options.pop("pool_timeout", 10.0), "pool_timeout", allow_zero=True
+        )
+        max_connections = option_count(options.pop("max_connections", 10), "max_connections")
         if options:
             raise ConfigurationError(
                 f"unknown option(s) for the postgres store: {', '.join(sorted(options))}"
@@ -126,6 +138,7 @@ class PostgresBackend(PushNotifications):
             url,
             namespace,
             connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
             pool_timeout=pool_timeout,
             max_connections=max_connections,
         )
@@ -191,12 +204,22 @@ class PostgresBackend(PushNotifications):
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
-        """A connection of the pool for one operation (use inside ``_translate``)."""
+        """A connection of the pool for one operation (use inside ``_translate``), bounded
+        by ``socket_timeout``."""
         conn = self._checkout()
         try:
-            yield conn
+            with self._bounded(conn):
+                yield conn
         finally:
             self._checkin(conn)
+
+    def _bounded(self, conn: Any) -> _Watchdog:
+        """A context bounding one operation on ``conn`` by ``socket_timeout``."""
+        return _Watchdog(conn, self._socket_timeout, self._safe_url)
+
+    def _execute_bounded(self, conn: Any, query: Any) -> None:
+        with self._bounded(conn):
+            conn.execute(query)
 
     def _checkout(self) -> Any:
         """An idle connection the server has not closed, else a new one if fewer than
@@ -279,7 +302,9 @@ class PostgresBackend(PushNotifications):
         conn = self._connect()
         try:
             with self._translate("listen for changes"):
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                self._execute_bounded(
+                    conn, sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+                )
         except BaseException:
             conn.close()
             raise
@@ -415,6 +440,47 @@ class PostgresBackend(PushNotifications):
         rows = self._fetch("find the next due job", q.NEXT_DELAY, {"ns": self._ns})
         delay = rows[0][0]
         return None if delay is None else max(0.0, int(delay) / _US)
+
+
+class _Watchdog:
+    """Bounds the operations of a ``with`` block on one connection: if the block outlives
+    ``seconds``, the connection's socket is shut down, libpq sees the connection closed
+    and the waiting driver call fails (``StoreUnavailableError``) instead of waiting
+    forever for a server that stopped answering. The timer is cancelled (and a shutdown
+    under way completed) when the block ends, before the connection can be closed, so
+    the descriptor shut down is never one reused by another socket."""
+
+    __slots__ = ("_fd", "_seconds", "_timer", "_url", "expired")
+
+    def __init__(self, conn: Any, seconds: float, url: str) -> None:
+        self._fd: int = conn.pgconn.socket
+        self._seconds = seconds
+        self._url = url
+        self.expired = False
+
+    def __enter__(self) -> None:
+        self._timer = shim.call_later(self._seconds, self._expire)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+        if self.expired and isinstance(exc, psycopg.OperationalError):
+            raise StoreUnavailableError(
+                f"PostgreSQL at {self._url} did not answer within {self._seconds:g}s"
+                " (socket_timeout); connection dropped"
+            ) from exc
+
+    def _expire(self) -> None:
+        self.expired = True
+        # shutdown() acts on the socket behind every descriptor of it (here a duplicate,
+        # closed at once); libpq's own descriptor stays open until the connection is
+        # closed, so the waiting call wakes up and reads end-of-file.
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _closed_by_server(conn: Any) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .._core.clock import SYSTEM_CLOCK, Clock
-from .._core.validation import validate_seconds
+from .._core.validation import MAX_TTL_SECONDS, validate_seconds
 from ..exceptions import ConfigurationError
 from .base import BlockingEngine
 
@@ -39,6 +39,12 @@ def resolve_url(url: str | None) -> str:
         url = os.environ.get(URL_ENV_VAR) or DEFAULT_URL
     if not isinstance(url, str):
         raise ConfigurationError(f"store URL must be a str, not {type(url).__name__}")
+    if "\x00" in url:
+        raise ConfigurationError("store URL must not contain NUL characters")
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: no driver can use them
+        raise ConfigurationError(f"store URL must be valid unicode text: {exc.reason}") from None
     return url
 
 
@@ -101,6 +107,27 @@ def _option_seconds(value: Any, name: str) -> float:
         return validate_seconds(value, name, allow_zero=True)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"invalid store option: {exc}") from None
+
+
+def option_timeout(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """A timeout option of a server store: a finite number of seconds, positive (or
+    zero if allowed) and at most 30 days; anything else is a ConfigurationError."""
+    try:
+        seconds = validate_seconds(value, name, allow_zero=allow_zero)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"invalid store option: {exc}") from None
+    if seconds > MAX_TTL_SECONDS:
+        raise ConfigurationError(
+            f"invalid store option: {name} must be at most {MAX_TTL_SECONDS:.0f} seconds"
+        )
+    return seconds
+
+
+def option_count(value: Any, name: str) -> int:
+    """A positive int option (e.g. ``max_connections``); else a ConfigurationError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"invalid store option: {name} must be an int >= 1, got {value!r}")
+    return value
 
 
 def _reject_unknown(options: dict[str, Any], kind: str) -> None:

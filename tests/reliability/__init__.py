@@ -1,0 +1,1 @@
+"""Adversarial reliability suite (faults, fencing, checks)."""

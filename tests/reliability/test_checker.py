@@ -1,0 +1,148 @@
+"""The safety checker catches what it must and only that (pure, instant)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from .checker import (
+    FencedResource,
+    FenceWrite,
+    Firing,
+    HoldLog,
+    Run,
+    SafetyViolation,
+    SharedFencedResource,
+    check,
+    check_holds,
+    check_one_shot,
+    check_recurring,
+    check_writes,
+)
+
+
+def test_sequential_holds_pass() -> None:
+    holds = [HoldLog("m", t, float(t), t + 0.5, f"p{t % 2}") for t in range(1, 50)]
+    report = check_holds(holds)
+    assert (report.holds, report.names, report.lost, report.told_overlaps) == (49, 1, 0, 0)
+
+
+def test_overlapping_holds_are_a_violation() -> None:
+    with pytest.raises(SafetyViolation, match="overlapping holds"):
+        check_holds([HoldLog("m", 1, 0.0, 2.0, "a"), HoldLog("m", 2, 1.0, 3.0, "b")])
+
+
+def test_overlap_is_allowed_when_the_older_lease_was_lost_and_told() -> None:
+    holds = [HoldLog("m", 1, 0.0, 2.0, "a", lost=True), HoldLog("m", 2, 1.0, 3.0, "b")]
+    assert check_holds(holds).told_overlaps == 1
+    # The paused holder logged its start late: still the older lease that was lost.
+    late = [HoldLog("m", 2, 1.0, 1.5, "b"), HoldLog("m", 1, 1.2, 3.0, "a", lost=True)]
+    assert check_holds(late).told_overlaps == 1
+    # But the newer one being "lost" does not excuse the older one never being told.
+    with pytest.raises(SafetyViolation):
+        check_holds([HoldLog("m", 1, 0.0, 2.0, "a"), HoldLog("m", 2, 1.0, 3.0, "b", lost=True)])
+
+
+def test_other_names_may_overlap() -> None:
+    check_holds([HoldLog("m", 1, 0.0, 2.0), HoldLog("n", 1, 1.0, 3.0)])
+
+
+def test_tokens_must_increase_and_be_unique() -> None:
+    with pytest.raises(SafetyViolation, match="token not increasing"):
+        check_holds([HoldLog("m", 5, 0.0, 1.0), HoldLog("m", 4, 2.0, 3.0)])
+    with pytest.raises(SafetyViolation, match="token used twice"):
+        check_holds([HoldLog("m", 5, 0.0, 1.0), HoldLog("m", 5, 2.0, 3.0)])
+
+
+def test_all_violations_are_listed() -> None:
+    holds = [HoldLog("m", 10 - i, float(i), i + 1.5) for i in range(5)]
+    with pytest.raises(SafetyViolation) as info:
+        check_holds(holds)
+    assert len(info.value.violations) == 7  # 4 overlaps, 3 tokens out of order
+
+
+def test_fenced_resource_rejects_stale_tokens() -> None:
+    resource = FencedResource()
+    assert resource.write(1)
+    assert resource.write(2)
+    assert resource.write(2)  # the same hold writing again
+    assert not resource.write(1)
+    assert resource.write(1, name="other")
+    assert (resource.accepted, resource.rejected, resource.highest()) == (4, 1, 2)
+    holds = [HoldLog("resource", 1, 0, 1, lost=True), HoldLog("resource", 2, 1, 2)]
+    report = check_writes(resource.writes, holds)
+    assert (report.accepted, report.rejected) == (4, 1)
+
+
+def test_rejected_write_of_an_untold_holder_is_a_violation() -> None:
+    writes = [FenceWrite("r", 2, True, seq=0), FenceWrite("r", 1, False, "a", seq=1)]
+    with pytest.raises(SafetyViolation, match="never told"):
+        check_writes(writes, [HoldLog("r", 1, 0, 1, "a"), HoldLog("r", 2, 0.5, 2)])
+
+
+def test_stale_accepted_write_is_a_violation() -> None:
+    writes = [FenceWrite("r", 2, True, seq=0), FenceWrite("r", 1, True, "a", seq=1)]
+    with pytest.raises(SafetyViolation, match="stale write accepted"):
+        check_writes(writes)
+
+
+def _hammer(path: str, start: int, count: int) -> None:
+    with SharedFencedResource(path) as resource:
+        for token in range(start, start + count * 2, 2):
+            resource.write(token, name="r", holder=str(start))
+
+
+def test_shared_resource_orders_writes_of_several_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "fence.journal")
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_hammer, args=(path, s, 200)) for s in (1, 2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    writes = SharedFencedResource.read(path)
+    assert len(writes) == 400
+    report = check_writes(writes)  # accepted tokens never go down in journal order
+    assert report.accepted >= 200
+    accepted = [w.token for w in writes if w.accepted]
+    assert accepted == sorted(accepted)
+
+
+def test_one_shot_jobs() -> None:
+    firings = [Firing("a", "p1", 1.0, 1.1), Firing("b", "p2", 1.0, 1.2)]
+    report = check_one_shot(["a", "b"], firings)
+    assert (report.scheduled, report.fired, report.lost, report.run_twice) == (2, 2, 0, 0)
+    with pytest.raises(SafetyViolation, match="never fired"):
+        check_one_shot(["a", "b", "c"], firings)
+    with pytest.raises(SafetyViolation, match="never scheduled"):
+        check_one_shot(["a"], firings)
+    twice = [*firings, Firing("a", "p2", 5.0, 5.1)]
+    with pytest.raises(SafetyViolation, match="no process running it had crashed"):
+        check_one_shot(["a", "b"], twice)
+    assert check_one_shot(["a", "b"], twice, crashes={"p1": [3.0]}).run_twice == 1
+    with pytest.raises(SafetyViolation):  # a crash after the second firing excuses nothing
+        check_one_shot(["a", "b"], twice, crashes={"p1": [6.0]})
+
+
+def test_recurring_runs() -> None:
+    assert check_recurring([Run("k", 0, 1), Run("k", 1, 2), Run("j", 0.5, 3)]).runs == 3
+    with pytest.raises(SafetyViolation, match="concurrent runs"):
+        check_recurring([Run("k", 0, 3), Run("k", 1, 2), Run("k", 2.5, 4)])
+
+
+def test_check_merges_everything() -> None:
+    report = check(
+        holds=[HoldLog("m", 1, 0, 1)],
+        writes=[FenceWrite("m", 1, True)],
+        scheduled=["a"],
+        firings=[Firing("a", "p", 0)],
+        runs=[Run("k", 0, 1)],
+    )
+    assert report.holds is not None
+    assert report.holds.holds == 1
+    assert report.violations == []
+    bad = check(runs=[Run("k", 0, 2), Run("k", 1, 3)], scheduled=["x"], raise_on_violation=False)
+    assert len(bad.violations) == 2
