@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 import clustersync as cs
 from clustersync import aio
+from tests.conftest import selected_backends
 from tests.servers import PostgresServer, RedisServer, free_port, start_or_skip
 
 from .conftest import soak_mode
@@ -239,15 +240,16 @@ def nested(levels: int) -> Any:
 
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(ANY_CHAR))
+
+
+def json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(ANY_CHAR, max_size=5), inner, max_size=4
+    )
+
+
 props = st.one_of(
-    st.recursive(
-        json_leaf,
-        lambda inner: (
-            st.lists(inner, max_size=4)
-            | st.dictionaries(st.text(ANY_CHAR, max_size=5), inner, max_size=4)
-        ),
-        max_leaves=20,
-    ),
+    st.recursive(json_leaf, json_containers, max_leaves=20),
     st.integers(0, 3000).map(nested),
     st.sampled_from(
         [
@@ -695,9 +697,12 @@ EDGE_URLS = [
 relative = TEXT.filter(lambda text: ".." not in text and not text.startswith("/"))
 
 
-def test_malformed_and_unknown_urls(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: cs.Store
-) -> None:
+def needs(backend: str) -> None:
+    if backend not in selected_backends():
+        pytest.skip(f"{backend} not in CLUSTERSYNC_TEST_BACKENDS")
+
+
+def test_malformed_and_unknown_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # relative SQLite paths land here
 
     @FUZZ
@@ -722,9 +727,10 @@ def redis_with_password() -> Iterator[RedisServer]:
         yield server
 
 
-def test_redis_urls_and_credentials(
-    redis_server: RedisServer, redis_with_password: RedisServer, store: cs.Store
-) -> None:
+def test_redis_urls_and_credentials(request: pytest.FixtureRequest) -> None:
+    needs("redis")
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    redis_with_password: RedisServer = request.getfixturevalue("redis_with_password")
     closed = free_port()
 
     @FUZZ
@@ -763,9 +769,10 @@ def test_redis_urls_and_credentials(
     run()
 
 
-def test_postgres_urls_and_credentials(postgres_server: PostgresServer, store: cs.Store) -> None:
+def test_postgres_urls_and_credentials(request: pytest.FixtureRequest) -> None:
+    needs("postgres")
+    srv: PostgresServer = request.getfixturevalue("postgres_server")
     closed = free_port()
-    srv = postgres_server
 
     @FUZZ
     @given(
@@ -789,10 +796,10 @@ def test_postgres_urls_and_credentials(postgres_server: PostgresServer, store: c
     def run(user: str, password: str, port: str, dbname: str, query: str) -> None:
         from urllib.parse import quote
 
-        url = (
-            f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}"
-            f"/{quote(dbname, safe='')}{query}"
-        )
+        def q(text: str) -> str:  # lone surrogates become invalid UTF-8 bytes
+            return quote(text, safe="", errors="surrogatepass")
+
+        url = f"postgresql://{q(user)}:{q(password)}@127.0.0.1:{port}/{q(dbname)}{query}"
         works = open_and_use(url)
         if works:
             assert password == srv.password, f"{url} worked with a wrong password"

@@ -17,6 +17,7 @@ import pytest
 import clustersync as cs
 from clustersync import aio
 from clustersync.backends.base import NewJob
+from clustersync.testing.faults import inject_faults
 from tests.conftest import selected_backends
 from tests.servers import PostgresServer, RedisServer
 
@@ -87,6 +88,22 @@ async def test_aio_close_and_stop_validate_timeouts() -> None:
         with pytest.raises(ValueError):
             await scheduler.stop(timeout=math.nan)
         assert await scheduler.stop(timeout=1e300) is True
+
+
+# -- a ttl shorter than a round trip -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [1e-9, 5e-324])
+def test_acquiring_with_a_ttl_shorter_than_a_round_trip_does_not_spin(ttl: float) -> None:
+    """Every answer comes after such a ttl, so the lease is given back and the acquisition
+    retried — immediately, thousands of times a second, each logging a warning, for as
+    long as the caller waits (forever without a timeout). Now it retries every 50 ms."""
+    with cs.open_store("memory://") as store:
+        faults = inject_faults(store)
+        mutex = cs.Mutex(store, "tiny", ttl=ttl)
+        assert mutex.acquire(timeout=0.5) is False
+        assert faults.calls["acquire_lease"] <= 20
+        assert store.list_leases() == []
 
 
 # -- recurring jobs with waits beyond what threading can sleep ---------------------------------
@@ -199,7 +216,13 @@ def test_server_store_max_connections_must_be_a_positive_int(
 
 @pytest.mark.parametrize(
     "query",
-    ["?foo=bar", "?socket_timeout=1e400", "?socket_timeout=-1", "?health_check_interval=1e400"],
+    [
+        "?foo=bar",
+        "?socket_timeout=1e400",
+        "?socket_timeout=-1",
+        "?health_check_interval=1e400",
+        "?protocol=9",
+    ],
 )
 def test_redis_url_query_options_are_checked(redis_server: RedisServer, query: str) -> None:
     """An unknown query option raised redis-py's TypeError ("unexpected keyword argument")

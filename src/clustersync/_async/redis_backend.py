@@ -119,7 +119,7 @@ class RedisBackend(PushNotifications):
             raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
         try:
             _check_connection_options(client.connection_pool)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RedisError) as exc:
             await client.aclose()
             raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
         backend = cls(client, url, namespace)
@@ -323,7 +323,8 @@ def _check_connection_options(pool: Any) -> None:
             option_timeout(options[name], name)
     if options.get("health_check_interval") is not None:
         option_timeout(options["health_check_interval"], "health_check_interval", allow_zero=True)
-    pool.connection_class(**options)  # no I/O; TypeError for an unknown option
+    # No I/O: TypeError for an unknown option, RedisError for a bad value (protocol=9).
+    pool.connection_class(**options)
 
 
 def _ms(seconds: float) -> int:

@@ -40,6 +40,9 @@ logger = logging.getLogger("clustersync.lease")
 WAITER_POLL_INTERVAL = 0.001
 #: Upper bound of one wait without news, in case a notification was lost.
 MAX_WAIT_WITHOUT_NEWS = 2.0
+#: Pause before retrying an acquisition whose answer came after its ttl: a ttl shorter
+#: than the store's round trip can never be held, and must not spin a CPU trying.
+SLOW_ANSWER_RETRY = 0.05
 #: How long ``release()`` retries a failing store before leaving the lease to expire.
 RELEASE_RETRY_SECONDS = 2.0
 _HOST = socket.gethostname()
@@ -168,7 +171,7 @@ class Lease:
                 "acquiring %s %r took longer than its ttl; retrying", self.description, self.name
             )
             _release_quietly(self.store, self.name, owner, result.token)
-            return 0.0
+            return SLOW_ANSWER_RETRY
         hold = Hold(owner, result.token, sent + self.ttl)
         self.hold = hold
         self.store.renewer().add(self, hold)
