@@ -5,6 +5,10 @@ the wakers registered for that channel. Registering tells the backend how quickl
 waiters want to hear about changes made by *other* processes (SQLite polls only while
 someone waits). Notifications only make waiting fast: every waiter also has a deadline,
 so a lost notification costs latency, never correctness.
+
+A ``jobs@<µs>`` message (a job due in that long was added) goes to the ``jobs`` waiters,
+each of which may register a filter that skips the wake-up when it will wake up before
+that job is due anyway.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from .backends.base import ANY_CHANNEL
+from .backends.base import ANY_CHANNEL, JOBS_CHANNEL, JOBS_DUE_PREFIX, parse_jobs_due
+
+#: ``due_filter(seconds)``: True if a job due in ``seconds`` should wake the waiter.
+DueFilter = Callable[[float], bool]
 
 
 class _Waker(Protocol):
@@ -26,31 +33,43 @@ class ChangeHub:
 
     def __init__(self, set_watch_interval: Callable[[float | None], None]) -> None:
         self._lock = threading.Lock()
-        self._waiters: dict[str, dict[int, tuple[_Waker, float]]] = {}
+        self._waiters: dict[str, dict[int, tuple[_Waker, float, DueFilter | None]]] = {}
         self._set_watch_interval = set_watch_interval
         self._watch_interval: float | None = None
         self._next_id = 0
 
     def __call__(self, channel: str) -> None:
         """The backend's listener: wake the waiters of ``channel`` (all, for ``*``)."""
+        due_in = None
+        if channel.startswith(JOBS_DUE_PREFIX):
+            due_in = parse_jobs_due(channel)
+            channel = JOBS_CHANNEL
         with self._lock:
             if channel == ANY_CHANNEL:
-                wakers = [w for group in self._waiters.values() for w, _ in group.values()]
+                entries = [e for group in self._waiters.values() for e in group.values()]
             else:
-                wakers = [w for w, _ in self._waiters.get(channel, {}).values()]
-        for waker in wakers:
-            waker.set_threadsafe()
+                entries = list(self._waiters.get(channel, {}).values())
+        for waker, _, due_filter in entries:
+            if due_in is None or due_filter is None or due_filter(due_in):
+                waker.set_threadsafe()
 
     @contextmanager
-    def listen(self, channel: str, waker: _Waker, poll_interval: float) -> Iterator[None]:
+    def listen(
+        self,
+        channel: str,
+        waker: _Waker,
+        poll_interval: float,
+        due_filter: DueFilter | None = None,
+    ) -> Iterator[None]:
         """Wake ``waker`` on changes of ``channel`` while inside the block.
 
-        ``poll_interval`` is the latency wanted for changes made by other processes.
+        ``poll_interval`` is the latency wanted for changes made by other processes;
+        ``due_filter`` (``jobs`` only) decides about messages announcing a job's due time.
         """
         with self._lock:
             self._next_id += 1
             ident = self._next_id
-            self._waiters.setdefault(channel, {})[ident] = (waker, poll_interval)
+            self._waiters.setdefault(channel, {})[ident] = (waker, poll_interval, due_filter)
             self._update_watch_locked()
         try:
             yield
@@ -63,7 +82,7 @@ class ChangeHub:
                 self._update_watch_locked()
 
     def _update_watch_locked(self) -> None:
-        intervals = [p for group in self._waiters.values() for _, p in group.values()]
+        intervals = [p for group in self._waiters.values() for _, p, _ in group.values()]
         wanted = min(intervals) if intervals else None
         if wanted != self._watch_interval:
             self._watch_interval = wanted

@@ -813,7 +813,13 @@ def test_server_store_options(store_url: str, backend: str, store: cs.Store) -> 
     option_names = (
         ["socket_timeout", "connect_timeout", "max_connections"]
         if backend == "redis"
-        else ["socket_timeout", "connect_timeout", "pool_timeout", "max_connections"]
+        else [
+            "socket_timeout",
+            "connect_timeout",
+            "pool_timeout",
+            "max_connections",
+            "prepared_statements",
+        ]
     )
 
     @FUZZ

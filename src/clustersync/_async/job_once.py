@@ -15,7 +15,8 @@ Guarantees:
 - A scheduler costs one task or thread plus one per *running* callback — nothing per
   pending job. It sleeps until the earliest due time in the store's run-time index and
   wakes early when jobs are added or cancelled (in this process at once; across
-  processes through the store's change notification).
+  processes through the store's change notification) — unless the added job is due
+  after its planned wake-up, which costs it nothing.
 - ``cancel`` removes the job everywhere and never waits for a running callback, so it
   cannot deadlock; cancelling then re-scheduling a key fires once, at the new time.
 
@@ -26,6 +27,7 @@ backoff; a callback that raises is logged and the job is done (no retry).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +59,9 @@ DEFAULT_MAX_RUNNING = 16
 SCHEDULER_POLL_INTERVAL = 0.005
 #: Longest sleep without news, in case a notification was lost.
 MAX_IDLE = 5.0
+#: A ``jobs@<due>`` message is judged late by its delivery time; a job announced as due
+#: less than this after our planned wake-up still wakes us (covers delivery delay).
+DUE_HINT_SLACK = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,9 @@ class JobOnceScheduler:
         self._waker: shim.Waker | None = None
         self._running: set[_Running] = set()  # every run in progress here
         self._claim_calls = 0
+        # Monotonic time of the planned wake-up; infinite while rereading the store, so
+        # that every change seen meanwhile wakes us again.
+        self._wake_at = math.inf
 
     @property
     def started(self) -> bool:
@@ -234,9 +242,14 @@ class JobOnceScheduler:
         renew_every = self.claim_ttl / 3
         next_renewal = shim.monotonic() + renew_every
         try:
-            with self.store.hub.listen(JOBS_CHANNEL, waker, SCHEDULER_POLL_INTERVAL):
+            with self.store.hub.listen(
+                JOBS_CHANNEL, waker, SCHEDULER_POLL_INTERVAL, self._wakes_for
+            ):
                 while not (self._stopping and not self._running):
+                    # Cleared before rereading: a change committed after the reread
+                    # began is announced after this point and wakes us.
                     waker.clear()
+                    self._wake_at = math.inf
                     if not self._running:  # claims made from now on renew within renew_every
                         next_renewal = shim.monotonic() + renew_every
                     try:
@@ -250,9 +263,15 @@ class JobOnceScheduler:
                         logger.warning("one-shot scheduler: store error, retrying: %s", exc)
                     if self._running:
                         delay = min(delay, max(0.0, next_renewal - shim.monotonic()))
+                    self._wake_at = shim.monotonic() + delay
                     await waker.wait(delay)
         finally:
             self._waker = None
+
+    def _wakes_for(self, due_in: float) -> bool:
+        """Whether a job added elsewhere, due in ``due_in`` seconds, should wake us now
+        (called by the store's notification reader, from any thread)."""
+        return shim.monotonic() + due_in - DUE_HINT_SLACK < self._wake_at
 
     async def _claim_and_start(self) -> float:
         """Claim due jobs into free slots; return how long to sleep."""

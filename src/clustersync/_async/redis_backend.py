@@ -180,7 +180,8 @@ class RedisBackend(PushNotifications):
     # -- leases --------------------------------------------------------------------------
 
     def _lease_keys(self, name: str) -> list[str]:
-        return [self._prefix + "l:" + name, self._prefix + "f:" + name]
+        """The lease, its fencing counter and its waiter flag."""
+        return [self._prefix + "l:" + name, self._prefix + "f:" + name, self._prefix + "w:" + name]
 
     async def now_us(self) -> int:
         return int(await self._run("read the time", "NOW", [], []))
@@ -203,7 +204,7 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "release a lease",
             "RELEASE",
-            [self._prefix + "l:" + name, self._events],
+            [self._prefix + "l:" + name, self._events, self._prefix + "w:" + name],
             [f"{token}|{owner}", lease_channel(name)],
         )
         return int(result) == 1

@@ -28,6 +28,20 @@ from typing import Protocol
 ChangeListener = Callable[[str], None]
 ANY_CHANNEL = "*"
 JOBS_CHANNEL = "jobs"
+#: ``"jobs@<µs>"``: a job due in that many microseconds (store clock, when the message
+#: was sent) was added. Schedulers that already plan to wake up before it need not
+#: reread the store; any other change of jobs is a plain ``JOBS_CHANNEL``.
+JOBS_DUE_PREFIX = JOBS_CHANNEL + "@"
+
+
+def parse_jobs_due(message: str) -> float | None:
+    """Seconds until the job announced by a ``jobs@<µs>`` message is due, else None."""
+    if not message.startswith(JOBS_DUE_PREFIX):
+        return None
+    try:
+        return int(message[len(JOBS_DUE_PREFIX) :]) / 1_000_000
+    except ValueError:
+        return None
 
 
 def lease_channel(lease_name: str) -> str:

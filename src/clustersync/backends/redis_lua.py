@@ -5,13 +5,17 @@ namespace in one Redis Cluster slot):
 
 - ``P l:<name>``   live lease: ``"<token>|<owner>"`` with ``PX`` expiry (Redis judges it)
 - ``P f:<name>``   fencing counter of the name (never expires)
+- ``P w:<name>``   waiter flag: set by a failed acquire for the lease's remaining life plus
+                   ``WAITER_GRACE_MS``; a release publishes only while it exists (an
+                   uncontended release sends no message)
 - ``P meta``       hash: recurring job key -> last_finished (µs, Redis ``TIME``)
 - ``P j:<key>``    hash of one one-shot job: r (run_at µs), p (props JSON), o (claim
                    owner), c (claim counter)
 - ``P due``        sorted set key -> due time µs (run_at while pending, claim expiry
                    while claimed): the index the schedulers sleep on
 - ``P runat``      sorted set key -> run_at µs, for listing in (run_at, key) order
-- ``P events``     pub/sub channel: ``lease:<name>`` on release, ``jobs`` on add/cancel
+- ``P events``     pub/sub channel: ``lease:<name>`` on a release with waiters, ``jobs``
+                   when an added job is due before every stored one, and on cancel
 
 Fencing tokens survive a Redis restart that lost the data: a missing counter restarts at
 Redis's ``TIME`` in microseconds, above any token issued before (tokens grow by one per
@@ -27,12 +31,24 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
+#: How long a waiter flag outlives the lease a waiter saw. A waiter sleeps at most until
+#: that lease's expiry (then retries, and a failed retry sets the flag again), so the
+#: flag only has to cover the waiter's wake-up running late.
+WAITER_GRACE_MS = 5000
+
 ACQUIRE = (
     """
--- KEYS[1] lease, KEYS[2] fence counter; ARGV[1] owner, ARGV[2] ttl ms
+-- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] ttl ms
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  return {0, redis.call('PTTL', KEYS[1])}
+  local left = redis.call('PTTL', KEYS[1])
+  local want = math.max(left, 0) + """
+    + str(WAITER_GRACE_MS)
+    + """
+  if redis.call('PTTL', KEYS[3]) < want then
+    redis.call('SET', KEYS[3], '1', 'PX', want)
+  end
+  return {0, left}
 end
 local token = redis.call('INCR', KEYS[2])
 if token == 1 then
@@ -55,11 +71,15 @@ end
 return 0
 """
 
+# Waiters woken by the message retry at once; those that lose set the flag again.
 RELEASE = """
--- KEYS[1] lease, KEYS[2] events channel; ARGV[1] "token|owner", ARGV[2] message
+-- KEYS[1] lease, KEYS[2] events channel, KEYS[3] waiter flag; ARGV[1] "token|owner",
+-- ARGV[2] message
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  if redis.call('DEL', KEYS[3]) == 1 then
+    redis.call('PUBLISH', KEYS[2], ARGV[2])
+  end
   return 1
 end
 return 0
@@ -89,6 +109,9 @@ return 1
 """
 )
 
+# Publishes only when a new job is due before every stored one (or none is stored): a
+# scheduler never sleeps past the earliest due time it read, and the script runs
+# atomically, so a later job is found when that scheduler wakes and rereads.
 PUT_JOBS = """
 -- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, then key, run_at, props...
 local prefix = ARGV[1]
@@ -100,13 +123,21 @@ for i = 2, #ARGV, 3 do
   end
   seen[key] = true
 end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local earliest = first[2] and tonumber(first[2])
+local wake = not earliest
 for i = 2, #ARGV, 3 do
   local key = ARGV[i]
   redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0)
   redis.call('ZADD', KEYS[1], ARGV[i + 1], key)
   redis.call('ZADD', KEYS[2], ARGV[i + 1], key)
+  if earliest and tonumber(ARGV[i + 1]) < earliest then
+    wake = true
+  end
 end
-redis.call('PUBLISH', KEYS[3], 'jobs')
+if wake then
+  redis.call('PUBLISH', KEYS[3], 'jobs')
+end
 return false
 """
 
