@@ -794,7 +794,8 @@ def _one_shot_section(one: Json, scaling: Json, plots: Sequence[str]) -> list[st
         " before the scheduling call of a job due now until its callback starts on another"
         " instance (one monotonic clock), with the schedulers idle in between."
         " *Throughput*: far-future jobs stored one call at a time and in batches of 1,000,"
-        " alone and while the 3 schedulers run (each stored job wakes them).",
+        " alone and while the 3 schedulers run (a stored job wakes them only when it is due"
+        " before they plan to wake up).",
         "",
     ]
     rows = list(one.get("results", {}).values())

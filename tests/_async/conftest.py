@@ -41,6 +41,16 @@ async def store(store_url: str, namespace: str) -> AsyncIterator[cs.Store]:
     await opened.close()
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes."""
+    deadline = shim.monotonic() + timeout
+    while not predicate():
+        if shim.monotonic() > deadline:
+            return False
+        await shim.sleep(0.005)
+    return True
+
+
 class TimeControl:
     """The store under test and the means to move the store's time, so that one test
     drives lease expiry and due times on every backend.

@@ -21,7 +21,7 @@ import pytest
 from clustersync import _aioshim as shim
 from clustersync import aio as cs
 from clustersync.testing import inject_faults
-from tests._async.conftest import TimeControl
+from tests._async.conftest import TimeControl, eventually
 
 INTERVAL = timedelta(milliseconds=100)
 HOUR = timedelta(hours=1)
@@ -33,16 +33,6 @@ async def other_store(store_url: str, namespace: str) -> AsyncIterator[cs.Store]
     opened = await cs.open_store(store_url, namespace=namespace)
     yield opened
     await opened.close()
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes."""
-    deadline = shim.monotonic() + timeout
-    while not predicate():
-        if shim.monotonic() > deadline:
-            return False
-        await shim.sleep(0.005)
-    return True
 
 
 class RunCounter:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any, cast
 
@@ -21,7 +21,7 @@ import pytest
 from clustersync import _aioshim as shim
 from clustersync import aio as cs
 from clustersync.testing import InjectedFault, inject_faults
-from tests._async.conftest import TimeControl
+from tests._async.conftest import TimeControl, eventually
 
 #: Generous bound for "promptly" on a loaded machine (the library aims at milliseconds).
 PROMPT = 1.0
@@ -35,16 +35,6 @@ async def other_store(store_url: str, namespace: str) -> AsyncIterator[cs.Store]
     opened = await cs.open_store(store_url, namespace=namespace)
     yield opened
     await opened.close()
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes."""
-    deadline = shim.monotonic() + timeout
-    while not predicate():
-        if shim.monotonic() > deadline:
-            return False
-        await shim.sleep(0.005)
-    return True
 
 
 def start_acquire(

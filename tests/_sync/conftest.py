@@ -43,6 +43,16 @@ def store(store_url: str, namespace: str) -> Iterator[cs.Store]:
     opened.close()
 
 
+def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes."""
+    deadline = shim.monotonic() + timeout
+    while not predicate():
+        if shim.monotonic() > deadline:
+            return False
+        shim.sleep(0.005)
+    return True
+
+
 class TimeControl:
     """The store under test and the means to move the store's time, so that one test
     drives lease expiry and due times on every backend.

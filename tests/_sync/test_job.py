@@ -23,7 +23,7 @@ import pytest
 import clustersync as cs
 from clustersync import _syncshim as shim
 from clustersync.testing import inject_faults
-from tests._sync.conftest import TimeControl
+from tests._sync.conftest import TimeControl, eventually
 
 INTERVAL = timedelta(milliseconds=100)
 HOUR = timedelta(hours=1)
@@ -35,16 +35,6 @@ def other_store(store_url: str, namespace: str) -> Iterator[cs.Store]:
     opened = cs.open_store(store_url, namespace=namespace)
     yield opened
     opened.close()
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes."""
-    deadline = shim.monotonic() + timeout
-    while not predicate():
-        if shim.monotonic() > deadline:
-            return False
-        shim.sleep(0.005)
-    return True
 
 
 class RunCounter:

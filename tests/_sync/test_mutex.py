@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, cast
 
@@ -23,7 +23,7 @@ import pytest
 import clustersync as cs
 from clustersync import _syncshim as shim
 from clustersync.testing import InjectedFault, inject_faults
-from tests._sync.conftest import TimeControl
+from tests._sync.conftest import TimeControl, eventually
 
 #: Generous bound for "promptly" on a loaded machine (the library aims at milliseconds).
 PROMPT = 1.0
@@ -37,16 +37,6 @@ def other_store(store_url: str, namespace: str) -> Iterator[cs.Store]:
     opened = cs.open_store(store_url, namespace=namespace)
     yield opened
     opened.close()
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes."""
-    deadline = shim.monotonic() + timeout
-    while not predicate():
-        if shim.monotonic() > deadline:
-            return False
-        shim.sleep(0.005)
-    return True
 
 
 def start_acquire(
