@@ -7,13 +7,14 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
 from clustersync import aio
 from clustersync.testing import inject_faults
+from tests._async.conftest import eventually
 
 HOUR = timedelta(hours=1)
 
@@ -23,15 +24,6 @@ async def store(store_url: str, namespace: str) -> AsyncIterator[aio.Store]:
     opened = await aio.open_store(store_url, namespace=namespace)
     yield opened
     await opened.close()
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
 
 
 # -- cancellation --------------------------------------------------------------------------

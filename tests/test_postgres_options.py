@@ -1,10 +1,12 @@
-"""PostgreSQL store options that change how statements are sent."""
+"""PostgreSQL store: options that change how statements are sent, schema migration."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 import clustersync as cs
@@ -45,3 +47,41 @@ def test_prepared_statements_must_be_a_bool(
 ) -> None:
     with pytest.raises(cs.ConfigurationError, match="prepared_statements"):
         cs.open_store(postgres_server.url, namespace=namespace, prepared_statements=value)
+
+
+# -- schema migration ---------------------------------------------------------------------
+
+_V1_LEASES = """CREATE TABLE clustersync_leases (
+    ns text NOT NULL, name text NOT NULL, owner text, token bigint NOT NULL,
+    expires_us bigint NOT NULL, PRIMARY KEY (ns, name))"""
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any) -> None:
+    """A store created by schema version 1 (no waiter mark on leases) gets the column on
+    first use by this version, keeps its leases' fencing counters, and works."""
+    dbname = f"migrate_{uuid.uuid4().hex[:8]}"
+    with postgres_server.socket_connect() as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}" OWNER "{postgres_server.user}"')
+    url = postgres_server.url.rsplit("/", 1)[0] + "/" + dbname
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE clustersync_schema (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute("INSERT INTO clustersync_schema (version) VALUES (1)")
+        conn.execute(_V1_LEASES)
+        conn.execute("INSERT INTO clustersync_leases VALUES ('default', 'm:old', NULL, 41, 0)")
+    with cs.open_store(url) as store:
+        mutex = cs.Mutex(store, "old")
+        with mutex:
+            assert mutex.token == 42
+    with psycopg.connect(url, autocommit=True) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM clustersync_schema")]
+        assert sorted(versions) == [1, 2]
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'clustersync_leases'"
+        ).fetchall()
+        assert ("waiters_until_us",) in columns
+    with cs.open_store(url) as store:  # opening a current store again changes nothing
+        assert store.list_leases() == []

@@ -295,6 +295,45 @@ def test_postgres_job_message_carries_the_due_time(postgres_server: Any, namespa
     assert 29 < second <= 30
 
 
+class PostgresEvents:
+    """A raw LISTEN on a namespace's PostgreSQL notification channel."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        from clustersync._async.postgres_backend import notify_channel
+
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute(f'LISTEN "{notify_channel(namespace)}"')
+
+    def messages(self, settle: float = 0.2) -> list[str]:
+        return [n.payload for n in self.conn.notifies(timeout=settle)]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def postgres_events(postgres_server: Any, namespace: str) -> Iterator[PostgresEvents]:
+    events = PostgresEvents(postgres_server.url, namespace)
+    yield events
+    events.close()
+
+
+def test_postgres_release_notifies_only_when_a_waiter_marked_the_lease(
+    postgres_server: Any, namespace: str, postgres_events: PostgresEvents
+) -> None:
+    with cs.open_store(postgres_server.url, namespace=namespace) as store:
+        holder = cs.Mutex(store, "busy", ttl=20)
+        other = cs.Mutex(store, "busy", ttl=20)
+        for _ in range(3):
+            holder.acquire()
+            holder.release()
+        assert postgres_events.messages() == []
+        holder.acquire()
+        assert not other.acquire(blocking=False)  # marks the lease as waited for
+        holder.release()
+        assert postgres_events.messages() == [lease_channel("m:busy")]
+
+
 # -- the hub's filter ---------------------------------------------------------------------
 
 

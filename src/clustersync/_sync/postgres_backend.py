@@ -189,14 +189,18 @@ class PostgresBackend(PushNotifications):
             cur = conn.execute("SELECT max(version) FROM clustersync_schema")
             row = cur.fetchone()
             version = row[0] if row else None
-            if version is None:
-                conn.execute(
-                    "INSERT INTO clustersync_schema (version) VALUES (%s)", (q.SCHEMA_VERSION,)
-                )
-            elif version > q.SCHEMA_VERSION:
+            if version is not None and version > q.SCHEMA_VERSION:
                 raise ConfigurationError(
                     f"PostgreSQL store {self._safe_url} has schema version {version}, newer "
                     f"than this clustersync understands ({q.SCHEMA_VERSION}); upgrade"
+                )
+            if version != q.SCHEMA_VERSION:
+                # A fresh schema is already current; an older one is migrated step by step.
+                for step in range((version or q.SCHEMA_VERSION) + 1, q.SCHEMA_VERSION + 1):
+                    for statement in q.MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO clustersync_schema (version) VALUES (%s)", (q.SCHEMA_VERSION,)
                 )
 
     @contextlib.contextmanager

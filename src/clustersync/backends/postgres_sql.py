@@ -11,7 +11,7 @@ prepared statements need PgBouncer 1.22+, or the store option
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Serialises concurrent first-time schema creation (transaction-scoped, PgBouncer-safe).
 SCHEMA_LOCK_KEY = 0x636C7573  # "clus"
@@ -27,6 +27,7 @@ SCHEMA = [
         owner text,
         token bigint NOT NULL,
         expires_us bigint NOT NULL,
+        waiters_until_us bigint NOT NULL DEFAULT 0,
         PRIMARY KEY (ns, name)
     )""",
     """CREATE TABLE IF NOT EXISTS clustersync_job_metadata (
@@ -49,10 +50,26 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_at_us, key)",
 ]
 
+#: Statements that bring a store of the previous version to the version of the key.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE clustersync_leases"
+        " ADD COLUMN IF NOT EXISTS waiters_until_us bigint NOT NULL DEFAULT 0"
+    ],
+}
+
 _NOW = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+
+#: A failed acquire marks the lease as waited for until the expiry it saw plus 5 s (a
+#: waiter retries by that expiry at the latest), rewriting the mark only when it would
+#: end less than 1 s after the current expiry; a release notifies only while marked.
+WAITER_GRACE_US = 5_000_000
+WAITER_MARGIN_US = 1_000_000
 
 NOW = f"SELECT {_NOW}"
 
+# The lease is taken if free (ON CONFLICT … WHERE expired); otherwise ``waiting`` marks it
+# as waited for. The row lock taken by ON CONFLICT orders this against a release.
 ACQUIRE = f"""
 WITH now AS (SELECT {_NOW} AS us),
 old AS (SELECT expires_us, owner FROM clustersync_leases WHERE ns = %(ns)s AND name = %(name)s),
@@ -63,6 +80,11 @@ ins AS (
         SET owner = excluded.owner, token = l.token + 1, expires_us = excluded.expires_us
         WHERE l.owner IS NULL OR l.expires_us <= excluded.expires_us - %(ttl_us)s
     RETURNING token
+),
+waiting AS (
+    UPDATE clustersync_leases SET waiters_until_us = expires_us + {WAITER_GRACE_US}
+    WHERE ns = %(ns)s AND name = %(name)s AND NOT EXISTS (SELECT 1 FROM ins)
+        AND owner IS NOT NULL AND waiters_until_us < expires_us + {WAITER_MARGIN_US}
 )
 SELECT (SELECT token FROM ins), (SELECT old.expires_us - now.us FROM old, now)
 """
@@ -73,14 +95,20 @@ WHERE ns = %(ns)s AND name = %(name)s AND owner = %(owner)s AND token = %(token)
     AND expires_us > {_NOW}
 """
 
+# The waiter mark is left in place (it ends by itself): the UPDATE returns the newest
+# committed mark, so a waiter that marked the row just before is always notified.
 RELEASE = f"""
 WITH released AS (
     UPDATE clustersync_leases SET owner = NULL, expires_us = 0
     WHERE ns = %(ns)s AND name = %(name)s AND owner = %(owner)s AND token = %(token)s
         AND expires_us > {_NOW}
-    RETURNING name
+    RETURNING name, waiters_until_us
+),
+told AS (
+    SELECT pg_notify(%(channel)s, 'lease:' || name) FROM released
+    WHERE waiters_until_us > {_NOW}
 )
-SELECT pg_notify(%(channel)s, 'lease:' || name) FROM released
+SELECT (SELECT count(*) FROM told) FROM released
 """
 
 LIST_LEASES = f"""
