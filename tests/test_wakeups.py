@@ -9,6 +9,7 @@ the messages sent, and that waiters and schedulers still act on time.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -115,6 +116,66 @@ def test_job_due_after_the_earliest_fires_on_time(stores: tuple[cs.Store, cs.Sto
             assert 0 <= lateness < 0.25, f"{key} fired {lateness:+.3f}s from run_at"
     finally:
         scheduler.stop(5)
+
+
+def test_no_wake_up_is_lost_while_jobs_are_added_claimed_and_cancelled_concurrently(
+    store_url: str, namespace: str
+) -> None:
+    """Two producers add jobs due within the next second in random order (so each one
+    may or may not be the new earliest) while two other store objects run schedulers
+    that claim and complete jobs, and a third cancels some. A lost wake-up would leave a
+    job to the 5 s fallback re-check; every job must fire less than 0.5 s late."""
+    rng = random.Random(7)
+    stores = [cs.open_store(store_url, namespace=namespace) for _ in range(4)]
+    fired = Fired()
+    schedulers = [_start_scheduler(store, fired) for store in stores[:2]]
+    planned: dict[str, float] = {}
+    cancelled: set[str] = set()
+    lock = threading.Lock()
+
+    def produce(store: cs.Store, prefix: str) -> None:
+        scheduler = cs.get_job_once_scheduler(store)
+        for i in range(60):
+            run_at = datetime.now(UTC) + timedelta(seconds=rng.uniform(0.05, 1.0))
+            key = f"{prefix}-{i}"
+            scheduler.schedule_once(key, run_at)
+            with lock:
+                planned[key] = run_at.timestamp()
+            time.sleep(rng.uniform(0, 0.02))
+
+    def cancel_some() -> None:
+        scheduler = cs.get_job_once_scheduler(stores[3])
+        for _ in range(20):
+            time.sleep(0.05)
+            with lock:
+                candidates = sorted(set(planned) - cancelled)
+            key = rng.choice(candidates) if candidates else None
+            if key is not None and scheduler.cancel(key):
+                with lock:
+                    cancelled.add(key)
+
+    try:
+        threads = [
+            threading.Thread(target=produce, args=(stores[2], "a")),
+            threading.Thread(target=produce, args=(stores[3], "b")),
+            threading.Thread(target=cancel_some),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        wanted = set(planned) - cancelled
+        assert fired.wait(wanted, 10.0), f"never fired: {sorted(wanted - fired.at.keys())}"
+        assert not cancelled & fired.at.keys(), "a job fired although cancel removed it"
+        late = {key: fired.at[key] - planned[key] for key in wanted}
+        worst = max(late, key=lambda key: late[key])
+        assert late[worst] < 0.5, f"{worst} fired {late[worst]:.3f}s late"
+        assert min(late.values()) >= -0.002, "a job fired before its run_at"
+    finally:
+        for scheduler in schedulers:
+            scheduler.stop(5)
+        for store in stores:
+            store.close()
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, store: cs.Store, name: str) -> list[int]:
