@@ -84,70 +84,54 @@ class CsLock:
         self.store.close()
 
 
-class RedisPyLock:
+class _RedisPeerLock:
+    """What the Redis peers share: a redis-py client and a lock object on it, acquired
+    blocking; none of them has a fencing token."""
+
+    client: Any
+    lock: Any
+
+    def acquire(self) -> object:
+        return self.lock.acquire(blocking=True)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def fence(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisPyLock(_RedisPeerLock):
     def __init__(self, spec: LockSpec, name: str, ttl: float | None) -> None:
         import redis
 
         self.client = redis.Redis.from_url(spec.url)
         self.lock = self.client.lock(spec.namespace + ":" + name, timeout=ttl)
 
-    def acquire(self) -> object:
-        return self.lock.acquire(blocking=True)
 
-    def release(self) -> None:
-        self.lock.release()
-
-    def fence(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class PyRedisLock:
+class PyRedisLock(_RedisPeerLock):
     def __init__(self, spec: LockSpec, name: str, ttl: float | None) -> None:
         import redis
         import redis_lock
 
         self.client = redis.Redis.from_url(spec.url)
         renew = spec.renewal and ttl is not None
-        self.lock: Any = redis_lock.Lock(
+        self.lock = redis_lock.Lock(
             self.client, spec.namespace + ":" + name, expire=ttl, auto_renewal=renew
         )
 
-    def acquire(self) -> object:
-        return self.lock.acquire(blocking=True)
 
-    def release(self) -> None:
-        self.lock.release()
-
-    def fence(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class PotteryLock:
+class PotteryLock(_RedisPeerLock):
     def __init__(self, spec: LockSpec, name: str, ttl: float | None) -> None:
         import redis
         from pottery import Redlock
 
         self.client = redis.Redis.from_url(spec.url)
         options: dict[str, Any] = {} if ttl is None else {"auto_release_time": ttl}
-        self.lock: Any = Redlock(key=spec.namespace + ":" + name, masters={self.client}, **options)
-
-    def acquire(self) -> object:
-        return self.lock.acquire()
-
-    def release(self) -> None:
-        self.lock.release()
-
-    def fence(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        self.client.close()
+        self.lock = Redlock(key=spec.namespace + ":" + name, masters={self.client}, **options)
 
 
 class PgAdvisoryLock:
