@@ -16,7 +16,7 @@ from tests.servers import postgres_server, private_server, redis_server
 
 __all__ = ["postgres_server", "private_server", "redis_server"]
 
-ALL_BACKENDS = ("memory", "sqlite", "redis", "postgres")
+ALL_BACKENDS = ("memory", "sqlite", "redis", "postgres", "redis-grant")
 #: Backends whose stores live in a server process (started once per test session).
 SERVER_BACKENDS = ("redis", "postgres")
 
@@ -40,6 +40,9 @@ def make_store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest)
     if backend == "redis":
         url: str = request.getfixturevalue("redis_server").url
         return url
+    if backend == "redis-grant":  # the same server; blocked acquires wait for a grant
+        url = request.getfixturevalue("redis_server").url
+        return url + ("&" if "?" in url else "?") + "handoff=grant"
     if backend == "postgres":
         url = request.getfixturevalue("postgres_server").url
         return url

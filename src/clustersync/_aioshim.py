@@ -151,6 +151,12 @@ async def cancel_safe(operation: Awaitable[T], undo: Callable[[T], Awaitable[Non
         raise
 
 
+async def shielded(operation: Awaitable[T]) -> T:
+    """Await ``operation`` to its end even if the caller is cancelled meanwhile (cleanup
+    that must reach the store; a second cancellation leaves it running on its own)."""
+    return await asyncio.shield(asyncio.ensure_future(operation))
+
+
 async def call_user(fn: Callable[..., Any], *args: Any) -> None:
     """Call a user callback; coroutine functions are awaited, plain ones called inline."""
     result = fn(*args)

@@ -209,6 +209,11 @@ def cancel_safe(operation: T, undo: Callable[[T], None]) -> T:
     return operation
 
 
+def shielded(operation: T) -> T:
+    """Threads cannot be cancelled from outside: the operation has already completed."""
+    return operation
+
+
 def call_user(fn: Callable[..., Any], *args: Any) -> None:
     fn(*args)
 

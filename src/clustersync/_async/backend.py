@@ -19,6 +19,7 @@ from ..backends.base import (
     BlockingEngine,
     ChangeListener,
     ClaimedJob,
+    GrantResult,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
@@ -68,6 +69,16 @@ class Backend(Protocol):
     def set_watch_interval(self, seconds: float | None) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class GrantingBackend(Backend, Protocol):
+    """A backend whose releases can hand a lease straight to a queued waiter."""
+
+    async def wait_for_grant(
+        self, name: str, owner: str, ttl: float, wait: float
+    ) -> GrantResult: ...
+
+    async def withdraw_waiter(self, name: str, owner: str) -> bool: ...
 
 
 class EngineBackend:

@@ -28,7 +28,7 @@ from typing import Any
 from .. import _aioshim as shim
 from .._core.backoff import Backoff
 from .._core.validation import validate_timeout
-from ..backends.base import AcquireResult, lease_channel
+from ..backends.base import GRANT_LEASE_MS, AcquireResult, lease_channel
 from ..exceptions import LockLostError, NotLockedError, StoreUnavailableError
 from .store import Store
 
@@ -43,6 +43,11 @@ MAX_WAIT_WITHOUT_NEWS = 2.0
 SLOW_ANSWER_RETRY = 0.05
 #: How long ``release()`` retries a failing store before leaving the lease to expire.
 RELEASE_RETRY_SECONDS = 2.0
+#: Longest single wait in a grant queue: each round refreshes our place in the queue
+#: (which lapses after ``REGISTRATION_MS`` without one) and notices a free lease.
+GRANT_WAIT_SLICE = 0.5
+#: Life of a lease granted by a release, until its new holder's renewer extends it.
+GRANT_LEASE_SECONDS = GRANT_LEASE_MS / 1000
 _HOST = socket.gethostname()
 
 
@@ -96,6 +101,8 @@ class Lease:
         if not blocking and seconds is not None:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
         deadline = None if seconds is None else shim.monotonic() + seconds
+        if blocking and cancel is None and self.store.grants:
+            return await self._wait_for_grant(deadline)
         result = await self._attempt_or_error(cancel)
         if isinstance(result, bool):
             return result
@@ -140,6 +147,89 @@ class Lease:
                     return attempt
                 result = attempt
 
+    async def _wait_for_grant(self, deadline: float | None) -> bool:
+        """Blocking acquire through the store's grant queue (``handoff="grant"``).
+
+        Each round takes the lease if it is free, else queues up (keeping our place) and
+        blocks until a release hands the lease to us, for at most a slice of
+        :data:`GRANT_WAIT_SLICE` (shorter for short leases, so that a grant is never
+        older than a quarter of its life when we see it). Leaving without the lease
+        (timeout, store error, cancellation) withdraws from the queue and passes on a
+        grant we never saw.
+        """
+        owner = new_owner_id()
+        granted_life = min(self.ttl, GRANT_LEASE_SECONDS)
+        backoff = Backoff()
+        error: StoreUnavailableError | None = None
+        acquired = False
+        tried = False
+        try:
+            while True:
+                wait = min(GRANT_WAIT_SLICE, granted_life / 4)
+                if deadline is not None:
+                    remaining = deadline - shim.monotonic()
+                    if remaining <= 0 and tried:
+                        if error is not None:
+                            raise error
+                        return False
+                    wait = max(0.0, min(wait, remaining))
+                tried = True
+                sent = shim.monotonic()
+                try:
+                    grant = await self.store.wait_for_grant(self.name, owner, self.ttl, wait)
+                except StoreUnavailableError as exc:
+                    error = exc
+                    delay = backoff.next_delay()
+                    if deadline is not None:
+                        delay = min(delay, max(0.0, deadline - shim.monotonic()))
+                    logger.warning(
+                        "store error while waiting for %s %r; retrying in %.2fs: %s",
+                        self.description,
+                        self.name,
+                        delay,
+                        exc,
+                    )
+                    await shim.sleep(delay)
+                    continue
+                error = None
+                backoff.reset()
+                if grant.token is None:
+                    continue
+                if shim.monotonic() >= sent + grant.valid_for:
+                    # Seen too late to be sure it still holds: pass it on, queue again.
+                    logger.warning(
+                        "%s %r was granted too long before this waiter ran; passing it on",
+                        self.description,
+                        self.name,
+                    )
+                    await _release_quietly(self.store, self.name, owner, grant.token)
+                    continue
+                self._take(owner, grant.token, sent + grant.valid_for)
+                acquired = True
+                return True
+        finally:
+            if not acquired:
+                await shim.shielded(self._withdraw(owner))
+
+    async def _withdraw(self, owner: str) -> bool:
+        """Leave the grant queue; True if a grant we never saw was passed on."""
+        try:
+            return await self.store.withdraw_waiter(self.name, owner)
+        except StoreUnavailableError as exc:
+            logger.warning(
+                "could not leave the queue of %s %r; the place lapses in %.0fs: %s",
+                self.description,
+                self.name,
+                GRANT_LEASE_SECONDS,
+                exc,
+            )
+            return False
+
+    def _take(self, owner: str, token: int, deadline: float) -> None:
+        hold = Hold(owner, token, deadline)
+        self.hold = hold
+        self.store.renewer().add(self, hold)
+
     async def _attempt_or_error(
         self, cancel: shim.CancelEvent | None
     ) -> bool | float | StoreUnavailableError:
@@ -170,9 +260,7 @@ class Lease:
             )
             await _release_quietly(self.store, self.name, owner, result.token)
             return SLOW_ANSWER_RETRY
-        hold = Hold(owner, result.token, sent + self.ttl)
-        self.hold = hold
-        self.store.renewer().add(self, hold)
+        self._take(owner, result.token, sent + self.ttl)
         return True
 
     # -- loss ---------------------------------------------------------------------------

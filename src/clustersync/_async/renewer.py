@@ -53,7 +53,10 @@ class Renewer:
     def add(self, lease: Lease, hold: Hold) -> None:
         """Start renewing ``hold`` (from an acquiring task or thread)."""
         self._arm_expiry(lease, hold)
-        entry = (shim.monotonic() + lease.ttl / 3, next(self._order), lease, hold)
+        now = shim.monotonic()
+        # Every ttl / 3 as usual; sooner for a lease granted with a shorter life.
+        first = min(lease.ttl / 3, max(0.0, hold.deadline - now) / 2)
+        entry = (now + first, next(self._order), lease, hold)
         with self._lock:
             heapq.heappush(self._heap, entry)
             if self._task is None:

@@ -21,6 +21,7 @@ from ..backends.base import (
     BlockingEngine,
     ChangeListener,
     ClaimedJob,
+    GrantResult,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
@@ -70,6 +71,16 @@ class Backend(Protocol):
     def set_watch_interval(self, seconds: float | None) -> None: ...
 
     def close(self) -> None: ...
+
+
+class GrantingBackend(Backend, Protocol):
+    """A backend whose releases can hand a lease straight to a queued waiter."""
+
+    def wait_for_grant(
+        self, name: str, owner: str, ttl: float, wait: float
+    ) -> GrantResult: ...
+
+    def withdraw_waiter(self, name: str, owner: str) -> bool: ...
 
 
 class EngineBackend:

@@ -22,14 +22,17 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis as redis_client
 from redis.exceptions import AuthenticationError, RedisError
 
 from ..backends import redis_lua
 from ..backends.base import (
+    GRANT_LEASE_MS,
     AcquireResult,
     ClaimedJob,
+    GrantResult,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
@@ -44,6 +47,10 @@ logger = logging.getLogger("clustersync.redis")
 
 _US = 1_000_000
 _LIST_PAGE = 1000
+#: ``handoff`` values: notify waiters of a release, or grant the lease to the first one.
+HANDOFFS = ("notify", "grant")
+#: Shortest BLPOP timeout sent (Redis reads 0 as "block forever").
+_MIN_BLOCK = 0.01
 #: Characters with a meaning in the patterns of ``SCAN … MATCH``.
 _GLOB_SPECIAL = frozenset("\\[]?*")
 
@@ -59,8 +66,20 @@ def key_prefix(namespace: str) -> str:
 class RedisBackend(PushNotifications):
     """Lease and job operations on one namespace of a Redis server."""
 
-    def __init__(self, client: Any, url: str, namespace: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        url: str,
+        namespace: str,
+        *,
+        handoff: str = "notify",
+        socket_timeout: float | None = None,
+    ) -> None:
         self._client = client
+        #: ``"grant"``: blocked acquires queue up and a release hands the lease to the
+        #: first of them (see :meth:`wait_for_grant`); ``"notify"``: they are woken.
+        self.handoff = handoff
+        self._socket_timeout = socket_timeout
         self._url = redact(url)
         self._prefix = key_prefix(namespace)
         self._events = self._prefix + "events"
@@ -82,6 +101,8 @@ class RedisBackend(PushNotifications):
                 "ACQUIRE",
                 "RENEW",
                 "RELEASE",
+                "ENQUEUE",
+                "WITHDRAW",
                 "GET_METADATA",
                 "SET_FINISHED",
                 "PUT_JOBS",
@@ -99,6 +120,7 @@ class RedisBackend(PushNotifications):
     @classmethod
     def open(cls, url: str, namespace: str, options: dict[str, Any]) -> RedisBackend:
         options = dict(options)
+        url, handoff = _handoff_option(url, options.pop("handoff", None))
         timeout = option_timeout(options.pop("socket_timeout", 10.0), "socket_timeout")
         connect_timeout = option_timeout(options.pop("connect_timeout", 5.0), "connect_timeout")
         max_connections = options.pop("max_connections", None)
@@ -124,7 +146,7 @@ class RedisBackend(PushNotifications):
         except (ValueError, TypeError, RedisError) as exc:
             client.close()
             raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
-        backend = cls(client, url, namespace)
+        backend = cls(client, url, namespace, handoff=handoff, socket_timeout=timeout)
         try:
             with backend._translate("connect"):
                 client.ping()
@@ -202,12 +224,61 @@ class RedisBackend(PushNotifications):
         )
         return int(result) == 1
 
+    def _queue_keys(self, name: str) -> list[str]:
+        """The lease, its fencing counter, its grant queue and the queue's details."""
+        p = self._prefix
+        return [p + "l:" + name, p + "f:" + name, p + "q:" + name, p + "qi:" + name]
+
     def release_lease(self, name: str, owner: str, token: int) -> bool:
         result = self._run(
             "release a lease",
             "RELEASE",
-            [self._prefix + "l:" + name, self._events, self._prefix + "w:" + name],
-            [f"{token}|{owner}", lease_channel(name)],
+            [*self._queue_keys(name), self._prefix + "w:" + name, self._events],
+            [f"{token}|{owner}", lease_channel(name), self._prefix],
+        )
+        return int(result) != 0
+
+    def wait_for_grant(self, name: str, owner: str, ttl: float, wait: float) -> GrantResult:
+        """Take the lease if free, else queue up (or refresh our place) and block up to
+        ``wait`` seconds (and no longer than the current lease lives) until a release
+        grants it to us. A grant writes a lease of ``min(ttl, GRANT_LEASE_MS)`` after this
+        call was sent, so that is how long it is valid for; the holder's renewer extends
+        it to ``ttl``. One connection of the pool is busy while this blocks."""
+        grant_key = self._prefix + "g:" + owner
+        granted_ms = min(_ms(ttl), GRANT_LEASE_MS)
+        status, token, ms = self._run(
+            "wait for a lease",
+            "ENQUEUE",
+            [*self._queue_keys(name), grant_key],
+            [owner, _ms(ttl), granted_ms, redis_lua.REGISTRATION_MS],
+        )
+        if int(status) != 0:
+            return GrantResult(int(token), valid_for=max(0, int(ms)) / 1000)
+        left = max(0, int(ms)) / 1000
+        block = min(wait, left + 0.001)
+        if self._socket_timeout is not None:
+            block = min(block, self._socket_timeout / 2)
+        popped = None
+        if block > 0:
+            with self._translate("wait for a lease"):
+                popped = self._client.blpop([grant_key], timeout=max(block, _MIN_BLOCK))
+        if popped is None:
+            return GrantResult(None, retry_after=left)
+        return GrantResult(int(popped[1]), valid_for=granted_ms / 1000)
+
+    def withdraw_waiter(self, name: str, owner: str) -> bool:
+        """Leave the grant queue; a grant we never saw goes on as if released. True if
+        there was one."""
+        result = self._run(
+            "leave the queue of a lease",
+            "WITHDRAW",
+            [
+                *self._queue_keys(name),
+                self._prefix + "g:" + owner,
+                self._prefix + "w:" + name,
+                self._events,
+            ],
+            [owner, lease_channel(name), self._prefix],
         )
         return int(result) == 1
 
@@ -314,6 +385,26 @@ class RedisBackend(PushNotifications):
         if delay is None or delay is False:
             return None
         return max(0.0, int(delay) / _US)
+
+
+def _handoff_option(url: str, option: Any) -> tuple[str, str]:
+    """The ``handoff`` store option, also accepted as ``?handoff=`` in the URL (so that
+    ``CLUSTERSYNC_URL`` can choose it); returns the URL without it, and the mode."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    in_url = [value for key, value in query if key == "handoff"]
+    if in_url:
+        url = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "handoff"])))
+    values = [*in_url, *([] if option is None else [option])]
+    for value in values:
+        if value not in HANDOFFS:
+            raise ConfigurationError(
+                f"invalid store option: handoff must be 'notify' or 'grant', got {value!r}"
+            )
+    if len(set(values)) > 1:
+        raise ConfigurationError("conflicting handoff settings in the URL and the options")
+    handoff = values[0] if values else "notify"
+    return url, str(handoff)
 
 
 def _check_connection_options(pool: Any) -> None:

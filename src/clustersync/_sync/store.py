@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import _syncshim as shim
 from .._core.validation import validate_name
@@ -20,6 +20,7 @@ from .._notify import ChangeHub
 from ..backends.base import (
     AcquireResult,
     ClaimedJob,
+    GrantResult,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
@@ -27,7 +28,7 @@ from ..backends.base import (
 )
 from ..backends.urls import backend_kind, open_engine, redact, resolve_url
 from ..exceptions import ConfigurationError, StoreUnavailableError
-from .backend import Backend, EngineBackend
+from .backend import Backend, EngineBackend, GrantingBackend
 
 if TYPE_CHECKING:
     from .job_once import JobOnceScheduler
@@ -52,6 +53,8 @@ class Store:
         self._scheduler: JobOnceScheduler | None = None
         self._renewer: Renewer | None = None
         self._closed = False
+        #: Whether blocked acquires queue up for a direct grant (``handoff="grant"``).
+        self.grants = getattr(backend, "handoff", "notify") == "grant"
         backend.set_listener(self.hub)
 
     def __repr__(self) -> str:
@@ -111,6 +114,14 @@ class Store:
     def release_lease(self, name: str, owner: str, token: int) -> bool:
         return self._open_backend().release_lease(name, owner, token)
 
+    def wait_for_grant(self, name: str, owner: str, ttl: float, wait: float) -> GrantResult:
+        backend = cast(GrantingBackend, self._open_backend())
+        return backend.wait_for_grant(name, owner, ttl, wait)
+
+    def withdraw_waiter(self, name: str, owner: str) -> bool:
+        backend = cast(GrantingBackend, self._open_backend())
+        return backend.withdraw_waiter(name, owner)
+
     def list_leases(self) -> list[LeaseInfo]:
         return self._open_backend().list_leases()
 
@@ -158,6 +169,13 @@ def open_store(
     resolved = resolve_url(url)
     validate_name(namespace, "namespace")
     kind = backend_kind(resolved)
+    if kind != "redis" and "handoff" in options:
+        if options["handoff"] != "notify":
+            raise ConfigurationError(
+                f"handoff={options['handoff']!r}: the {kind} store only notifies waiters"
+                " (handoff='grant' is a Redis store option)"
+            )
+        options = {k: v for k, v in options.items() if k != "handoff"}
     backend: Backend
     if kind == "redis":
         backend = _open_redis(resolved, namespace, options)

@@ -3,7 +3,9 @@
 Leases (used by Mutex and recurring jobs):
     ``acquire_lease`` — take the lease if it is free or expired, minting the next fencing
     token; ``renew_lease`` / ``release_lease`` — only if the caller still owns the live
-    lease (owner id and token both match).
+    lease (owner id and token both match). Redis with ``handoff="grant"`` adds
+    ``wait_for_grant`` / ``withdraw_waiter``: a queue of waiters to which a release hands
+    the lease directly (see :mod:`clustersync.backends.redis_lua`).
 One-shot jobs:
     ``put_jobs`` (all or nothing, duplicate keys rejected), ``claim_due_jobs`` (atomically
     lease due jobs to one owner), ``renew_job_claims``, ``complete_job`` (owner-checked
@@ -34,6 +36,12 @@ JOBS_CHANNEL = "jobs"
 JOBS_DUE_PREFIX = JOBS_CHANNEL + "@"
 
 
+#: Life of a lease that a release hands to a queued waiter (``handoff="grant"``), until
+#: the new holder's renewer extends it to its ttl: a waiter that died while queued keeps
+#: the lock for no longer than this, not for its whole ttl.
+GRANT_LEASE_MS = 2000
+
+
 def parse_jobs_due(message: str) -> float | None:
     """Seconds until the job announced by a ``jobs@<µs>`` message is due, else None."""
     if not message.startswith(JOBS_DUE_PREFIX):
@@ -60,6 +68,20 @@ class AcquireResult:
     acquired: bool
     token: int | None = None
     retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantResult:
+    """Outcome of one wait in a grant queue (``handoff="grant"``).
+
+    ``token`` is set when the lease is ours, either taken or handed over by a release;
+    it then lives for at least ``valid_for`` seconds counted from *before* the wait was
+    sent. Otherwise ``retry_after`` is how long the current lease still has to live.
+    """
+
+    token: int | None
+    valid_for: float = 0.0
+    retry_after: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,19 @@ namespace in one Redis Cluster slot):
 - ``P w:<name>``   waiter flag: set by a failed acquire for the lease's remaining life plus
                    ``WAITER_GRACE_MS``; a release publishes only while it exists (an
                    uncontended release sends no message)
+- ``P q:<name>``   grant queue (``handoff="grant"``): sorted set owner -> time of its
+                   first registration (µs), so waiters are served in arrival order
+- ``P qi:<name>``  hash owner -> ``"<registration expiry µs>|<granted lease ms>"``
+- ``P g:<owner>``  grant list of one waiter: a release pushes the new token there after
+                   writing the lease in the waiter's name; the waiter blocks on ``BLPOP``
 - ``P meta``       hash: recurring job key -> last_finished (µs, Redis ``TIME``)
 - ``P j:<key>``    hash of one one-shot job: r (run_at µs), p (props JSON), o (claim
                    owner), c (claim counter)
 - ``P due``        sorted set key -> due time µs (run_at while pending, claim expiry
                    while claimed): the index the schedulers sleep on
 - ``P runat``      sorted set key -> run_at µs, for listing in (run_at, key) order
-- ``P events``     pub/sub channel: ``lease:<name>`` on a release with waiters, ``jobs``
+- ``P events``     pub/sub channel: ``lease:<name>`` on a release with notified waiters
+                   (flag) and no live waiter in the grant queue, ``jobs``
                    when an added job is due before every stored one, and on cancel
 
 Fencing tokens survive a Redis restart that lost the data: a missing counter restarts at
@@ -36,8 +42,73 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 #: flag only has to cover the waiter's wake-up running late.
 WAITER_GRACE_MS = 5000
 
+#: How long a waiter's registration in the grant queue lives without a refresh (waiters
+#: refresh it several times within this; a dead waiter drops out after it).
+REGISTRATION_MS = 2000
+#: Dead registrations a release skips at most before it frees the lease instead.
+_MAX_SKIPPED = 100
+
+# Mints the next fencing token of a name (see the module docstring for the restart rule).
+_MINT = """
+local function mint(fence)
+  local token = redis.call('INCR', fence)
+  if token == 1 then
+    local t = redis.call('TIME')
+    token = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', fence, string.format('%d', token))
+  end
+  return token
+end
+"""
+
+# Ends a hold: hands the lease to the first live waiter of the grant queue (a new token,
+# the lease written in its name, the token pushed to its grant list), or else deletes it
+# and publishes the release if a notified waiter is registered (flag).
+_LET_GO = (
+    _MINT
+    + """
+local function let_go(lease, fence, queue, info, flag, events, message, prefix)
+  for _ = 1, """
+    + str(_MAX_SKIPPED)
+    + """ do
+    local first = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not first then
+      break
+    end
+    redis.call('ZREM', queue, first)
+    local reg = redis.call('HGET', info, first)
+    redis.call('HDEL', info, first)
+    if reg then
+      local bar = string.find(reg, '|', 1, true)
+      local t = redis.call('TIME')
+      if tonumber(string.sub(reg, 1, bar - 1)) > tonumber(t[1]) * 1000000 + tonumber(t[2]) then
+        local px = string.sub(reg, bar + 1)
+        local token = string.format('%d', mint(fence))
+        redis.call('SET', lease, token .. '|' .. first, 'PX', px)
+        local grant = prefix .. 'g:' .. first
+        redis.call('RPUSH', grant, token)
+        redis.call('PEXPIRE', grant, px)
+        return 2
+      end
+    end
+  end
+  redis.call('DEL', lease)
+  if redis.call('DEL', flag) == 1 then
+    redis.call('PUBLISH', events, message)
+  end
+  return 1
+end
+
+local function owner_of(value)
+  local bar = string.find(value, '|', 1, true)
+  return string.sub(value, bar + 1), string.sub(value, 1, bar - 1)
+end
+"""
+)
+
 ACQUIRE = (
-    """
+    _MINT
+    + """
 -- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] ttl ms
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -50,16 +121,62 @@ if cur then
   end
   return {0, left}
 end
-local token = redis.call('INCR', KEYS[2])
-if token == 1 then
-"""
-    + _NOW
-    + """
-  token = now
-  redis.call('SET', KEYS[2], string.format('%d', token))
-end
+local token = mint(KEYS[2])
 redis.call('SET', KEYS[1], string.format('%d', token) .. '|' .. ARGV[1], 'PX', ARGV[2])
 return {1, token}
+"""
+)
+
+# A waiter of the grant queue: takes the lease if it is free, reports a grant it has not
+# seen yet, or (re)registers at its place in the queue. Returns {status, token, ms}:
+# 1 acquired (ms = ttl), 2 granted earlier (ms = lease's PTTL), 0 queued (ms = the PTTL of
+# the lease held by another). A grant pushed after this script is what BLPOP then waits
+# for; an older unread grant of a lease no longer ours is dropped here.
+ENQUEUE = (
+    _LET_GO
+    + """
+-- KEYS[1] lease, KEYS[2] fence, KEYS[3] queue, KEYS[4] queue info, KEYS[5] grant list;
+-- ARGV[1] owner, ARGV[2] ttl ms, ARGV[3] granted lease ms, ARGV[4] registration ms
+local cur = redis.call('GET', KEYS[1])
+redis.call('DEL', KEYS[5])
+if not cur then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  local token = mint(KEYS[2])
+  redis.call('SET', KEYS[1], string.format('%d', token) .. '|' .. ARGV[1], 'PX', ARGV[2])
+  return {1, token, tonumber(ARGV[2])}
+end
+local owner, token = owner_of(cur)
+if owner == ARGV[1] then
+  return {2, tonumber(token), redis.call('PTTL', KEYS[1])}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZADD', KEYS[3], 'NX', now, ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1],
+  string.format('%d', now + tonumber(ARGV[4]) * 1000) .. '|' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]) + 1000)
+redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[4]) + 1000)
+return {0, 0, redis.call('PTTL', KEYS[1])}
+"""
+)
+
+# A waiter leaving the queue (timeout, cancellation, error): unregisters, and a grant it
+# never saw goes on to the next waiter as if it had released it.
+WITHDRAW = (
+    _LET_GO
+    + """
+-- KEYS[1] lease, KEYS[2] fence, KEYS[3] queue, KEYS[4] queue info, KEYS[5] grant list,
+-- KEYS[6] waiter flag, KEYS[7] events; ARGV[1] owner, ARGV[2] message, ARGV[3] prefix
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
+local cur = redis.call('GET', KEYS[1])
+if cur and owner_of(cur) == ARGV[1] then
+  let_go(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
 """
 )
 
@@ -71,19 +188,20 @@ end
 return 0
 """
 
-# Waiters woken by the message retry at once; those that lose set the flag again.
-RELEASE = """
--- KEYS[1] lease, KEYS[2] events channel, KEYS[3] waiter flag; ARGV[1] "token|owner",
--- ARGV[2] message
+# With a grant queue, the lease goes straight to its first live waiter (returns 2); else
+# it is freed and, if a notified waiter set the flag, the release is published (those
+# waiters retry at once; those that lose set the flag again).
+RELEASE = (
+    _LET_GO
+    + """
+-- KEYS[1] lease, KEYS[2] fence, KEYS[3] queue, KEYS[4] queue info, KEYS[5] waiter flag,
+-- KEYS[6] events; ARGV[1] "token|owner", ARGV[2] message, ARGV[3] prefix
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  if redis.call('DEL', KEYS[3]) == 1 then
-    redis.call('PUBLISH', KEYS[2], ARGV[2])
-  end
-  return 1
+  return let_go(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3])
 end
 return 0
 """
+)
 
 GET_METADATA = (
     """

@@ -34,6 +34,8 @@ OPERATIONS = frozenset(
         "acquire_lease",
         "renew_lease",
         "release_lease",
+        "wait_for_grant",
+        "withdraw_waiter",
         "list_leases",
         "get_job_metadata",
         "set_job_finished",
