@@ -166,6 +166,14 @@ def lock_specs(stores: Stores) -> list[bl.LockSpec]:
         bl.LockSpec(
             "cs-redis", "clustersync", "redis", "clustersync", stores.redis, default_ttl=15
         ),
+        bl.LockSpec(
+            "cs-redis-grant",
+            "clustersync handoff=grant",
+            "redis",
+            "clustersync",
+            stores.redis + "?handoff=grant",
+            default_ttl=15,
+        ),
         bl.LockSpec("redis-py", "redis-py Lock", "redis", "redis-py", stores.redis),
         bl.LockSpec(
             "python-redis-lock", "python-redis-lock", "redis", "python-redis-lock", stores.redis

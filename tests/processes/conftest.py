@@ -17,7 +17,7 @@ from tests.conftest import selected_backends
 from .harness import Cluster
 
 #: Backends whose stores several processes can share.
-DURABLE_BACKENDS = ("sqlite", "redis", "postgres")
+DURABLE_BACKENDS = ("sqlite", "redis", "postgres", "redis-grant")
 
 
 @pytest.fixture(params=[b for b in selected_backends() if b in DURABLE_BACKENDS])
