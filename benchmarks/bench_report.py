@@ -21,6 +21,17 @@ ANALYSIS = ROOT / "benchmarks" / "analysis.md"
 Json = dict[str, Any]
 STORES = ("redis", "postgres", "sqlite")
 STORE_NAMES = {"redis": "Redis", "postgres": "PostgreSQL", "sqlite": "SQLite"}
+#: clustersync's contenders in the lock scenarios: (id without "cs-", store, report name).
+OURS = (
+    ("redis", "redis", "Redis"),
+    ("redis-grant", "redis", "Redis handoff=grant"),
+    ("postgres", "postgres", "PostgreSQL"),
+    ("sqlite", "sqlite", "SQLite"),
+)
+
+
+def _ours(*stores: str) -> list[tuple[str, str, str]]:
+    return [entry for entry in OURS if entry[1] in stores]
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -83,8 +94,8 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
     out: list[tuple[str, str, str, bool | None]] = []
     floors = sc.get("floors", {})
     handoff = sc.get("handoff", {})
-    for store in ("redis", "postgres"):
-        cs = _cs(handoff, store)
+    for key, store, name in _ours("redis", "postgres"):
+        cs = _cs(handoff, key)
         cold = floors.get(store, {}).get("cold", {}).get("p50_ms")
         if cs is None:
             continue
@@ -92,7 +103,7 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
         out.append(
             (
                 "3 handoff",
-                f"{STORE_NAMES[store]} p50 ≤ 1.5× cold round trip",
+                f"{name} p50 ≤ 1.5× cold round trip",
                 f"{fmt_ms(cs.get('p50_ms'))} = {fmt_ratio(r)} of {fmt_ms(cold)}",
                 None if r is None else r <= 1.5,
             )
@@ -104,7 +115,7 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
             out.append(
                 (
                     "3 handoff",
-                    f"{STORE_NAMES[store]} p50 below every peer",
+                    f"{name} p50 below every peer",
                     f"{fmt_ms(cs.get('p50_ms'))} vs best peer {best['label']} "
                     f"{fmt_ms(best.get('p50_ms'))}",
                     cs.get("p50_ms", math.inf) < best.get("p50_ms", 0),
@@ -121,8 +132,8 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
             )
         )
     unc = sc.get("uncontended", {})
-    for store in ("redis", "postgres"):
-        cs = _cs(unc, store)
+    for key, store, name in _ours("redis", "postgres"):
+        cs = _cs(unc, key)
         peers = _peers(unc, store)
         if cs is None or not peers:
             continue
@@ -131,14 +142,14 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
         out.append(
             (
                 "2 uncontended",
-                f"{STORE_NAMES[store]} p50 ≤ 1.1× best peer",
+                f"{name} p50 ≤ 1.1× best peer",
                 f"{fmt_ms(cs.get('p50_ms'))} = {fmt_ratio(r)} of {peers[best_id]['label']}",
                 None if r is None else r <= 1.1,
             )
         )
     cont = sc.get("contended", {})
-    for store in STORES:
-        cs = _cs(cont, store)
+    for key, store, name in OURS:
+        cs = _cs(cont, key)
         if cs is None:
             continue
         peers = _peers(cont, store)
@@ -148,7 +159,7 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
             out.append(
                 (
                     "4 contended",
-                    f"{STORE_NAMES[store]} throughput ≥ best peer",
+                    f"{name} throughput ≥ best peer",
                     f"{fmt_num(cs.get('acq_per_s'))}/s = {fmt_ratio(r)} of "
                     f"{peers[best_id]['label']}",
                     None if r is None else r >= 1.0,
@@ -157,14 +168,14 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
         out.append(
             (
                 "4 contended",
-                f"{STORE_NAMES[store]} Jain fairness ≥ 0.95, no violation",
+                f"{name} Jain fairness ≥ 0.95, no violation",
                 f"Jain {cs.get('jain')}, violations {cs.get('violations')}",
                 cs.get("jain", 0) >= 0.95 and cs.get("violations", 1) == 0,
             )
         )
     crash = sc.get("crash", {}).get("results", {})
-    for store in STORES:
-        cs = crash.get(f"cs-{store}")
+    for key, _, name in OURS:
+        cs = crash.get(f"cs-{key}")
         if cs is None:
             continue
         for label, values in cs["variants"].items():
@@ -172,7 +183,7 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
             out.append(
                 (
                     "5 crash takeover",
-                    f"{STORE_NAMES[store]} {label}: ≤ ttl + 0.2 s",
+                    f"{name} {label}: ≤ ttl + 0.2 s",
                     f"max {values['max_s']:.3f} s",
                     values["max_s"] <= ttl + 0.2,
                 )
@@ -518,10 +529,12 @@ def _latency_section(
                 cells.append(", ".join(f"{r['p50_ms']:.3f}" for r in row.get("per_round", [])))
             body.append(cells)
         lines += table(header, body)
-        cs = _cs(section, store)
         peers = _peers(section, store)
-        if cs is not None and peers:
-            lines.append(f"clustersync ÷ peer ({title}, <1 = clustersync faster):")
+        for key, _, _ in _ours(store):
+            cs = _cs(section, key)
+            if cs is None or not peers:
+                continue
+            lines.append(f"{cs['label']} ÷ peer ({title}, <1 = clustersync faster):")
             lines.append("")
             lines += table(
                 ["peer", "p50 ratio", "p99 ratio"],

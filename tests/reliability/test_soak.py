@@ -53,7 +53,7 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 
 WORKER = Path(__file__).with_name("soak_worker.py")
-DURABLE = ("sqlite", "redis", "postgres")
+DURABLE = ("sqlite", "redis", "postgres", "redis-grant")
 MUTEX_NAMES = ["soak-a", "soak-b"]
 MUTEX_TTL = 1.0
 CLAIM_TTL = 5.0
@@ -530,11 +530,11 @@ def test_soak_under_faults(
     server: RedisServer | PostgresServer | None = None
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'soak.db'}"
-    elif backend == "redis":
+    elif backend in ("redis", "redis-grant"):
         server = private_server(
             RedisServer(persistence=True, extra_args=["--appendfsync", "always"])
         )
-        url = server.url
+        url = server.url + ("?handoff=grant" if backend == "redis-grant" else "")
     else:
         server = private_server(PostgresServer(fsync=True))
         url = server.url

@@ -13,6 +13,10 @@ Guarantees and failure modes:
 - Waiters register for the lease's release notification before each attempt and also
   wake when the current lease would expire, so handoff does not depend on polling and
   a lost notification costs latency, never correctness.
+- With a granting store (Redis, ``handoff="grant"``), a blocking acquire without
+  ``cancel`` queues up in the store instead and the release writes the lease in its
+  name; the grant's life is counted from before the wait was sent (see
+  :meth:`Lease._wait_for_grant`), and leaving the queue passes an unseen grant on.
 """
 
 from __future__ import annotations

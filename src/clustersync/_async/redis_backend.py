@@ -388,7 +388,10 @@ class RedisBackend(PushNotifications):
 def _handoff_option(url: str, option: Any) -> tuple[str, str]:
     """The ``handoff`` store option, also accepted as ``?handoff=`` in the URL (so that
     ``CLUSTERSYNC_URL`` can choose it); returns the URL without it, and the mode."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
     query = parse_qsl(parts.query, keep_blank_values=True)
     in_url = [value for key, value in query if key == "handoff"]
     if in_url:
