@@ -35,7 +35,6 @@ from ..backends.base import (
     LeaseInfo,
     NewJob,
     StoredJob,
-    lease_channel,
 )
 from ..backends.urls import option_count, option_timeout, redact
 from ..exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
@@ -222,17 +221,12 @@ class RedisBackend(PushNotifications):
         )
         return int(result) == 1
 
-    def _queue_keys(self, name: str) -> list[str]:
-        """The lease, its fencing counter, its grant queue and the queue's details."""
-        p = self._prefix
-        return [p + "l:" + name, p + "f:" + name, p + "q:" + name, p + "qi:" + name]
-
     async def release_lease(self, name: str, owner: str, token: int) -> bool:
         result = await self._run(
             "release a lease",
             "RELEASE",
-            [*self._queue_keys(name), self._prefix + "w:" + name, self._events],
-            [f"{token}|{owner}", lease_channel(name), self._prefix],
+            [self._prefix + "l:" + name],
+            [self._prefix, name, f"{token}|{owner}"],
         )
         return int(result) != 0
 
@@ -242,13 +236,12 @@ class RedisBackend(PushNotifications):
         grants it to us. A grant writes a lease of ``min(ttl, GRANT_LEASE_MS)`` after this
         call was sent, so that is how long it is valid for; the holder's renewer extends
         it to ``ttl``. One connection of the pool is busy while this blocks."""
-        grant_key = self._prefix + "g:" + owner
         granted_ms = min(_ms(ttl), GRANT_LEASE_MS)
         status, token, ms = await self._run(
             "wait for a lease",
             "ENQUEUE",
-            [*self._queue_keys(name), grant_key],
-            [owner, _ms(ttl), granted_ms, redis_lua.REGISTRATION_MS],
+            [self._prefix + "l:" + name],
+            [self._prefix, name, owner, _ms(ttl), granted_ms, redis_lua.REGISTRATION_MS],
         )
         if int(status) != 0:
             return GrantResult(int(token), valid_for=max(0, int(ms)) / 1000)
@@ -259,7 +252,9 @@ class RedisBackend(PushNotifications):
         popped = None
         if block > 0:
             async with self._translate("wait for a lease"):
-                popped = await self._client.blpop([grant_key], timeout=max(block, _MIN_BLOCK))
+                popped = await self._client.blpop(
+                    [self._prefix + "g:" + owner], timeout=max(block, _MIN_BLOCK)
+                )
         if popped is None:
             return GrantResult(None, retry_after=left)
         return GrantResult(int(popped[1]), valid_for=granted_ms / 1000)
@@ -270,13 +265,8 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "leave the queue of a lease",
             "WITHDRAW",
-            [
-                *self._queue_keys(name),
-                self._prefix + "g:" + owner,
-                self._prefix + "w:" + name,
-                self._events,
-            ],
-            [owner, lease_channel(name), self._prefix],
+            [self._prefix + "l:" + name],
+            [self._prefix, name, owner],
         )
         return int(result) == 1
 

@@ -54,16 +54,20 @@ class Renewer:
         """Start renewing ``hold`` (from an acquiring task or thread)."""
         self._arm_expiry(lease, hold)
         now = shim.monotonic()
-        # Every ttl / 3 as usual; sooner for a lease granted with a shorter life.
-        first = min(lease.ttl / 3, max(0.0, hold.deadline - now) / 2)
+        life = max(0.0, hold.deadline - now)
+        # Every ttl / 3 as usual; sooner for a lease granted with a shorter life. Doing
+        # it up to half as late again is still safe (at most ttl / 2, or 3/4 of the life).
+        first = min(lease.ttl / 3, life / 2)
+        latest = now + min(lease.ttl / 2, life * 3 / 4)
         entry = (now + first, next(self._order), lease, hold)
         with self._lock:
             heapq.heappush(self._heap, entry)
             if self._task is None:
                 self._waker = shim.Waker()
                 self._task = shim.spawn(self._run, name="clustersync-renewer")
-            # Wake the worker only if it would otherwise sleep past this renewal.
-            waker = self._waker if entry[0] < self._sleep_until else None
+            # Wake the worker only if it would otherwise sleep past the latest safe time
+            # (a thread wake-up on every acquisition costs the acquiring thread).
+            waker = self._waker if latest < self._sleep_until else None
         if waker is not None:
             waker.set_threadsafe()
 

