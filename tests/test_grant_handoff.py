@@ -221,6 +221,21 @@ def test_a_timed_out_waiter_leaves_the_queue(
     assert cs.Mutex(other, "lock").acquire(blocking=False)  # freed, not granted to a ghost
 
 
+def test_a_ttl_shorter_than_the_round_trip_does_not_spin(stores: list[cs.Store]) -> None:
+    """Every answer comes after the ttl, so no grant or free lease can be used: the
+    waiter gives each back and pauses before the next try instead of hammering Redis."""
+    faults = inject_faults(stores[0])
+    faults.slow({"wait_for_grant"}, 0.01)
+    mutex = cs.Mutex(stores[0], "lock", ttl=0.005)
+    assert not mutex.acquire(timeout=0.5)
+    assert 2 <= faults.calls["wait_for_grant"] <= 12  # ≈ 1 per 60 ms, not 1 per 10 ms
+    assert not mutex.locked()
+    faults.heal()
+    other = cs.Mutex(stores[1], "lock", ttl=5.0)
+    assert other.acquire(blocking=False)  # nothing was left held
+    other.release()
+
+
 def test_a_cancelled_asyncio_waiter_leaves_the_queue(
     grant_url: str, raw: Any, namespace: str
 ) -> None:

@@ -207,6 +207,7 @@ class Lease:
                         self.name,
                     )
                     await _release_quietly(self.store, self.name, owner, grant.token)
+                    await shim.sleep(SLOW_ANSWER_RETRY)  # a ttl below the round trip: no spin
                     continue
                 self._take(owner, grant.token, sent + grant.valid_for)
                 acquired = True

@@ -209,6 +209,7 @@ class Lease:
                         self.name,
                     )
                     _release_quietly(self.store, self.name, owner, grant.token)
+                    shim.sleep(SLOW_ANSWER_RETRY)  # a ttl below the round trip: no spin
                     continue
                 self._take(owner, grant.token, sent + grant.valid_for)
                 acquired = True
