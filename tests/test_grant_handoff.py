@@ -68,6 +68,16 @@ def _queued(raw: Any, namespace: str) -> list[str]:
     return members
 
 
+def _hold_and_queue(holder: cs.Store, *waiters: tuple[cs.Store, str]) -> int:
+    """``holder`` takes the lease; each (store, owner) queues up without blocking.
+    Returns the holder's token."""
+    held = holder.acquire_lease(NAME, "holder", 15.0)
+    assert held.token is not None
+    for store, owner in waiters:
+        assert store.wait_for_grant(NAME, owner, 15.0, 0.0).token is None
+    return held.token
+
+
 def _start(mutex: cs.Mutex, results: list[Any], **kwargs: Any) -> threading.Thread:
     def run() -> None:
         results.append(mutex.acquire(**kwargs))
@@ -113,22 +123,21 @@ def test_release_writes_the_lease_in_the_first_waiters_name(
     stores: list[cs.Store], raw: Any, namespace: str
 ) -> None:
     holder, waiter, _ = stores
-    held = holder.acquire_lease(NAME, "holder", 15.0)
-    assert held.token is not None
+    token = _hold_and_queue(holder)
     queued = waiter.wait_for_grant(NAME, "waiter", 15.0, 0.0)
     assert queued.token is None
     assert 14.0 < queued.retry_after <= 15.0
     assert _queued(raw, namespace) == ["waiter"]
 
-    assert holder.release_lease(NAME, "holder", held.token)
+    assert holder.release_lease(NAME, "holder", token)
     # The release alone made the waiter the holder, with the next token and a short life.
-    assert _lease(raw, namespace) == f"{held.token + 1}|waiter"
+    assert _lease(raw, namespace) == f"{token + 1}|waiter"
     assert 0 < raw.pttl(key_prefix(namespace) + "l:" + NAME) <= GRANT_LEASE_MS
     assert _queued(raw, namespace) == []
     granted = waiter.wait_for_grant(NAME, "waiter", 15.0, 1.0)
-    assert granted.token == held.token + 1
+    assert granted.token == token + 1
     assert 0 < granted.valid_for <= GRANT_LEASE_MS / 1000
-    assert waiter.release_lease(NAME, "waiter", held.token + 1)
+    assert waiter.release_lease(NAME, "waiter", token + 1)
     assert _lease(raw, namespace) is None
 
 
@@ -136,35 +145,30 @@ def test_a_leaving_waiter_passes_an_unseen_grant_on(
     stores: list[cs.Store], raw: Any, namespace: str
 ) -> None:
     holder, first, second = stores
-    held = holder.acquire_lease(NAME, "holder", 15.0)
-    assert held.token is not None
-    assert first.wait_for_grant(NAME, "first", 15.0, 0.0).token is None
-    assert second.wait_for_grant(NAME, "second", 15.0, 0.0).token is None
+    token = _hold_and_queue(holder, (first, "first"), (second, "second"))
     assert _queued(raw, namespace) == ["first", "second"]
-    assert holder.release_lease(NAME, "holder", held.token)
-    assert _lease(raw, namespace) == f"{held.token + 1}|first"
+    assert holder.release_lease(NAME, "holder", token)
+    assert _lease(raw, namespace) == f"{token + 1}|first"
 
     assert first.withdraw_waiter(NAME, "first")  # it had a grant it never saw
-    assert _lease(raw, namespace) == f"{held.token + 2}|second"
+    assert _lease(raw, namespace) == f"{token + 2}|second"
     assert second.withdraw_waiter(NAME, "second")
     assert _lease(raw, namespace) is None  # nobody left: freed
     assert not second.withdraw_waiter(NAME, "second")  # nothing to pass on twice
     again = holder.acquire_lease(NAME, "holder", 15.0)
-    assert again.token == held.token + 3
+    assert again.token == token + 3
 
 
 def test_a_release_skips_registrations_that_lapsed(
     stores: list[cs.Store], raw: Any, namespace: str
 ) -> None:
     holder, dead, live = stores
-    held = holder.acquire_lease(NAME, "holder", 15.0)
-    assert held.token is not None
-    assert dead.wait_for_grant(NAME, "dead", 15.0, 0.0).token is None
+    token = _hold_and_queue(holder, (dead, "dead"))
     time.sleep(REGISTRATION_MS / 1000 + 0.2)  # "dead" never refreshed its place
     assert live.wait_for_grant(NAME, "live", 15.0, 0.0).token is None
     assert _queued(raw, namespace) == ["dead", "live"]
-    assert holder.release_lease(NAME, "holder", held.token)
-    assert _lease(raw, namespace) == f"{held.token + 1}|live"
+    assert holder.release_lease(NAME, "holder", token)
+    assert _lease(raw, namespace) == f"{token + 1}|live"
     assert _queued(raw, namespace) == []
 
 
