@@ -16,7 +16,8 @@ Peers and their configuration (the closest each has to clustersync's self-renewi
   unlock; the lock lives as long as the session (no ttl: a dead holder's lock goes when
   the server notices the closed connection).
 - ``clustersync`` — ``clustersync.Mutex(store, name, ttl=ttl)`` on Redis, PostgreSQL or
-  SQLite (threading API).
+  SQLite (threading API); ``clustersync handoff=grant`` is the same on a Redis store
+  opened with ``?handoff=grant`` (releases hand the lock to the first queued waiter).
 """
 
 from __future__ import annotations
