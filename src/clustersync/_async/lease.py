@@ -222,7 +222,8 @@ class Lease:
             return await self.store.withdraw_waiter(self.name, owner)
         except StoreUnavailableError as exc:
             logger.warning(
-                "could not leave the queue of %s %r; the place lapses in %.0fs: %s",
+                "could not leave the queue of %s %r; its place and any grant lapse within"
+                " %.0fs: %s",
                 self.description,
                 self.name,
                 GRANT_LEASE_SECONDS,
