@@ -808,11 +808,11 @@ def test_postgres_urls_and_credentials(request: pytest.FixtureRequest) -> None:
 
 
 def test_server_store_options(store_url: str, backend: str, store: cs.Store) -> None:
-    if backend not in ("redis", "postgres"):
+    if backend not in ("redis", "postgres", "redis-grant"):
         pytest.skip("options of the server stores")
     option_names = (
-        ["socket_timeout", "connect_timeout", "max_connections"]
-        if backend == "redis"
+        ["socket_timeout", "connect_timeout", "max_connections", "handoff"]
+        if backend.startswith("redis")
         else [
             "socket_timeout",
             "connect_timeout",
