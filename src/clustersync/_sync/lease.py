@@ -125,13 +125,7 @@ class Lease:
             while True:
                 if isinstance(result, StoreUnavailableError):
                     wait = backoff.next_delay()
-                    logger.warning(
-                        "store error while waiting for %s %r; retrying in %.2fs: %s",
-                        self.description,
-                        self.name,
-                        wait,
-                        result,
-                    )
+                    self._warn_retry(wait, result)
                 else:
                     backoff.reset()
                     wait = 0.0 if just_registered else min(result, MAX_WAIT_WITHOUT_NEWS)
@@ -188,13 +182,7 @@ class Lease:
                     delay = backoff.next_delay()
                     if deadline is not None:
                         delay = min(delay, max(0.0, deadline - shim.monotonic()))
-                    logger.warning(
-                        "store error while waiting for %s %r; retrying in %.2fs: %s",
-                        self.description,
-                        self.name,
-                        delay,
-                        exc,
-                    )
+                    self._warn_retry(delay, exc)
                     shim.sleep(delay)
                     continue
                 error = None
@@ -217,6 +205,15 @@ class Lease:
         finally:
             if not acquired:
                 shim.shielded(self._withdraw(owner))
+
+    def _warn_retry(self, delay: float, error: StoreUnavailableError) -> None:
+        logger.warning(
+            "store error while waiting for %s %r; retrying in %.2fs: %s",
+            self.description,
+            self.name,
+            delay,
+            error,
+        )
 
     def _withdraw(self, owner: str) -> bool:
         """Leave the grant queue; True if a grant we never saw was passed on."""
