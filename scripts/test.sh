@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
-# The full test suite: set up .venv, then lint, format check, types, the unasync check
-# and pytest (conformance suite on every store — memory, SQLite, and private Redis and
-# PostgreSQL servers started on loopback by the tests — multi-process tests, CLI, core).
-#   scripts/test.sh                 # everything
-#   scripts/test.sh -k mutex        # extra arguments go to pytest
+# The full test suite: set up the virtual environment, then the unasync check, lint,
+# format check, types and pytest (conformance suite on every store — memory, SQLite, and
+# private Redis and PostgreSQL servers started on loopback by the tests — multi-process
+# tests, reliability suite, CLI, core).
+#   scripts/test.sh                        # everything, with the locked toolchain (.venv)
+#   scripts/test.sh --latest               # the newest releases instead of uv.lock (.venv-latest)
+#   scripts/test.sh --python python3.12    # another interpreter (.venv-3.12)
+#   scripts/test.sh -k mutex               # other arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-venv.sh --dev
+
+setup=(--dev)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --latest) setup+=(--latest); shift ;;
+    --python) export PYTHON="$2"; shift 2 ;;
+    --python=*) export PYTHON="${1#--python=}"; shift ;;
+    *) break ;;
+  esac
+done
+
+# setup-venv.sh ends with "<venv folder> ready (...)".
+mkdir -p .cache
+scripts/setup-venv.sh "${setup[@]}" | tee .cache/setup.log
+VENV="$(tail -n 1 .cache/setup.log | cut -d' ' -f1)"
 scripts/install-servers.sh   # redis-server and PostgreSQL for the private test servers
-PY=.venv/bin/python
+PY="$VENV/bin/python"
 
 echo "== unasync: generated sync code is up to date =="
 $PY scripts/unasync.py --check

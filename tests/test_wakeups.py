@@ -231,7 +231,7 @@ class RedisEvents:
 
     def __init__(self, url: str, namespace: str) -> None:
         self.client = redis.Redis.from_url(url, decode_responses=True)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(f"cs:{{{namespace}}}:events")
         self.namespace = namespace
 
