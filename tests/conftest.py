@@ -1,24 +1,59 @@
-"""Shared fixtures: which stores the conformance suite runs against.
+"""Shared fixtures: which stores the suites run against.
 
-``CLUSTERSYNC_TEST_BACKENDS`` (comma-separated) selects backends; the default is every
-backend this checkout supports. Each test gets its own namespace.
+The stores come from the registry (:func:`clustersync.stores.store_kinds`): one *target*
+per registered kind, plus one per mode worth testing on its own (``redis-grant``: Redis
+with ``handoff="grant"``, for every kind that offers the ``grant`` capability).
+``CLUSTERSYNC_TEST_BACKENDS`` (comma-separated targets) selects some; the default is
+every target. Each test gets its own namespace.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from clustersync.stores import StoreKind, store_kinds
 from tests.servers import postgres_server, private_server, redis_server
 
 __all__ = ["postgres_server", "private_server", "redis_server"]
 
-ALL_BACKENDS = ("memory", "sqlite", "redis", "postgres", "redis-grant")
-#: Backends whose stores live in a server process (started once per test session).
-SERVER_BACKENDS = ("redis", "postgres")
+pytest.register_assert_rewrite("clustersync.testing.contract")
+
+#: A test URL per built-in kind: fresh for memory and SQLite; the session's server for
+#: Redis and PostgreSQL (tests are isolated there by their own namespace).
+UrlFactory = Callable[[Path, pytest.FixtureRequest], str]
+TEST_URLS: dict[str, UrlFactory] = {
+    "memory": lambda tmp, request: f"memory://test-{uuid.uuid4().hex}",
+    "sqlite": lambda tmp, request: f"sqlite:///{tmp / 'cluster.db'}",
+    "redis": lambda tmp, request: str(request.getfixturevalue("redis_server").url),
+    "postgres": lambda tmp, request: str(request.getfixturevalue("postgres_server").url),
+}
+#: Modes tested as targets of their own: capability -> (suffix, URL query).
+MODES = {"grant": ("-grant", "handoff=grant")}
+
+
+def _targets() -> dict[str, tuple[StoreKind, str | None]]:
+    """Target name -> (kind, URL query of its mode or None)."""
+    targets: dict[str, tuple[StoreKind, str | None]] = {}
+    for kind in store_kinds():
+        targets[kind.name] = (kind, None)
+        for capability in sorted(kind.capabilities):
+            suffix, query = MODES[capability]
+            targets[kind.name + suffix] = (kind, query)
+    return targets
+
+
+TARGETS = _targets()
+ALL_BACKENDS = tuple(TARGETS)
+
+
+def kind_of(target: str) -> StoreKind:
+    """The store kind of a target (``"redis-grant"`` -> the Redis kind)."""
+    return TARGETS[target][0]
 
 
 def selected_backends() -> list[str]:
@@ -30,23 +65,24 @@ def selected_backends() -> list[str]:
     return chosen
 
 
+def shared_backends() -> list[str]:
+    """The selected targets that processes can share (not in-process stores)."""
+    return [b for b in selected_backends() if kind_of(b).reach != "process"]
+
+
 def make_store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A store URL for ``backend``: fresh for memory and SQLite; the session's server for
-    Redis and PostgreSQL (tests are isolated there by their own namespace)."""
-    if backend == "memory":
-        return f"memory://test-{uuid.uuid4().hex}"
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'cluster.db'}"
-    if backend == "redis":
-        url: str = request.getfixturevalue("redis_server").url
-        return url
-    if backend == "redis-grant":  # the same server; blocked acquires wait for a grant
-        url = request.getfixturevalue("redis_server").url
-        return url + ("&" if "?" in url else "?") + "handoff=grant"
-    if backend == "postgres":
-        url = request.getfixturevalue("postgres_server").url
-        return url
-    raise AssertionError(backend)
+    """A store URL for the target ``backend``."""
+    kind, query = TARGETS[backend]
+    factory = TEST_URLS.get(kind.name)
+    if factory is None:
+        raise pytest.UsageError(
+            f"no test URL for the store kind {kind.name!r}: add one to TEST_URLS in"
+            " tests/conftest.py"
+        )
+    url = factory(tmp_path, request)
+    if query is not None:
+        url += ("&" if "?" in url else "?") + query
+    return url
 
 
 @pytest.fixture(params=selected_backends())

@@ -14,7 +14,7 @@ import pytest
 
 from clustersync import aio
 from clustersync.testing import inject_faults
-from tests._async.conftest import eventually
+from tests.conformance._async.conftest import eventually
 
 HOUR = timedelta(hours=1)
 

@@ -1,4 +1,4 @@
-"""Model-based test: SQLiteEngine must behave exactly like MemoryEngine (the reference).
+"""Model-based test: SQLiteBackend must behave exactly like MemoryBackend (the reference).
 
 A hypothesis state machine drives both engines with the same random operations, under one
 shared ManualClock, and asserts identical results (return values, DuplicateJobError raised
@@ -32,10 +32,10 @@ from hypothesis.stateful import (
 )
 
 from clustersync._core.clock import ManualClock
-from clustersync.backends.base import BlockingEngine, ClaimedJob, NewJob
-from clustersync.backends.memory import MemoryEngine, MemoryState
-from clustersync.backends.sqlite import SQLiteEngine
 from clustersync.exceptions import DuplicateJobError
+from clustersync.stores import Backend, ClaimedJob, NewJob
+from clustersync.stores.memory import MemoryBackend, MemoryState
+from clustersync.stores.sqlite import SQLiteBackend
 
 _T = TypeVar("_T")
 _US = 1_000_000
@@ -86,11 +86,11 @@ class ModelLease:
     expires_us: int
 
 
-def _put(engine: BlockingEngine, jobs: list[NewJob]) -> None:
+def _put(engine: Backend, jobs: list[NewJob]) -> None:
     engine.put_jobs(jobs)
 
 
-def _cancel(engine: BlockingEngine, key: str) -> bool:
+def _cancel(engine: Backend, key: str) -> bool:
     return engine.cancel_job(key)
 
 
@@ -104,11 +104,11 @@ class EngineComparison(RuleBasedStateMachine):
         self.clock = ManualClock()
         state = MemoryState()
         path = str(self.tmp / "model.db")
-        self.memory: list[BlockingEngine] = []
-        self.sqlite: list[BlockingEngine] = []
+        self.memory: list[Backend] = []
+        self.sqlite: list[Backend] = []
         for namespace, _ in CONNECTIONS:
-            self.memory.append(MemoryEngine(state, namespace, self.clock))
-            self.sqlite.append(SQLiteEngine(path, namespace, clock=self.clock))
+            self.memory.append(MemoryBackend(state, namespace, self.clock))
+            self.sqlite.append(SQLiteBackend(path, namespace, clock=self.clock))
         # (namespace, lease name) -> what the protocol says the lease is
         self.leases: dict[tuple[str, str], ModelLease] = {}
 
@@ -119,7 +119,7 @@ class EngineComparison(RuleBasedStateMachine):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def both(self, conn: int, op: Callable[[BlockingEngine], _T]) -> _T:
+    def both(self, conn: int, op: Callable[[Backend], _T]) -> _T:
         """Run ``op`` on the reference and on SQLite; results (or duplicates) must agree."""
         outcomes: list[tuple[str, Any]] = []
         for engine in (self.memory[conn], self.sqlite[conn]):
@@ -417,10 +417,10 @@ TestEngineComparison = EngineComparison.TestCase
 # -- regressions found by the state machine ---------------------------------------------------
 
 
-def _engine_pair(tmp: Path, clock: ManualClock) -> list[BlockingEngine]:
+def _engine_pair(tmp: Path, clock: ManualClock) -> list[Backend]:
     return [
-        MemoryEngine(MemoryState(), "ns", clock),
-        SQLiteEngine(str(tmp / "regression.db"), "ns", clock=clock),
+        MemoryBackend(MemoryState(), "ns", clock),
+        SQLiteBackend(str(tmp / "regression.db"), "ns", clock=clock),
     ]
 
 
@@ -440,7 +440,7 @@ def test_claims_of_equal_due_times_go_in_key_order(tmp_path: Path) -> None:
 
 
 def test_sub_microsecond_claim_ttl_claims_each_job_once_per_call(tmp_path: Path) -> None:
-    """MemoryEngine used to claim a job again within one call when its claim (ttl < 1 µs)
+    """MemoryBackend used to claim a job again within one call when its claim (ttl < 1 µs)
     was due again at once, handing one job twice to the same scheduler."""
     clock = ManualClock()
     for engine in _engine_pair(tmp_path, clock):

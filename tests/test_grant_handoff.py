@@ -24,9 +24,9 @@ import redis
 
 import clustersync as cs
 from clustersync import aio
-from clustersync._sync.redis_backend import key_prefix
-from clustersync.backends.base import GRANT_LEASE_MS
-from clustersync.backends.redis_lua import REGISTRATION_MS
+from clustersync.stores.contract import GRANT_LEASE_MS
+from clustersync.stores.redis.lua import REGISTRATION_MS
+from clustersync.stores.redis.sync import key_prefix
 from clustersync.testing import inject_faults
 from tests.conftest import selected_backends
 from tests.servers import RedisServer
@@ -71,10 +71,10 @@ def _queued(raw: Any, namespace: str) -> list[str]:
 def _hold_and_queue(holder: cs.Store, *waiters: tuple[cs.Store, str]) -> int:
     """``holder`` takes the lease; each (store, owner) queues up without blocking.
     Returns the holder's token."""
-    held = holder.acquire_lease(NAME, "holder", 15.0)
+    held = holder._ops.acquire_lease(NAME, "holder", 15.0)
     assert held.token is not None
     for store, owner in waiters:
-        assert store.wait_for_grant(NAME, owner, 15.0, 0.0).token is None
+        assert store._grant_ops.wait_for_grant(NAME, owner, 15.0, 0.0).token is None
     return held.token
 
 
@@ -101,19 +101,19 @@ def test_handoff_option_is_checked(redis_server: RedisServer, namespace: str) ->
     with pytest.raises(cs.ConfigurationError, match="Redis store option"):
         cs.open_store("memory://grant-option", handoff="grant")
     with cs.open_store("memory://grant-option", handoff="notify") as store:
-        assert not store.grants
+        assert not store._grants
     for grant_store_url, options in [
         (url + "?handoff=grant", {}),
         (url, {"handoff": "grant"}),
         (url + "?socket_timeout=5&handoff=grant", {}),
     ]:
         with cs.open_store(grant_store_url, namespace=namespace, **options) as store:
-            assert store.grants
+            assert store._grants
             mutex = cs.Mutex(store, "lock")
             assert mutex.acquire(timeout=1)
             mutex.release()
     with cs.open_store(url, namespace=namespace) as store:
-        assert not store.grants  # notify is the default
+        assert not store._grants  # notify is the default
 
 
 # -- the queue, operation by operation -----------------------------------------------------
@@ -124,20 +124,20 @@ def test_release_writes_the_lease_in_the_first_waiters_name(
 ) -> None:
     holder, waiter, _ = stores
     token = _hold_and_queue(holder)
-    queued = waiter.wait_for_grant(NAME, "waiter", 15.0, 0.0)
+    queued = waiter._grant_ops.wait_for_grant(NAME, "waiter", 15.0, 0.0)
     assert queued.token is None
     assert 14.0 < queued.retry_after <= 15.0
     assert _queued(raw, namespace) == ["waiter"]
 
-    assert holder.release_lease(NAME, "holder", token)
+    assert holder._ops.release_lease(NAME, "holder", token)
     # The release alone made the waiter the holder, with the next token and a short life.
     assert _lease(raw, namespace) == f"{token + 1}|waiter"
     assert 0 < raw.pttl(key_prefix(namespace) + "l:" + NAME) <= GRANT_LEASE_MS
     assert _queued(raw, namespace) == []
-    granted = waiter.wait_for_grant(NAME, "waiter", 15.0, 1.0)
+    granted = waiter._grant_ops.wait_for_grant(NAME, "waiter", 15.0, 1.0)
     assert granted.token == token + 1
     assert 0 < granted.valid_for <= GRANT_LEASE_MS / 1000
-    assert waiter.release_lease(NAME, "waiter", token + 1)
+    assert waiter._ops.release_lease(NAME, "waiter", token + 1)
     assert _lease(raw, namespace) is None
 
 
@@ -147,15 +147,15 @@ def test_a_leaving_waiter_passes_an_unseen_grant_on(
     holder, first, second = stores
     token = _hold_and_queue(holder, (first, "first"), (second, "second"))
     assert _queued(raw, namespace) == ["first", "second"]
-    assert holder.release_lease(NAME, "holder", token)
+    assert holder._ops.release_lease(NAME, "holder", token)
     assert _lease(raw, namespace) == f"{token + 1}|first"
 
-    assert first.withdraw_waiter(NAME, "first")  # it had a grant it never saw
+    assert first._grant_ops.withdraw_waiter(NAME, "first")  # it had a grant it never saw
     assert _lease(raw, namespace) == f"{token + 2}|second"
-    assert second.withdraw_waiter(NAME, "second")
+    assert second._grant_ops.withdraw_waiter(NAME, "second")
     assert _lease(raw, namespace) is None  # nobody left: freed
-    assert not second.withdraw_waiter(NAME, "second")  # nothing to pass on twice
-    again = holder.acquire_lease(NAME, "holder", 15.0)
+    assert not second._grant_ops.withdraw_waiter(NAME, "second")  # nothing to pass on twice
+    again = holder._ops.acquire_lease(NAME, "holder", 15.0)
     assert again.token == token + 3
 
 
@@ -165,19 +165,19 @@ def test_a_release_skips_registrations_that_lapsed(
     holder, dead, live = stores
     token = _hold_and_queue(holder, (dead, "dead"))
     time.sleep(REGISTRATION_MS / 1000 + 0.2)  # "dead" never refreshed its place
-    assert live.wait_for_grant(NAME, "live", 15.0, 0.0).token is None
+    assert live._grant_ops.wait_for_grant(NAME, "live", 15.0, 0.0).token is None
     assert _queued(raw, namespace) == ["dead", "live"]
-    assert holder.release_lease(NAME, "holder", token)
+    assert holder._ops.release_lease(NAME, "holder", token)
     assert _lease(raw, namespace) == f"{token + 1}|live"
     assert _queued(raw, namespace) == []
 
 
 def test_a_waiter_takes_a_free_lease_itself(stores: list[cs.Store]) -> None:
     store = stores[0]
-    taken = store.wait_for_grant(NAME, "me", 5.0, 1.0)
+    taken = store._grant_ops.wait_for_grant(NAME, "me", 5.0, 1.0)
     assert taken.token is not None
     assert taken.valid_for == 5.0
-    assert store.release_lease(NAME, "me", taken.token)
+    assert store._ops.release_lease(NAME, "me", taken.token)
 
 
 # -- through Mutex ------------------------------------------------------------------------

@@ -84,4 +84,4 @@ def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any
         ).fetchall()
         assert ("waiters_until_us",) in columns
     with cs.open_store(url) as store:  # opening a current store again changes nothing
-        assert store.list_leases() == []
+        assert store._ops.list_leases() == []

@@ -432,7 +432,7 @@ def assert_open_fails(
 def test_redis_wrong_or_missing_password(private_server: ServerStarter) -> None:
     srv = private_server(RedisServer(requirepass="right-pw"))
     with cs.open_store(srv.url) as store:  # the right one works
-        assert store.list_leases() == []
+        assert store._ops.list_leases() == []
     wrong = srv.url.replace("right-pw", "wrong-pw")
     error = assert_open_fails(wrong, redis.exceptions.AuthenticationError, AUTH_MESSAGE)
     assert "wrong-pw" not in str(error)

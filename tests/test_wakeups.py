@@ -13,7 +13,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,8 +23,9 @@ import redis
 
 import clustersync as cs
 from clustersync._notify import ChangeHub
-from clustersync.backends.base import JOBS_CHANNEL, lease_channel, parse_jobs_due
-from clustersync.backends.redis_lua import WAITER_GRACE_MS
+from clustersync.stores.contract import JOBS_CHANNEL, lease_channel, parse_jobs_due
+from clustersync.stores.redis.lua import WAITER_GRACE_MS
+from clustersync.testing import inject_faults
 from tests.conftest import make_store_url
 
 HOUR = timedelta(hours=1)
@@ -178,25 +179,11 @@ def test_no_wake_up_is_lost_while_jobs_are_added_claimed_and_cancelled_concurren
             store.close()
 
 
-def _count_calls(monkeypatch: pytest.MonkeyPatch, store: cs.Store, name: str) -> list[int]:
-    calls = [0]
-    original: Callable[..., Any] = getattr(store, name)
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(store, name, counted)
-    return calls
-
-
-@pytest.mark.parametrize("backend", ["redis", "postgres"])
 def test_later_jobs_added_elsewhere_do_not_make_a_scheduler_reread(
     backend: str,
     tmp_path: Any,
     request: pytest.FixtureRequest,
     namespace: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Scheduling 50 jobs due after a sleeping scheduler's next wake-up costs that
     scheduler nothing (before: every job made every scheduler claim and reread)."""
@@ -208,14 +195,14 @@ def test_later_jobs_added_elsewhere_do_not_make_a_scheduler_reread(
         scheduler = _start_scheduler(runner, fired)
         try:
             time.sleep(0.3)
-            reads = _count_calls(monkeypatch, runner, "next_job_delay")
-            claims = _count_calls(monkeypatch, runner, "claim_due_jobs")
+            calls = inject_faults(runner).calls  # counts the store operations from now on
             later = datetime.now(UTC) + HOUR
             for i in range(50):
                 producer_scheduler.schedule_once(f"later-{i}", later)
             time.sleep(0.5)  # let any wake-up happen
-            assert reads[0] + claims[0] <= 2, (
-                f"the scheduler reread the store {reads[0]} times and claimed {claims[0]}"
+            reads, claims = calls["next_job_delay"], calls["claim_due_jobs"]
+            assert reads + claims <= 2, (
+                f"the scheduler reread the store {reads} times and claimed {claims}"
                 " times for jobs due after its plan"
             )
             assert not fired.at
@@ -330,7 +317,7 @@ def test_waiter_woken_after_the_holder_renewed_many_times(store_url: str, namesp
 
 
 def test_postgres_job_message_carries_the_due_time(postgres_server: Any, namespace: str) -> None:
-    from clustersync._async.postgres_backend import notify_channel
+    from clustersync.stores.postgres.aio import notify_channel
 
     listener = psycopg.connect(postgres_server.url, autocommit=True)
     try:
@@ -360,7 +347,7 @@ class PostgresEvents:
     """A raw LISTEN on a namespace's PostgreSQL notification channel."""
 
     def __init__(self, url: str, namespace: str) -> None:
-        from clustersync._async.postgres_backend import notify_channel
+        from clustersync.stores.postgres.aio import notify_channel
 
         self.conn = psycopg.connect(url, autocommit=True)
         self.conn.execute(f'LISTEN "{notify_channel(namespace)}"')

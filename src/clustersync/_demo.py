@@ -49,8 +49,8 @@ from ._sync.job import schedule
 from ._sync.job_once import JobOnceScheduler, get_job_once_scheduler
 from ._sync.mutex import Mutex
 from ._sync.store import Store, open_store
-from .backends.urls import backend_kind
 from .exceptions import ClusterSyncError, LockLostError
+from .stores.registry import kind_for_url
 
 LOCK_NAME = "demo-lock"
 LOCK_TTL = 5.0
@@ -548,7 +548,7 @@ class _Demo:
         holder = "free"
         pids = {str(w.proc.pid): w.name for w in self.procs}
         with contextlib.suppress(ClusterSyncError):
-            for lease in store.list_leases():
+            for lease in store._ops.list_leases():
                 if lease.name == "m:" + LOCK_NAME:
                     pid = lease.owner.rsplit(":", 2)[-2] if lease.owner.count(":") >= 2 else ""
                     holder = f"held by {pids.get(pid, lease.owner)} (token {lease.token})"
@@ -712,7 +712,7 @@ def run_demo(
     """
     from .cli import CLIError
 
-    if url is not None and backend_kind(url) == "memory":
+    if url is not None and kind_for_url(url).reach == "process":
         raise CLIError(
             "the demo's workers are separate processes: memory:// cannot be shared between "
             "them; use a sqlite:/// URL (or no --url for a temporary one)"

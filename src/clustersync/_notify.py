@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from .backends.base import ANY_CHANNEL, JOBS_CHANNEL, JOBS_DUE_PREFIX, parse_jobs_due
+from .stores.contract import ANY_CHANNEL, JOBS_CHANNEL, JOBS_DUE_PREFIX, parse_jobs_due
 
 #: ``due_filter(seconds)``: True if a job due in ``seconds`` should wake the waiter.
 DueFilter = Callable[[float], bool]

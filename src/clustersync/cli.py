@@ -34,9 +34,9 @@ from ._sync.job import JOB_PREFIX
 from ._sync.job_once import get_job_once_scheduler
 from ._sync.mutex import MUTEX_PREFIX
 from ._sync.store import Store, open_store
-from .backends.base import LeaseInfo
-from .backends.urls import backend_kind, resolve_url
 from .exceptions import ClusterSyncError
+from .stores.contract import LeaseInfo
+from .stores.registry import kind_for_url, resolve_url
 
 PROG = "clustersync"
 EXIT_ERROR = 1
@@ -199,8 +199,8 @@ def _open(args: argparse.Namespace, *, must_exist: bool = False) -> Store:
     than silently creating an empty store (a typo or the wrong working directory).
     """
     url = resolve_url(args.url)
-    if must_exist and backend_kind(url) == "sqlite":
-        from .backends.sqlite import sqlite_path_from_url
+    if must_exist and kind_for_url(url).name == "sqlite":
+        from .stores.sqlite import sqlite_path_from_url
 
         path = sqlite_path_from_url(url)
         if not os.path.exists(path):
@@ -213,7 +213,7 @@ def _open(args: argparse.Namespace, *, must_exist: bool = False) -> Store:
 
 def cmd_locks(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args, must_exist=True) as store:
-        leases = store.list_leases()
+        leases = store._ops.list_leases()
         where = f"namespace {store.namespace!r} of {store.url}"
     named = sorted(((*split_lease_name(lease.name), lease) for lease in leases), key=_lock_order)
     if args.json:

@@ -1,8 +1,9 @@
 """Fixtures of the multi-process tests.
 
-The tests run on every selected *durable* backend (``CLUSTERSYNC_TEST_BACKENDS``): SQLite
-(a fresh file per test) and the session's Redis and PostgreSQL servers (a fresh namespace
-per test). The memory store cannot be shared between processes, so it is left out.
+The tests run on every selected backend that processes can share
+(``CLUSTERSYNC_TEST_BACKENDS``; the registry says which): SQLite (a fresh file per test)
+and the session's Redis and PostgreSQL servers (a fresh namespace per test). The memory
+store cannot be shared between processes, so it is left out.
 """
 
 from __future__ import annotations
@@ -12,15 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import selected_backends
+from tests.conftest import shared_backends
 
 from .harness import Cluster
 
-#: Backends whose stores several processes can share.
-DURABLE_BACKENDS = ("sqlite", "redis", "postgres", "redis-grant")
 
-
-@pytest.fixture(params=[b for b in selected_backends() if b in DURABLE_BACKENDS])
+@pytest.fixture(params=shared_backends())
 def backend(request: pytest.FixtureRequest) -> str:
     """The durable backend under test (overrides the suite-wide ``backend``)."""
     name: str = request.param

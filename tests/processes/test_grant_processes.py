@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clustersync.backends.base import GRANT_LEASE_MS
+from clustersync.stores.contract import GRANT_LEASE_MS
 from tests.conftest import selected_backends
 
 from .harness import Cluster, Worker

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import clustersync
-from clustersync import _syncshim as shim
-from clustersync.backends.base import lease_channel
+from clustersync._concurrency import threads as shim
+from clustersync.stores.contract import lease_channel
 from tests.conftest import selected_backends
 
 pytestmark = [
@@ -37,7 +37,7 @@ def test_commit_right_after_registration_wakes_the_waiter(tmp_path: Path) -> Non
             mutex = clustersync.Mutex(holder_store, "m")
             mutex.acquire()
             waker = shim.Waker()
-            with waiter_store.hub.listen(lease_channel("m:m"), waker, 0.001):
+            with waiter_store._hub.listen(lease_channel("m:m"), waker, 0.001):
                 mutex.release()  # committed before the watcher's first poll, usually
                 if not waker.wait(1.0):
                     missed += 1

@@ -331,7 +331,7 @@ def snapshot(store: cs.Store) -> tuple[list[Any], list[Any]]:
         (job.key, job.run_at, json.dumps(job.props, sort_keys=True))
         for job in scheduler(store).list_scheduled_jobs()
     ]
-    leases = [(lease.name, lease.owner, lease.token) for lease in store.list_leases()]
+    leases = [(lease.name, lease.owner, lease.token) for lease in store._ops.list_leases()]
     return jobs, leases
 
 
@@ -375,7 +375,7 @@ def test_mutex_names_and_ttls(store: cs.Store) -> None:
                 assert acquired, "a free mutex was refused"
                 assert isinstance(mutex.token, int)
                 assert mutex.locked()
-                held = {lease.name: lease.token for lease in store.list_leases()}
+                held = {lease.name: lease.token for lease in store._ops.list_leases()}
                 assert held.get("m:" + str(name)) == mutex.token
             if acquired:
                 try:
@@ -660,7 +660,7 @@ def open_and_use(url: str, **options: Any) -> bool:
     )
     if ok:
         with opened:
-            ok, _ = attempt(opened.list_leases, unavailable_ok=True)
+            ok, _ = attempt(opened._ops.list_leases, unavailable_ok=True)
     return ok
 
 
@@ -848,7 +848,7 @@ def test_namespaces_are_validated_and_isolated(store_url: str, store: cs.Store) 
                 assert scheduler(other).list_scheduled_jobs() == []
                 mutex = cs.Mutex(other, "fuzz-iso", ttl=30)
                 assert mutex.acquire(blocking=False), "the namespace is not empty"
-                assert [lease.name for lease in other.list_leases()] == ["m:fuzz-iso"]
+                assert [lease.name for lease in other._ops.list_leases()] == ["m:fuzz-iso"]
                 assert snapshot(store) == before, "a namespace touched another one"
                 mutex.release()
         assert snapshot(store) == before
@@ -869,7 +869,7 @@ def test_aio_smoke(store_url: str, namespace: str) -> None:
 
         async def state() -> tuple[list[Any], list[Any]]:
             listed = await jobs.list_scheduled_jobs()
-            leases = await store.list_leases()
+            leases = await store._ops.list_leases()
             return [(j.key, j.run_at) for j in listed], [(le.name, le.token) for le in leases]
 
         async def example(name: object, run_at: object, value: object, timeout: object) -> None:

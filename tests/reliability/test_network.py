@@ -271,7 +271,7 @@ def test_dropped_connections_mid_hold_and_mid_wait(
             until = time.monotonic() + 1.5 * ttl
             while time.monotonic() < until:
                 try:
-                    busy_store.list_leases()
+                    busy_store._ops.list_leases()
                     outcomes["ok"] += 1
                 except cs.StoreUnavailableError:
                     outcomes["StoreUnavailableError"] += 1
@@ -520,7 +520,7 @@ def test_partition_longer_than_ttl_fences_the_stale_holder(
             # A call during the partition fails within its socket timeout, not never.
             began = time.monotonic()
             with pytest.raises(cs.StoreUnavailableError):
-                impatient.list_leases()
+                impatient._ops.list_leases()
             assert time.monotonic() - began < 1.0 + 3.0
 
             wait_until(lambda: bool(lost_at), "on_lost of the cut-off holder", 10)
@@ -536,7 +536,7 @@ def test_partition_longer_than_ttl_fences_the_stale_holder(
             holder.release()
         # The stale release freed nothing: the new holder keeps its lease.
         assert taker.locked()
-        assert [lease.token for lease in direct.list_leases()] == [token]
+        assert [lease.token for lease in direct._ops.list_leases()] == [token]
         taker.release()
 
     assert len(lost_at) == 1
@@ -583,7 +583,7 @@ async def test_aio_partition_holder_told_and_release_raises(
             assert not holder.locked()
             began = time.monotonic()
             with pytest.raises(cs.StoreUnavailableError):
-                await impatient.list_leases()
+                await impatient._ops.list_leases()
             assert time.monotonic() - began < 1.0 + 3.0
             for _ in range(1000):
                 if lost_at:

@@ -16,7 +16,7 @@ import pytest
 
 import clustersync as cs
 from clustersync import aio
-from clustersync.backends.base import NewJob
+from clustersync.stores.contract import NewJob
 from clustersync.testing.faults import inject_faults
 from tests.conftest import selected_backends
 from tests.servers import PostgresServer, RedisServer
@@ -103,7 +103,7 @@ def test_acquiring_with_a_ttl_shorter_than_a_round_trip_does_not_spin(ttl: float
         mutex = cs.Mutex(store, "tiny", ttl=ttl)
         assert mutex.acquire(timeout=0.5) is False
         assert faults.calls["acquire_lease"] <= 20
-        assert store.list_leases() == []
+        assert store._ops.list_leases() == []
 
 
 # -- recurring jobs with waits beyond what threading can sleep ---------------------------------
@@ -251,7 +251,7 @@ def test_redis_lists_leases_of_namespaces_with_glob_characters(
     with cs.open_store(redis_url, namespace=f"{namespace}a{special}b") as store:
         mutex = cs.Mutex(store, "m")
         assert mutex.acquire(blocking=False)
-        assert [lease.name for lease in store.list_leases()] == ["m:m"]
+        assert [lease.name for lease in store._ops.list_leases()] == ["m:m"]
         mutex.release()
 
 
@@ -266,8 +266,8 @@ def test_redis_namespaces_never_share_keys(redis_url: str, namespace: str) -> No
         two = cs.Mutex(second, "q")
         assert one.acquire(blocking=False)
         assert two.acquire(blocking=False), "two namespaces shared a lease"
-        assert [lease.name for lease in first.list_leases()] == ["m:q}:l:m:q"]
-        assert [lease.name for lease in second.list_leases()] == ["m:q"]
+        assert [lease.name for lease in first._ops.list_leases()] == ["m:q}:l:m:q"]
+        assert [lease.name for lease in second._ops.list_leases()] == ["m:q"]
         one.release()
         two.release()
 
@@ -285,18 +285,18 @@ def test_jobs_due_at_the_same_time_are_claimed_in_key_order(store: cs.Store) -> 
     """PostgreSQL claimed jobs with equal due times in table order, not by key as the
     memory reference (and SQLite, Redis) do: found by the model test when two claims
     made in one call expired together."""
-    past = store.now_us() - 10_000_000
-    store.put_jobs([NewJob(key, past, "null") for key in ("k3", "k1", "k4", "k2")])
-    assert [c.key for c in store.claim_due_jobs("o", 1, 60.0)] == ["k1"]
-    assert sorted(c.key for c in store.claim_due_jobs("o", 2, 60.0)) == ["k2", "k3"]
-    assert [c.key for c in store.claim_due_jobs("o", 5, 60.0)] == ["k4"]
+    past = store._ops.now_us() - 10_000_000
+    store._ops.put_jobs([NewJob(key, past, "null") for key in ("k3", "k1", "k4", "k2")])
+    assert [c.key for c in store._ops.claim_due_jobs("o", 1, 60.0)] == ["k1"]
+    assert sorted(c.key for c in store._ops.claim_due_jobs("o", 2, 60.0)) == ["k2", "k3"]
+    assert [c.key for c in store._ops.claim_due_jobs("o", 5, 60.0)] == ["k4"]
 
 
 def test_aio_store_claims_in_key_order_too(store_url: str, namespace: str) -> None:
     async def main() -> list[str]:
         async with await aio.open_store(store_url, namespace=namespace) as store:
-            past = await store.now_us() - 10_000_000
-            await store.put_jobs([NewJob(k, past, "null") for k in ("b", "c", "a")])
-            return [c.key for c in await store.claim_due_jobs("o", 1, 60.0)]
+            past = await store._ops.now_us() - 10_000_000
+            await store._ops.put_jobs([NewJob(k, past, "null") for k in ("b", "c", "a")])
+            return [c.key for c in await store._ops.claim_due_jobs("o", 1, 60.0)]
 
     assert asyncio.run(main()) == ["a"]

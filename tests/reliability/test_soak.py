@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import pytest
 
 import clustersync as cs
-from tests.conftest import selected_backends
+from tests.conftest import shared_backends
 from tests.servers import PostgresServer, RedisServer, ServerStarter
 
 from .checker import FenceWrite, Firing, HoldLog, Run, SharedFencedResource, check
@@ -53,7 +53,6 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 
 WORKER = Path(__file__).with_name("soak_worker.py")
-DURABLE = ("sqlite", "redis", "postgres", "redis-grant")
 MUTEX_NAMES = ["soak-a", "soak-b"]
 MUTEX_TTL = 1.0
 CLAIM_TTL = 5.0
@@ -81,7 +80,7 @@ def budget() -> Budget:
     return SOAK if soak_mode() else SHORT
 
 
-@pytest.fixture(params=[b for b in selected_backends() if b in DURABLE])
+@pytest.fixture(params=shared_backends())
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
@@ -449,7 +448,7 @@ def run_soak(soak: Soak, request: pytest.FixtureRequest) -> dict[str, Any]:
         while (
             soak.unfired()
             or any(soak.in_flight(w) for w in soak.live("scheduler"))
-            or when_available(store.next_job_delay) is not None
+            or when_available(store._ops.next_job_delay) is not None
         ):
             assert time.monotonic() < deadline, f"never fired: {sorted(soak.unfired())}"
             time.sleep(0.1)

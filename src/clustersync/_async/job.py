@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from .. import _aioshim as shim
+from .._concurrency import aio as shim
 from .._core.backoff import Backoff
 from .._core.intervals import JobMetadata, NextWaitInterval
 from .._core.validation import (
@@ -78,7 +78,7 @@ class Job:
 
     async def metadata(self) -> JobMetadata:
         """The job's shared metadata (``last_finished`` of the latest run, or None)."""
-        record = await self.store.get_job_metadata(self.key)
+        record = await self.store._ops.get_job_metadata(self.key)
         return _to_metadata(record.last_finished_us)
 
     async def close(self, timeout: float | None = None) -> bool:
@@ -96,7 +96,7 @@ class Job:
         return await shim.join(task, seconds)
 
     async def _seconds_until_due(self) -> float:
-        record = await self.store.get_job_metadata(self.key)
+        record = await self.store._ops.get_job_metadata(self.key)
         now = micros_to_datetime(record.store_now_us)
         wait = self._next_wait(now, _to_metadata(record.last_finished_us))
         if not isinstance(wait, timedelta):
@@ -138,7 +138,7 @@ class Job:
         hold = self._lease.hold
         if hold is None:  # pragma: no cover - the lease is held during the run
             return
-        if not await self.store.set_job_finished(
+        if not await self.store._ops.set_job_finished(
             self.key, self._lease.name, hold.owner, hold.token
         ):
             logger.error("job %r: lease lost during the run; last_finished not recorded", self.key)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .. import _aioshim as shim
+from .._concurrency import aio as shim
 from .._core.backoff import Backoff
 from .._core.validation import (
     DEFAULT_MAX_PROPS_BYTES,
@@ -46,8 +46,8 @@ from .._core.validation import (
     validate_name,
     validate_ttl,
 )
-from ..backends.base import JOBS_CHANNEL, ClaimedJob, NewJob
 from ..exceptions import DuplicateJobError, SchedulerError, StoreUnavailableError
+from ..stores.contract import JOBS_CHANNEL, ClaimedJob, NewJob
 from .lease import new_owner_id
 from .store import Store
 
@@ -159,7 +159,7 @@ class JobOnceScheduler:
             raise SchedulerError("set a callback with set_callback() before start()")
         if self._task is not None:
             raise SchedulerError("the scheduler has already been started")
-        await self.store.next_job_delay()  # fail loudly now if the store is unreachable
+        await self.store._ops.next_job_delay()  # fail loudly now if the store is unreachable
         self._stopping = False
         self._task = shim.spawn(self._loop, name="clustersync-job-once-scheduler")
 
@@ -202,7 +202,7 @@ class JobOnceScheduler:
         is stored when it raises. Allowed before ``start()``.
         """
         new, job = self._prepare(key, run_at, props)
-        await self.store.put_jobs([new])
+        await self.store._ops.put_jobs([new])
         return job
 
     async def schedule_many(self, jobs: Iterable[tuple[str, datetime, Any]]) -> list[JobOnce]:
@@ -213,7 +213,7 @@ class JobOnceScheduler:
             if new.key in seen:
                 raise DuplicateJobError(new.key)
             seen.add(new.key)
-        await self.store.put_jobs([new for new, _ in prepared])
+        await self.store._ops.put_jobs([new for new, _ in prepared])
         return [job for _, job in prepared]
 
     async def cancel(self, key: str) -> bool:
@@ -223,7 +223,7 @@ class JobOnceScheduler:
         pending: it finishes, and this returns False).
         """
         validate_name(key, "job key")
-        return await self.store.cancel_job(key)
+        return await self.store._ops.cancel_job(key)
 
     async def list_scheduled_jobs(self) -> list[JobOnceMetadata]:
         """The pending jobs, sorted by ``run_at`` then key."""
@@ -231,7 +231,7 @@ class JobOnceScheduler:
             JobOnceMetadata(
                 job.key, micros_to_datetime(job.run_at_us), decode_props(job.props_json)
             )
-            for job in await self.store.list_jobs()
+            for job in await self.store._ops.list_jobs()
         ]
 
     # -- firing --------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class JobOnceScheduler:
         renew_every = self.claim_ttl / 3
         next_renewal = shim.monotonic() + renew_every
         try:
-            with self.store.hub.listen(
+            with self.store._hub.listen(
                 JOBS_CHANNEL, waker, SCHEDULER_POLL_INTERVAL, self._wakes_for
             ):
                 while not (self._stopping and not self._running):
@@ -281,7 +281,7 @@ class JobOnceScheduler:
         if free > 0:
             self._claim_calls += 1
             owner = f"{self._owner}:{self._claim_calls}"
-            claimed = await self.store.claim_due_jobs(owner, free, self.claim_ttl)
+            claimed = await self.store._ops.claim_due_jobs(owner, free, self.claim_ttl)
             for job in claimed:
                 running = _Running(job, owner)
                 self._running.add(running)
@@ -292,7 +292,7 @@ class JobOnceScheduler:
                 return MAX_IDLE  # slots full; a finishing callback wakes us
         else:
             return MAX_IDLE
-        delay = await self.store.next_job_delay()
+        delay = await self.store._ops.next_job_delay()
         return MAX_IDLE if delay is None else min(delay, MAX_IDLE)
 
     async def _renew_claims(self) -> None:
@@ -302,7 +302,7 @@ class JobOnceScheduler:
                 by_owner.setdefault(running.owner, []).append(running)
         for owner, runs in by_owner.items():
             claims = [(r.job.key, r.job.claim) for r in runs]
-            renewed = set(await self.store.renew_job_claims(owner, claims, self.claim_ttl))
+            renewed = set(await self.store._ops.renew_job_claims(owner, claims, self.claim_ttl))
             for running in runs:
                 if running.job.key not in renewed and running in self._running:
                     running.lost = True
@@ -330,7 +330,7 @@ class JobOnceScheduler:
         deadline = shim.monotonic() + self.claim_ttl
         while True:
             try:
-                await self.store.complete_job(job.key, owner, job.claim)
+                await self.store._ops.complete_job(job.key, owner, job.claim)
                 return
             except StoreUnavailableError as exc:
                 if shim.monotonic() >= deadline:

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _aioshim as shim
+from .._concurrency import aio as shim
 from .._core.backoff import Backoff
 from .._core.validation import validate_timeout
-from ..backends.base import GRANT_LEASE_MS, AcquireResult, lease_channel
 from ..exceptions import LockLostError, NotLockedError, StoreUnavailableError
+from ..stores.contract import GRANT_LEASE_MS, AcquireResult, lease_channel
 from .store import Store
 
 logger = logging.getLogger("clustersync.lease")
@@ -105,7 +105,7 @@ class Lease:
         if not blocking and seconds is not None:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
         deadline = None if seconds is None else shim.monotonic() + seconds
-        if blocking and cancel is None and self.store.grants:
+        if blocking and cancel is None and self.store._grants:
             return await self._wait_for_grant(deadline)
         result = await self._attempt_or_error(cancel)
         if isinstance(result, bool):
@@ -119,7 +119,7 @@ class Lease:
         # Registered from here on, so a release wakes us; the first retry is immediate in
         # case the release happened before we listened.
         just_registered = True
-        with self.store.hub.listen(lease_channel(self.name), waker, WAITER_POLL_INTERVAL):
+        with self.store._hub.listen(lease_channel(self.name), waker, WAITER_POLL_INTERVAL):
             while True:
                 if isinstance(result, StoreUnavailableError):
                     wait = backoff.next_delay()
@@ -174,7 +174,9 @@ class Lease:
                 tried = True
                 sent = shim.monotonic()
                 try:
-                    grant = await self.store.wait_for_grant(self.name, owner, self.ttl, wait)
+                    grant = await self.store._grant_ops.wait_for_grant(
+                        self.name, owner, self.ttl, wait
+                    )
                 except StoreUnavailableError as exc:
                     error = exc
                     delay = backoff.next_delay()
@@ -216,7 +218,7 @@ class Lease:
     async def _withdraw(self, owner: str) -> bool:
         """Leave the grant queue; True if a grant we never saw was passed on."""
         try:
-            return await self.store.withdraw_waiter(self.name, owner)
+            return await self.store._grant_ops.withdraw_waiter(self.name, owner)
         except StoreUnavailableError as exc:
             logger.warning(
                 "could not leave the queue of %s %r; its place and any grant lapse within"
@@ -231,7 +233,7 @@ class Lease:
     def _take(self, owner: str, token: int, deadline: float) -> None:
         hold = Hold(owner, token, deadline)
         self.hold = hold
-        self.store.renewer().add(self, hold)
+        self.store._renewer().add(self, hold)
 
     async def _attempt_or_error(
         self, cancel: shim.CancelEvent | None
@@ -245,11 +247,11 @@ class Lease:
 
         async def undo(result: AcquireResult) -> None:
             if result.acquired and result.token is not None:
-                await self.store.release_lease(self.name, owner, result.token)
+                await self.store._ops.release_lease(self.name, owner, result.token)
 
         try:
             result = await shim.cancel_safe(
-                self.store.acquire_lease(self.name, owner, self.ttl), undo
+                self.store._ops.acquire_lease(self.name, owner, self.ttl), undo
             )
         except StoreUnavailableError as exc:
             return exc
@@ -319,7 +321,7 @@ class Lease:
         give_up = min(hold.deadline, shim.monotonic() + RELEASE_RETRY_SECONDS)
         while True:
             try:
-                return await self.store.release_lease(self.name, hold.owner, hold.token)
+                return await self.store._ops.release_lease(self.name, hold.owner, hold.token)
             except StoreUnavailableError as exc:
                 remaining = give_up - shim.monotonic()
                 if remaining <= 0:
@@ -336,6 +338,6 @@ class Lease:
 async def _release_quietly(store: Store, name: str, owner: str, token: int) -> None:
     """Owner-checked release whose failure only means the lease expires on its own."""
     try:
-        await store.release_lease(name, owner, token)
+        await store._ops.release_lease(name, owner, token)
     except StoreUnavailableError as exc:
         logger.warning("could not give back lease %r; it expires on its own: %s", name, exc)

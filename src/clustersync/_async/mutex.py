@@ -30,7 +30,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from .. import _aioshim as shim
+from .._concurrency import aio as shim
 from .._core.validation import validate_name, validate_ttl
 from .lease import Lease
 from .store import Store

@@ -22,7 +22,7 @@ import math
 import threading
 from typing import TYPE_CHECKING
 
-from .. import _aioshim as shim
+from .._concurrency import aio as shim
 from ..exceptions import StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -137,7 +137,9 @@ class Renewer:
         """Renew once; return the delay before the next renewal, or None when done."""
         sent = shim.monotonic()
         try:
-            renewed = await self._store.renew_lease(lease.name, hold.owner, hold.token, lease.ttl)
+            renewed = await self._store._ops.renew_lease(
+                lease.name, hold.owner, hold.token, lease.ttl
+            )
         except StoreUnavailableError as exc:
             if hold.released or hold.lost:
                 return None

@@ -22,32 +22,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 from ..exceptions import StoreUnavailableError
+from ..stores import contract
 
 __all__ = ["OPERATIONS", "FaultController", "InjectedFault", "inject_faults"]
 
 _T = TypeVar("_T")
 
-#: The store operations that can be made to fail.
-OPERATIONS = frozenset(
-    {
-        "now_us",
-        "acquire_lease",
-        "renew_lease",
-        "release_lease",
-        "wait_for_grant",
-        "withdraw_waiter",
-        "list_leases",
-        "get_job_metadata",
-        "set_job_finished",
-        "put_jobs",
-        "claim_due_jobs",
-        "renew_job_claims",
-        "complete_job",
-        "cancel_job",
-        "list_jobs",
-        "next_job_delay",
-    }
-)
+#: The store operations that can be made to fail (every operation of the store contract).
+OPERATIONS = contract.OPERATIONS
 
 
 def _select(operations: Iterable[str] | None) -> frozenset[str]:

@@ -1,0 +1,165 @@
+"""The store contract as asyncio protocols: the source of truth.
+
+``scripts/unasync.py`` generates :mod:`clustersync.stores.contract.sync` from this file
+(the same protocols with plain methods). A store implements one of the two:
+
+- a *blocking* store (memory, SQLite, or any store whose calls are plain functions)
+  implements the sync :class:`~clustersync.stores.contract.sync.Backend`; the asyncio API
+  runs its calls on a private worker thread;
+- a store with an asyncio driver (Redis, PostgreSQL) implements :class:`Backend` below for
+  the asyncio API and the sync one for the threading API.
+
+Every operation is atomic in the store (one round trip on a server), acts on one
+namespace (given when the backend was opened), judges time by the store's own clock, and
+raises :class:`~clustersync.StoreUnavailableError` (with the driver error as
+``__cause__``) for any failure of the store, :class:`~clustersync.DuplicateJobError` for a
+duplicate key, and nothing else. A ``StoreUnavailableError`` on a write means "outcome
+unknown": the write may have happened.
+
+The operation lists (:data:`clustersync.stores.contract.OPERATIONS`), fault injection
+and the asyncio adapter of blocking stores are derived from these classes: adding an
+operation means adding it here and implementing it in each store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .records import (
+    AcquireResult,
+    ChangeListener,
+    ClaimedJob,
+    GrantResult,
+    JobMetadataRecord,
+    LeaseInfo,
+    NewJob,
+    StoredJob,
+)
+
+
+class Backend(Protocol):
+    """The operations every store provides on one namespace."""
+
+    #: The optional capabilities this backend offers, as opened (names of
+    #: :data:`clustersync.stores.contract.CAPABILITIES`, e.g. ``{"grant"}``).
+    capabilities: frozenset[str]
+
+    async def now_us(self) -> int:
+        """The store's clock, in microseconds since the epoch."""
+        ...
+
+    # -- leases (Mutex, recurring jobs) ---------------------------------------------------
+
+    async def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
+        """Take the lease ``name`` for ``owner`` for ``ttl`` seconds if it is free or
+        expired, minting the next fencing token of the name (strictly greater than every
+        token the name had, across restarts of a durable store). If a live lease exists,
+        ``retry_after`` is how long it still lives."""
+        ...
+
+    async def renew_lease(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        """Extend the live lease to ``ttl`` seconds from now, only if ``owner`` and
+        ``token`` hold it; False otherwise (expired, released or taken over)."""
+        ...
+
+    async def release_lease(self, name: str, owner: str, token: int) -> bool:
+        """End the live lease only if ``owner`` and ``token`` hold it, keeping the fencing
+        counter, and wake the waiters of the name; False otherwise."""
+        ...
+
+    async def list_leases(self) -> list[LeaseInfo]:
+        """The live leases of the namespace, sorted by name."""
+        ...
+
+    # -- recurring job metadata -----------------------------------------------------------
+
+    async def get_job_metadata(self, key: str) -> JobMetadataRecord:
+        """``last_finished`` of recurring job ``key`` (None if it never ran) and the
+        store's clock."""
+        ...
+
+    async def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+        """Set ``last_finished`` of ``key`` to the store's clock, only while ``owner`` and
+        ``token`` hold the live lease ``lease_name``; False otherwise."""
+        ...
+
+    # -- one-shot jobs --------------------------------------------------------------------
+
+    async def put_jobs(self, jobs: Sequence[NewJob]) -> None:
+        """Store ``jobs``, all or nothing: a key already stored or repeated in ``jobs``
+        raises ``DuplicateJobError`` (naming the first such key) and stores none. Wakes
+        the schedulers of the namespace."""
+        ...
+
+    async def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
+        """Claim up to ``limit`` jobs whose due time has come (``run_at`` while pending,
+        claim expiry while claimed), earliest first then by key: each gets ``owner`` and
+        a new claim number, and is due again ``claim_ttl`` seconds from now unless
+        completed or renewed. A job is claimed by at most one call at a time."""
+        ...
+
+    async def renew_job_claims(
+        self, owner: str, claims: Sequence[tuple[str, int]], claim_ttl: float
+    ) -> list[str]:
+        """Extend the live claims ``(key, claim)`` of ``owner`` to ``claim_ttl`` seconds
+        from now; return the keys renewed (the others were lost)."""
+        ...
+
+    async def complete_job(self, key: str, owner: str, claim: int) -> bool:
+        """Delete job ``key`` only if ``owner`` holds claim ``claim`` of it."""
+        ...
+
+    async def cancel_job(self, key: str) -> bool:
+        """Delete job ``key``; True if it was pending (not under a live claim). Wakes the
+        schedulers of the namespace."""
+        ...
+
+    async def list_jobs(self) -> list[StoredJob]:
+        """The pending jobs (not under a live claim), sorted by ``run_at`` then key."""
+        ...
+
+    async def next_job_delay(self) -> float | None:
+        """Seconds until the earliest job is due (0 if one is due now), None if none."""
+        ...
+
+    # -- plumbing (never failed by fault injection) ---------------------------------------
+
+    def set_listener(self, listener: ChangeListener | None) -> None:
+        """Call ``listener(channel)`` (from any thread) whenever a lease of the namespace
+        is released (``lease_channel(name)``) or its jobs change (``JOBS_CHANNEL``, or
+        ``jobs@<µs>`` for a job added that is due in that many microseconds); ``"*"``
+        when changes may have been missed. Notifications only make waiting fast: a store
+        that cannot push them may stay silent, since every waiter also has a deadline."""
+        ...
+
+    def set_watch_interval(self, seconds: float | None) -> None:
+        """How quickly the waiters want to hear of changes made by other processes
+        (None: nobody waits). A store that polls polls at that interval."""
+        ...
+
+    async def close(self) -> None:
+        """Release every resource; later operations raise ``StoreUnavailableError``."""
+        ...
+
+
+class GrantHandoff(Protocol):
+    """Capability ``"grant"``: a release hands the lease to the first queued waiter.
+
+    A waiter that queues and blocks in :meth:`wait_for_grant` holds the lease when it
+    returns a token: no acquire round trip after the wake-up. A granted lease first lives
+    ``min(ttl, GRANT_LEASE_MS)``, so that a waiter that died while queued blocks the name
+    for at most that long; its holder's renewer extends it to the ttl.
+    """
+
+    async def wait_for_grant(self, name: str, owner: str, ttl: float, wait: float) -> GrantResult:
+        """Take the lease if it is free, else queue up ``owner`` (or refresh its place)
+        and block for up to ``wait`` seconds until a release grants the lease to it. The
+        token returned is valid for ``valid_for`` seconds counted from before this call
+        was sent."""
+        ...
+
+    async def withdraw_waiter(self, name: str, owner: str) -> bool:
+        """Leave the queue of ``name``; a grant ``owner`` never saw is passed on as if
+        released. True if there was one."""
+        ...

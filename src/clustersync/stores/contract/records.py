@@ -1,0 +1,116 @@
+"""The values the store operations take and return, and the change channels.
+
+Times inside a store are judged by the store's own clock; operations return relative
+durations (seconds) rather than absolute times, so that clients never compare clocks.
+Absolute times that must be stored (a one-shot job's ``run_at``) are microseconds since
+the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: Called with the name of the channel that changed, from any thread.
+#: ``ANY_CHANNEL`` means "something changed, recheck everything".
+ChangeListener = Callable[[str], None]
+ANY_CHANNEL = "*"
+JOBS_CHANNEL = "jobs"
+#: ``"jobs@<µs>"``: a job due in that many microseconds (store clock, when the message
+#: was sent) was added. Schedulers that already plan to wake up before it need not
+#: reread the store; any other change of jobs is a plain ``JOBS_CHANNEL``.
+JOBS_DUE_PREFIX = JOBS_CHANNEL + "@"
+
+
+#: Life of a lease that a release hands to a queued waiter (``handoff="grant"``), until
+#: the new holder's renewer extends it to its ttl: a waiter that died while queued keeps
+#: the lock for no longer than this, not for its whole ttl.
+GRANT_LEASE_MS = 2000
+
+
+def parse_jobs_due(message: str) -> float | None:
+    """Seconds until the job announced by a ``jobs@<µs>`` message is due, else None."""
+    if not message.startswith(JOBS_DUE_PREFIX):
+        return None
+    try:
+        return int(message[len(JOBS_DUE_PREFIX) :]) / 1_000_000
+    except ValueError:
+        return None
+
+
+def lease_channel(lease_name: str) -> str:
+    """The notification channel of one lease (released or taken over)."""
+    return "lease:" + lease_name
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireResult:
+    """Outcome of one acquisition attempt.
+
+    ``token`` is set when acquired; otherwise ``retry_after`` is how long (store clock) the
+    current lease still has to live, so a waiter knows when expiry would free it.
+    """
+
+    acquired: bool
+    token: int | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantResult:
+    """Outcome of one wait in a grant queue (``handoff="grant"``).
+
+    ``token`` is set when the lease is ours, either taken or handed over by a release;
+    it then lives for at least ``valid_for`` seconds counted from *before* the wait was
+    sent. Otherwise ``retry_after`` is how long the current lease still has to live.
+    """
+
+    token: int | None
+    valid_for: float = 0.0
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """A live lease, for listing (``clustersync locks``)."""
+
+    name: str
+    owner: str
+    token: int
+    expires_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A one-shot job to store: key, run time (µs since the epoch) and JSON props."""
+
+    key: str
+    run_at_us: int
+    props_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A pending one-shot job as stored."""
+
+    key: str
+    run_at_us: int
+    props_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A due job leased to one scheduler; ``claim`` identifies this claim for completion."""
+
+    key: str
+    run_at_us: int
+    props_json: str
+    claim: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobMetadataRecord:
+    """Recurring job metadata plus the store's current time (both µs since the epoch)."""
+
+    last_finished_us: int | None
+    store_now_us: int

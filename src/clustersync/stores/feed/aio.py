@@ -1,0 +1,108 @@
+"""Push notifications from a server store (Redis pub/sub, PostgreSQL LISTEN/NOTIFY).
+
+A :class:`ChangeFeed` keeps one connection subscribed to a namespace's change channel and
+hands every message (a channel name such as ``lease:m:x`` or ``jobs``) to the store's
+listener. The first subscription is made before ``open_store`` returns, so nothing
+published after that is missed while connected; when the connection breaks it reconnects
+with capped backoff and wakes every waiter (``*``) because messages may have been missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from ..._concurrency import aio as shim
+from ..._core.backoff import Backoff
+from ..contract import ANY_CHANNEL, ChangeListener
+
+logger = logging.getLogger("clustersync.notify")
+
+C = TypeVar("C")
+
+#: How long one receive waits before the reader checks whether the feed was closed.
+POLL = 0.1
+
+
+class PushNotifications:
+    """The listener plumbing shared by backends whose server pushes changes."""
+
+    _listener: ChangeListener | None = None
+
+    def set_listener(self, listener: ChangeListener | None) -> None:
+        self._listener = listener
+
+    def set_watch_interval(self, seconds: float | None) -> None:
+        """Nothing to poll: the server pushes changes."""
+
+    def _notify(self, channel: str) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener(channel)
+
+
+class ChangeFeed(Generic[C]):
+    """One subscribed connection, read by a background task (asyncio) or thread (sync)."""
+
+    def __init__(
+        self,
+        *,
+        what: str,
+        connect: Callable[[], Awaitable[C]],
+        receive: Callable[[C], Awaitable[list[str]]],
+        disconnect: Callable[[C], Awaitable[None]],
+        notify: Callable[[str], None],
+        errors: tuple[type[BaseException], ...],
+    ) -> None:
+        self._what = what
+        self._connect = connect
+        self._receive = receive
+        self._disconnect = disconnect
+        self._notify = notify
+        self._errors = errors
+        self._conn: C | None = None
+        self._reader: shim.Task | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Subscribe (errors propagate to ``open_store``) and start reading."""
+        self._conn = await self._connect()
+        self._reader = shim.spawn(self._read, name=f"clustersync-{self._what}")
+
+    async def _read(self) -> None:
+        backoff = Backoff(cap=2.0)
+        while not self._closed:
+            conn = self._conn
+            try:
+                if conn is None:
+                    conn = self._conn = await self._connect()
+                    self._notify(ANY_CHANNEL)  # messages may have been missed meanwhile
+                channels = await self._receive(conn)
+                backoff.reset()
+            except self._errors as exc:
+                if self._closed:
+                    return
+                delay = backoff.next_delay()
+                logger.warning("%s lost; reconnecting in %.2fs: %s", self._what, delay, exc)
+                self._conn = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._disconnect(conn)
+                self._notify(ANY_CHANNEL)
+                await shim.sleep(delay)
+                continue
+            for channel in channels:
+                self._notify(channel)
+
+    async def close(self) -> None:
+        self._closed = True
+        reader = self._reader
+        if reader is not None and not shim.in_task(reader):
+            shim.cancel_task(reader)
+            await shim.join(reader, 2 * POLL + 1)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self._disconnect(conn)

@@ -1,0 +1,23 @@
+"""The PostgreSQL store (``postgresql://``, ``postgres://``), all in this folder.
+
+- :mod:`.sql` — the schema, its migrations and one SQL statement per operation;
+- :mod:`.aio` — the backend on psycopg 3's asyncio connections (the source);
+- :mod:`.sync` — the same on psycopg's blocking connections, generated from :mod:`.aio`.
+
+Needs psycopg 3: ``pip install "clustersync[postgres]"``. PostgreSQL 13+.
+"""
+
+from __future__ import annotations
+
+from ..registry import StoreKind
+
+KIND = StoreKind(
+    name="postgres",
+    schemes=("postgresql", "postgres"),
+    backend="clustersync.stores.postgres.sync:open_backend",
+    async_backend="clustersync.stores.postgres.aio:open_backend",
+    url_forms=("postgresql://user:pass@host:port/db",),
+    extra="postgres",
+    reach="cluster",
+    durable=True,
+)

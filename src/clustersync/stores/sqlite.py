@@ -1,0 +1,518 @@
+"""Embedded SQLite store (``sqlite:///relative.db``, ``sqlite:////absolute.db``).
+
+Reach: processes on one host sharing the file (WAL mode). Each operation is one short
+``BEGIN IMMEDIATE`` transaction, so it is atomic across processes; a process killed in the
+middle of one leaves the file as it was before (SQLite's journal). Leases are judged by
+the host clock (every process on the host shares it) or by an injected test clock.
+
+Change detection is cheap: a watcher thread polls ``PRAGMA data_version`` on its own
+connection — a read of shared memory that changes whenever another connection commits —
+only while someone is waiting, at the interval the waiters ask for (about 1 ms for lock
+waiters). Changes made through this store object are announced at once, without polling.
+
+Durability: ``synchronous=NORMAL`` in WAL mode survives process crashes; a power loss may
+lose the last transactions (pass ``synchronous="FULL"`` to trade speed for that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from .._core.clock import SYSTEM_CLOCK, Clock
+from ..exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
+from .contract import (
+    ANY_CHANNEL,
+    JOBS_CHANNEL,
+    AcquireResult,
+    ChangeListener,
+    ClaimedJob,
+    JobMetadataRecord,
+    LeaseInfo,
+    NewJob,
+    StoredJob,
+    lease_channel,
+)
+from .options import option_seconds, reject_unknown
+from .registry import StoreKind
+
+logger = logging.getLogger("clustersync.sqlite")
+
+_US = 1_000_000
+SCHEMA_VERSION = 1
+_T = TypeVar("_T")
+
+KIND = StoreKind(
+    name="sqlite",
+    schemes=("sqlite",),
+    backend="clustersync.stores.sqlite:open_backend",
+    url_forms=("sqlite:///relative/path.db", "sqlite:////absolute/path.db"),
+    reach="host",
+    durable=True,
+    accepts_clock=True,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clustersync_schema (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clustersync_leases (
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT,
+    token INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL,
+    PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_job_metadata (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    last_finished_us INTEGER NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_jobs (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    run_at_us INTEGER NOT NULL,
+    props TEXT NOT NULL,
+    due_us INTEGER NOT NULL,
+    owner TEXT,
+    claim INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (ns, key)
+);
+CREATE INDEX IF NOT EXISTS clustersync_jobs_due ON clustersync_jobs (ns, due_us);
+CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_at_us, key);
+"""
+
+
+def sqlite_path_from_url(url: str) -> str:
+    """``sqlite:///rel.db`` -> ``rel.db``; ``sqlite:////abs.db`` -> ``/abs.db``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigurationError(
+            f"invalid SQLite URL {url!r}: use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = url[len(prefix) :]
+    if "?" in path:
+        path = path.split("?", 1)[0]
+    if not path or path.endswith("/"):
+        raise ConfigurationError(f"invalid SQLite URL {url!r}: no database file named")
+    if path == ":memory:":
+        raise ConfigurationError(
+            "sqlite:///:memory: cannot be shared between connections; use memory:// instead"
+        )
+    return path
+
+
+def open_backend(url: str, namespace: str, options: dict[str, Any]) -> SQLiteBackend:
+    """Open (creating if needed) the database file of ``url``. Options: ``busy_timeout``
+    (seconds, default 10), ``synchronous`` (``"NORMAL"``; ``"FULL"`` survives power
+    loss too) and ``clock`` (a test clock)."""
+    clock: Clock = options.pop("clock", None) or SYSTEM_CLOCK
+    busy_timeout = options.pop("busy_timeout", 10.0)
+    synchronous = options.pop("synchronous", "NORMAL")
+    reject_unknown(options, "sqlite")
+    return SQLiteBackend(
+        sqlite_path_from_url(url),
+        namespace,
+        clock=clock,
+        busy_timeout=option_seconds(busy_timeout, "busy_timeout"),
+        synchronous=str(synchronous),
+    )
+
+
+class SQLiteBackend:
+    """Blocking operations on one namespace of a SQLite database file."""
+
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(
+        self,
+        path: str,
+        namespace: str,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        busy_timeout: float = 10.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ConfigurationError(f"invalid synchronous mode {synchronous!r}")
+        self.path = path
+        self._ns = namespace
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous.upper()
+        self._lock = threading.Lock()
+        self._listener: ChangeListener | None = None
+        self._watch_interval: float | None = None
+        self._watch_changed = threading.Condition()
+        self._watcher: threading.Thread | None = None
+        self._closed = False
+        self._conn = self._connect()
+        with self._translate("create the schema"):
+            self._create_schema()
+
+    # -- connection management -----------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StoreUnavailableError(
+                f"cannot open SQLite store {self.path!r}: directory {directory!r} does not exist"
+            )
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=0.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout = 0")
+            self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+        return conn
+
+    def _create_schema(self) -> None:
+        conn = self._conn
+        try:
+            self._retry_busy(lambda: conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;"))
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        with self._write() as cur:
+            row = cur.execute("SELECT max(version) FROM clustersync_schema").fetchone()
+            if row[0] is None:
+                cur.execute(
+                    "INSERT INTO clustersync_schema (version) VALUES (?)", (SCHEMA_VERSION,)
+                )
+            elif row[0] > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"SQLite store {self.path!r} has schema version {row[0]}, newer than this "
+                    f"clustersync understands ({SCHEMA_VERSION}); upgrade clustersync"
+                )
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        """The one boundary where sqlite3 errors become StoreUnavailableError."""
+        if self._closed:
+            raise StoreUnavailableError("the store is closed")
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(
+                f"SQLite store {self.path!r} failed to {action}: {exc}"
+            ) from exc
+
+    def _retry_busy(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn``, retrying "database is locked" with short jittered sleeps.
+
+        SQLite's own busy handler sleeps in steps of up to 100 ms; transactions here last
+        tens of microseconds, so polling at sub-millisecond to millisecond steps keeps the
+        latency of a contended write low.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.0002
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.005)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One ``BEGIN IMMEDIATE`` transaction; committed on success, rolled back on error."""
+        with self._lock:
+            cur = self._conn.cursor()
+            self._retry_busy(lambda: cur.execute("BEGIN IMMEDIATE"))
+            try:
+                yield cur
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            else:
+                self._retry_busy(lambda: cur.execute("COMMIT"))
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            yield self._conn.cursor()
+
+    def now_us(self) -> int:
+        return int(self._clock.time() * _US)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.set_listener(None)
+        with self._watch_changed:
+            self._watch_changed.notify_all()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=2)
+        with self._lock:
+            self._conn.close()
+
+    # -- change notification -------------------------------------------------------------
+
+    def set_listener(self, listener: ChangeListener | None) -> None:
+        old = self._listener
+        self._listener = listener
+        add = getattr(self._clock, "add_listener", None)
+        remove = getattr(self._clock, "remove_listener", None)
+        if listener is not None and old is None and add is not None:
+            add(self._on_any_change)
+        elif listener is None and old is not None and remove is not None:
+            remove(self._on_any_change)
+
+    def _on_any_change(self) -> None:
+        self._notify(ANY_CHANNEL)
+
+    def _notify(self, channel: str) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener(channel)
+
+    def set_watch_interval(self, seconds: float | None) -> None:
+        """Poll for commits of other processes every ``seconds`` (``None``: stop polling)."""
+        with self._watch_changed:
+            self._watch_interval = seconds
+            if seconds is not None and self._watcher is None and not self._closed:
+                self._watcher = threading.Thread(
+                    target=self._watch, name=f"clustersync-sqlite-watch:{self.path}", daemon=True
+                )
+                self._watcher.start()
+            self._watch_changed.notify_all()
+
+    def _watch(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+        except sqlite3.Error:
+            logger.exception("SQLite change watcher could not open %r", self.path)
+            return
+        last: int | None = None
+        try:
+            while True:
+                with self._watch_changed:
+                    while self._watch_interval is None and not self._closed:
+                        self._watch_changed.wait()
+                        last = None  # changes while idle are irrelevant: waiters recheck
+                    if self._closed:
+                        return
+                    interval = self._watch_interval
+                try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:
+                    logger.warning("SQLite change watcher failed; retrying", exc_info=True)
+                    version = None
+                # The first read after (re)activation or an error is a new baseline: a
+                # commit made after a waiter registered (and rechecked) but before this
+                # read would go unseen, leaving the waiter asleep until its deadline. So
+                # that read wakes every waiter once; they just recheck.
+                if version is not None and version != last:
+                    self._notify(ANY_CHANNEL)
+                last = version
+                time.sleep(interval or 0.001)
+        finally:
+            conn.close()
+
+    # -- leases --------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
+        with self._translate("acquire a lease"), self._write() as cur:
+            now = self.now_us()
+            row = cur.execute(
+                "SELECT owner, token, expires_us FROM clustersync_leases WHERE ns = ? AND name = ?",
+                (self._ns, name),
+            ).fetchone()
+            if row is not None and row[0] is not None and row[2] > now:
+                return AcquireResult(False, retry_after=(row[2] - now) / _US)
+            token = (row[1] if row is not None else 0) + 1
+            cur.execute(
+                "INSERT INTO clustersync_leases (ns, name, owner, token, expires_us)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (ns, name) DO UPDATE SET"
+                " owner = excluded.owner, token = excluded.token, expires_us = excluded.expires_us",
+                (self._ns, name, owner, token, now + int(ttl * _US)),
+            )
+        return AcquireResult(True, token=token)
+
+    def renew_lease(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        with self._translate("renew a lease"), self._write() as cur:
+            now = self.now_us()
+            cur.execute(
+                "UPDATE clustersync_leases SET expires_us = ? WHERE ns = ? AND name = ?"
+                " AND owner = ? AND token = ? AND expires_us > ?",
+                (now + int(ttl * _US), self._ns, name, owner, token, now),
+            )
+            return cur.rowcount == 1
+
+    def release_lease(self, name: str, owner: str, token: int) -> bool:
+        with self._translate("release a lease"), self._write() as cur:
+            now = self.now_us()
+            # Keep the row: it carries the fencing counter for the next holder.
+            cur.execute(
+                "UPDATE clustersync_leases SET owner = NULL, expires_us = 0 WHERE ns = ?"
+                " AND name = ? AND owner = ? AND token = ? AND expires_us > ?",
+                (self._ns, name, owner, token, now),
+            )
+            released = cur.rowcount == 1
+        if released:
+            self._notify(lease_channel(name))
+        return released
+
+    def list_leases(self) -> list[LeaseInfo]:
+        with self._translate("list leases"), self._read() as cur:
+            now = self.now_us()
+            rows = cur.execute(
+                "SELECT name, owner, token, expires_us FROM clustersync_leases"
+                " WHERE ns = ? AND owner IS NOT NULL AND expires_us > ? ORDER BY name",
+                (self._ns, now),
+            ).fetchall()
+        return [LeaseInfo(r[0], r[1], r[2], (r[3] - now) / _US) for r in rows]
+
+    # -- recurring job metadata ----------------------------------------------------------
+
+    def get_job_metadata(self, key: str) -> JobMetadataRecord:
+        with self._translate("read job metadata"), self._read() as cur:
+            now = self.now_us()
+            row = cur.execute(
+                "SELECT last_finished_us FROM clustersync_job_metadata WHERE ns = ? AND key = ?",
+                (self._ns, key),
+            ).fetchone()
+        return JobMetadataRecord(row[0] if row else None, now)
+
+    def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+        with self._translate("write job metadata"), self._write() as cur:
+            now = self.now_us()
+            held = cur.execute(
+                "SELECT 1 FROM clustersync_leases WHERE ns = ? AND name = ? AND owner = ?"
+                " AND token = ? AND expires_us > ?",
+                (self._ns, lease_name, owner, token, now),
+            ).fetchone()
+            if held is None:
+                return False
+            cur.execute(
+                "INSERT INTO clustersync_job_metadata (ns, key, last_finished_us) VALUES (?, ?, ?)"
+                " ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us",
+                (self._ns, key, now),
+            )
+            return True
+
+    # -- one-shot jobs -------------------------------------------------------------------
+
+    def put_jobs(self, jobs: Sequence[NewJob]) -> None:
+        if not jobs:
+            return
+        try:
+            with self._translate("store one-shot jobs"), self._write() as cur:
+                cur.executemany(
+                    "INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(self._ns, j.key, j.run_at_us, j.props_json, j.run_at_us) for j in jobs],
+                )
+        except StoreUnavailableError as exc:
+            if not isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise
+            raise DuplicateJobError(self._first_duplicate(jobs)) from None
+        self._notify(JOBS_CHANNEL)
+
+    def _first_duplicate(self, jobs: Sequence[NewJob]) -> str:
+        """The first key of a rejected batch that repeats or is already stored."""
+        seen: set[str] = set()
+        with self._translate("check for duplicate jobs"), self._read() as cur:
+            for job in jobs:
+                exists = cur.execute(
+                    "SELECT 1 FROM clustersync_jobs WHERE ns = ? AND key = ?", (self._ns, job.key)
+                ).fetchone()
+                if exists is not None or job.key in seen:
+                    return job.key
+                seen.add(job.key)
+        return jobs[0].key  # stored and removed again meanwhile: report the first
+
+    def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
+        with self._translate("claim due jobs"), self._write() as cur:
+            now = self.now_us()
+            rows = cur.execute(
+                "SELECT key, run_at_us, props, claim FROM clustersync_jobs"
+                " WHERE ns = ? AND due_us <= ? ORDER BY due_us, key LIMIT ?",
+                (self._ns, now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            until = now + int(claim_ttl * _US)
+            cur.executemany(
+                "UPDATE clustersync_jobs SET owner = ?, claim = ?, due_us = ?"
+                " WHERE ns = ? AND key = ?",
+                [(owner, r[3] + 1, until, self._ns, r[0]) for r in rows],
+            )
+        return [ClaimedJob(r[0], r[1], r[2], r[3] + 1) for r in rows]
+
+    def renew_job_claims(
+        self, owner: str, claims: Sequence[tuple[str, int]], claim_ttl: float
+    ) -> list[str]:
+        renewed: list[str] = []
+        with self._translate("renew job claims"), self._write() as cur:
+            now = self.now_us()
+            for key, claim in claims:
+                cur.execute(
+                    "UPDATE clustersync_jobs SET due_us = ? WHERE ns = ? AND key = ?"
+                    " AND owner = ? AND claim = ? AND due_us > ?",
+                    (now + int(claim_ttl * _US), self._ns, key, owner, claim, now),
+                )
+                if cur.rowcount == 1:
+                    renewed.append(key)
+        return renewed
+
+    def complete_job(self, key: str, owner: str, claim: int) -> bool:
+        with self._translate("complete a job"), self._write() as cur:
+            cur.execute(
+                "DELETE FROM clustersync_jobs WHERE ns = ? AND key = ? AND owner = ? AND claim = ?",
+                (self._ns, key, owner, claim),
+            )
+            return cur.rowcount == 1
+
+    def cancel_job(self, key: str) -> bool:
+        with self._translate("cancel a job"), self._write() as cur:
+            now = self.now_us()
+            row = cur.execute(
+                "DELETE FROM clustersync_jobs WHERE ns = ? AND key = ? RETURNING owner, due_us",
+                (self._ns, key),
+            ).fetchone()
+        if row is None:
+            return False
+        self._notify(JOBS_CHANNEL)
+        # A job whose callback is running (live claim) was no longer pending.
+        return bool(row[0] is None or row[1] <= now)
+
+    def list_jobs(self) -> list[StoredJob]:
+        with self._translate("list jobs"), self._read() as cur:
+            now = self.now_us()
+            rows = cur.execute(
+                "SELECT key, run_at_us, props FROM clustersync_jobs WHERE ns = ?"
+                " AND (owner IS NULL OR due_us <= ?) ORDER BY run_at_us, key",
+                (self._ns, now),
+            ).fetchall()
+        return [StoredJob(r[0], r[1], r[2]) for r in rows]
+
+    def next_job_delay(self) -> float | None:
+        with self._translate("find the next due job"), self._read() as cur:
+            now = self.now_us()
+            row = cur.execute(
+                "SELECT min(due_us) FROM clustersync_jobs WHERE ns = ?", (self._ns,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        due_us: int = row[0]
+        return max(0.0, (due_us - now) / _US)

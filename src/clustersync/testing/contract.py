@@ -1,0 +1,680 @@
+"""The store contract suite: the tests every store passes, in this package or out of it.
+
+A store written outside clustersync (registered through the ``clustersync.stores``
+entry-point group or :func:`clustersync.stores.register_store`) runs the same suite as
+the built-in ones. Subclass :class:`StoreContract` in a test module and give it a
+``store_url`` fixture returning the URL of a fresh or shared store of your kind::
+
+    import pytest
+    from clustersync.testing.contract import StoreContract
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        def store_url(self, tmp_path) -> str:
+            return f"mystore:///{tmp_path}/data"
+
+Each test uses a namespace of its own, so a shared server is fine. Optionally override
+``store_options`` (a fixture: keyword options for ``open_store``) and
+``model_settings`` (the hypothesis budget of the model test).
+
+Two parts, both through the store contract's operations (the ``_ops`` of a
+:class:`clustersync.Store`):
+
+- **deterministic cases**, one or a few per operation: owner checks, fencing tokens,
+  expiry, all-or-nothing batches, claim order, listings, namespaces, closing;
+- **a model test**: a hypothesis state machine drives the store under test and the
+  memory store (the reference implementation) with the same random operations and
+  compares every outcome that does not depend on exact times.
+
+Expiry is tested with real time (leases of a fraction of a second), so the suite works
+for stores that judge time by their own clock. It needs ``pytest`` and ``hypothesis``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    multiple,
+    rule,
+    run_state_machine_as_test,
+)
+
+import clustersync as cs
+from clustersync import aio
+
+from ..stores.contract import CAPABILITIES, REQUIRED_OPERATIONS, ClaimedJob, LeaseInfo, NewJob
+
+__all__ = ["StoreContract", "StoreModel"]
+
+_T = TypeVar("_T")
+_US = 1_000_000
+DAY_US = 86_400 * _US
+
+#: A lease or claim that never expires during a test.
+LONG_TTL = 300.0
+#: Short enough to wait for: expired on every store after EXPIRED seconds.
+SHORT_TTL = 0.2
+EXPIRED = 0.4
+
+
+class StoreContract:
+    """The contract tests; subclass it and define a ``store_url`` fixture."""
+
+    #: The hypothesis budget of :meth:`test_matches_memory_reference`.
+    model_settings: ClassVar[settings] = settings(
+        max_examples=25,
+        stateful_step_count=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+    @pytest.fixture
+    def store_options(self) -> dict[str, Any]:
+        """Keyword options for ``open_store`` (none by default)."""
+        return {}
+
+    @pytest.fixture
+    def contract_namespace(self) -> str:
+        return f"contract-{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def opened(
+        self, store_url: str, contract_namespace: str, store_options: dict[str, Any]
+    ) -> Iterator[cs.Store]:
+        """The store under test, in a namespace of its own."""
+        with cs.open_store(store_url, namespace=contract_namespace, **store_options) as store:
+            yield store
+
+    @pytest.fixture
+    def sibling(
+        self, store_url: str, contract_namespace: str, store_options: dict[str, Any]
+    ) -> Iterator[cs.Store]:
+        """A second store object on the same namespace (another instance)."""
+        with cs.open_store(store_url, namespace=contract_namespace, **store_options) as store:
+            yield store
+
+    # -- the backend as opened --------------------------------------------------------------
+
+    def test_backend_provides_every_operation(self, opened: cs.Store) -> None:
+        backend = opened._ops
+        missing = [
+            name for name in REQUIRED_OPERATIONS if not callable(getattr(backend, name, None))
+        ]
+        assert not missing, f"operations missing from the backend: {missing}"
+        unknown = set(backend.capabilities) - set(CAPABILITIES)
+        assert not unknown, f"unknown capabilities {sorted(unknown)}"
+        for capability in backend.capabilities:
+            absent = [
+                name
+                for name in CAPABILITIES[capability]
+                if not callable(getattr(backend, name, None))
+            ]
+            assert not absent, f"capability {capability!r} lacks {absent}"
+
+    def test_clock_moves_forward(self, opened: cs.Store) -> None:
+        first = opened._ops.now_us()
+        second = opened._ops.now_us()
+        assert second >= first, "the store's clock went backwards"
+        assert first > 1_600_000_000 * _US, "now_us is not microseconds since the epoch"
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def test_acquire_mints_strictly_increasing_tokens(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        tokens = []
+        for round_ in range(3):
+            store = opened if round_ % 2 == 0 else sibling
+            result = store._ops.acquire_lease("m:a", f"owner-{round_}", LONG_TTL)
+            assert result.acquired, result
+            assert isinstance(result.token, int), result
+            tokens.append(result.token)
+            assert store._ops.release_lease("m:a", f"owner-{round_}", result.token)
+        assert tokens == sorted(set(tokens)), f"tokens not strictly increasing: {tokens}"
+        other = opened._ops.acquire_lease("m:b", "owner", LONG_TTL)
+        assert other.acquired, "names are independent"
+
+    def test_held_lease_is_refused_with_its_remaining_life(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        held = opened._ops.acquire_lease("m:a", "first", 10.0)
+        assert held.acquired
+        refused = sibling._ops.acquire_lease("m:a", "second", 10.0)
+        assert not refused.acquired
+        assert refused.token is None
+        assert refused.retry_after is not None
+        assert 0 < refused.retry_after <= 10.0 + 1, refused
+
+    def test_renew_and_release_are_owner_checked(self, opened: cs.Store) -> None:
+        held = opened._ops.acquire_lease("m:a", "owner", LONG_TTL)
+        assert held.token is not None
+        assert not opened._ops.renew_lease("m:a", "intruder", held.token, LONG_TTL)
+        assert not opened._ops.renew_lease("m:a", "owner", held.token + 1, LONG_TTL)
+        assert not opened._ops.release_lease("m:a", "intruder", held.token)
+        assert not opened._ops.release_lease("m:a", "owner", held.token - 1)
+        assert [lease.token for lease in opened._ops.list_leases()] == [held.token]
+        assert opened._ops.renew_lease("m:a", "owner", held.token, LONG_TTL)
+        assert opened._ops.release_lease("m:a", "owner", held.token)
+        assert not opened._ops.release_lease("m:a", "owner", held.token), "released twice"
+        assert not opened._ops.renew_lease("m:a", "owner", held.token, LONG_TTL)
+        assert opened._ops.list_leases() == []
+
+    def test_an_expired_lease_is_taken_over_and_never_comes_back(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        old = opened._ops.acquire_lease("m:a", "old", SHORT_TTL)
+        assert old.token is not None
+        time.sleep(EXPIRED)
+        assert opened._ops.list_leases() == []
+        new = sibling._ops.acquire_lease("m:a", "new", LONG_TTL)
+        assert new.acquired
+        assert new.token is not None
+        assert new.token > old.token
+        assert not opened._ops.renew_lease("m:a", "old", old.token, LONG_TTL)
+        assert not opened._ops.release_lease("m:a", "old", old.token)
+        assert [lease.owner for lease in opened._ops.list_leases()] == ["new"]
+
+    def test_list_leases(self, opened: cs.Store) -> None:
+        tokens = {}
+        for name in ("m:b", "j:a", "m:a"):
+            result = opened._ops.acquire_lease(name, f"owner-{name}", 30.0)
+            assert result.token is not None
+            tokens[name] = result.token
+        listed = opened._ops.list_leases()
+        assert [lease.name for lease in listed] == ["j:a", "m:a", "m:b"], "sorted by name"
+        for lease in listed:
+            assert isinstance(lease, LeaseInfo)
+            assert lease.owner == f"owner-{lease.name}"
+            assert lease.token == tokens[lease.name]
+            assert 0 < lease.expires_in <= 30.0 + 1, lease
+
+    # -- recurring job metadata -----------------------------------------------------------
+
+    def test_job_metadata_is_written_only_by_the_lease_holder(self, opened: cs.Store) -> None:
+        record = opened._ops.get_job_metadata("report")
+        assert record.last_finished_us is None
+        assert abs(record.store_now_us - opened._ops.now_us()) < 60 * _US
+        held = opened._ops.acquire_lease("j:report", "owner", LONG_TTL)
+        assert held.token is not None
+        assert not opened._ops.set_job_finished("report", "j:report", "intruder", held.token)
+        assert not opened._ops.set_job_finished("report", "j:other", "owner", held.token)
+        assert opened._ops.get_job_metadata("report").last_finished_us is None
+        before = opened._ops.now_us()
+        assert opened._ops.set_job_finished("report", "j:report", "owner", held.token)
+        record = opened._ops.get_job_metadata("report")
+        assert record.last_finished_us is not None
+        assert before <= record.last_finished_us <= record.store_now_us
+
+    # -- one-shot jobs --------------------------------------------------------------------
+
+    @staticmethod
+    def _job(key: str, seconds_from_now: float, props: str = "null") -> NewJob:
+        """A job due that many seconds from now."""
+        return NewJob(key, int((time.time() + seconds_from_now) * _US), props)
+
+    def test_put_jobs_is_all_or_nothing(self, opened: cs.Store) -> None:
+        opened._ops.put_jobs([self._job("a", 60), self._job("b", 60)])
+        with pytest.raises(cs.DuplicateJobError) as raised:
+            opened._ops.put_jobs([self._job("c", 60), self._job("a", 60)])
+        assert raised.value.key == "a"
+        with pytest.raises(cs.DuplicateJobError) as raised:
+            opened._ops.put_jobs([self._job("d", 60), self._job("d", 61)])
+        assert raised.value.key == "d"
+        assert [job.key for job in opened._ops.list_jobs()] == ["a", "b"], "a batch stored"
+        opened._ops.put_jobs([])
+
+    def test_list_jobs_by_run_time_then_key(self, opened: cs.Store) -> None:
+        base = int(time.time() * _US) + 3600 * _US
+        jobs = [
+            NewJob("b", base, '{"n":1}'),
+            NewJob("a", base, "[1,2]"),
+            NewJob("c", base - 1, '"x"'),
+        ]
+        opened._ops.put_jobs(jobs)
+        listed = opened._ops.list_jobs()
+        assert [(job.key, job.run_at_us, job.props_json) for job in listed] == [
+            ("c", base - 1, '"x"'),
+            ("a", base, "[1,2]"),
+            ("b", base, '{"n":1}'),
+        ]
+
+    def test_next_job_delay(self, opened: cs.Store) -> None:
+        assert opened._ops.next_job_delay() is None
+        opened._ops.put_jobs([self._job("later", 60)])
+        delay = opened._ops.next_job_delay()
+        assert delay is not None
+        assert 50 < delay <= 61, delay
+        opened._ops.put_jobs([self._job("now", -5)])
+        assert opened._ops.next_job_delay() == 0
+
+    def test_claims(self, opened: cs.Store, sibling: cs.Store) -> None:
+        now = int(time.time()) * _US
+        opened._ops.put_jobs(
+            [
+                NewJob("b", now - 10 * _US, "null"),
+                NewJob("a", now - 10 * _US, "null"),
+                NewJob("c", now - 20 * _US, "null"),
+                NewJob("z", now + 60 * _US, "null"),
+            ]
+        )
+        first = opened._ops.claim_due_jobs("one", 2, LONG_TTL)
+        assert [job.key for job in first] == ["c", "a"], "earliest first, then by key"
+        assert all(isinstance(job, ClaimedJob) for job in first)
+        rest = sibling._ops.claim_due_jobs("two", 10, LONG_TTL)
+        assert [job.key for job in rest] == ["b"], "claimed jobs are not claimed again"
+        assert sibling._ops.claim_due_jobs("two", 10, LONG_TTL) == []
+        assert [job.key for job in opened._ops.list_jobs()] == ["z"], "claimed is not pending"
+        claim_c = first[0]
+        assert opened._ops.renew_job_claims("one", [(claim_c.key, claim_c.claim)], LONG_TTL) == [
+            "c"
+        ]
+        assert opened._ops.renew_job_claims("two", [(claim_c.key, claim_c.claim)], LONG_TTL) == []
+        assert not opened._ops.complete_job("c", "two", claim_c.claim)
+        assert not opened._ops.complete_job("c", "one", claim_c.claim + 1)
+        assert opened._ops.complete_job("c", "one", claim_c.claim)
+        assert not opened._ops.complete_job("c", "one", claim_c.claim), "completed twice"
+
+    def test_an_expired_claim_is_claimed_again_with_a_new_number(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        opened._ops.put_jobs([self._job("a", -1, '{"x":1}')])
+        (first,) = opened._ops.claim_due_jobs("one", 5, SHORT_TTL)
+        time.sleep(EXPIRED)
+        assert [job.key for job in opened._ops.list_jobs()] == ["a"], "pending again"
+        (second,) = sibling._ops.claim_due_jobs("two", 5, LONG_TTL)
+        assert (second.key, second.run_at_us, second.props_json) == (
+            first.key,
+            first.run_at_us,
+            first.props_json,
+        )
+        assert second.claim != first.claim
+        assert opened._ops.renew_job_claims("one", [("a", first.claim)], LONG_TTL) == []
+        assert not opened._ops.complete_job("a", "one", first.claim)
+        assert sibling._ops.complete_job("a", "two", second.claim)
+
+    def test_cancel(self, opened: cs.Store) -> None:
+        opened._ops.put_jobs([self._job("pending", 60), self._job("running", -1)])
+        opened._ops.claim_due_jobs("owner", 5, LONG_TTL)
+        assert opened._ops.cancel_job("pending")
+        assert not opened._ops.cancel_job("pending"), "cancelled twice"
+        assert not opened._ops.cancel_job("running"), "a running job is not pending"
+        assert not opened._ops.cancel_job("missing")
+        assert opened._ops.list_jobs() == []
+        opened._ops.put_jobs([self._job("pending", 30)])  # the key is free again
+
+    # -- namespaces and closing -----------------------------------------------------------
+
+    def test_namespaces_isolate(
+        self, opened: cs.Store, store_url: str, store_options: dict[str, Any]
+    ) -> None:
+        held = opened._ops.acquire_lease("m:a", "owner", LONG_TTL)
+        assert held.token is not None
+        opened._ops.put_jobs([self._job("a", -1)])
+        assert opened._ops.set_job_finished("a", "m:a", "owner", held.token)
+        namespace = f"{opened.namespace}-other"
+        with cs.open_store(store_url, namespace=namespace, **store_options) as other:
+            assert other._ops.list_leases() == []
+            assert other._ops.list_jobs() == []
+            assert other._ops.next_job_delay() is None
+            assert other._ops.get_job_metadata("a").last_finished_us is None
+            assert other._ops.acquire_lease("m:a", "owner", LONG_TTL).acquired
+            assert other._ops.claim_due_jobs("owner", 5, LONG_TTL) == []
+            other._ops.put_jobs([self._job("a", 60)])
+            assert other._ops.cancel_job("a")
+        assert [job.key for job in opened._ops.list_jobs()] == ["a"]
+
+    def test_operations_after_close_raise_store_unavailable(
+        self, store_url: str, contract_namespace: str, store_options: dict[str, Any]
+    ) -> None:
+        store = cs.open_store(store_url, namespace=contract_namespace, **store_options)
+        store.close()
+        store.close()  # idempotent
+        with pytest.raises(cs.StoreUnavailableError):
+            store._ops.now_us()
+
+    def test_data_is_shared_between_store_objects(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        opened._ops.put_jobs([self._job("a", 60)])
+        assert [job.key for job in sibling._ops.list_jobs()] == ["a"]
+        held = sibling._ops.acquire_lease("m:a", "owner", LONG_TTL)
+        assert not opened._ops.acquire_lease("m:a", "other", LONG_TTL).acquired
+        assert held.token is not None
+        assert opened._ops.release_lease("m:a", "owner", held.token)
+
+    def test_asyncio_api_opens_the_same_store(
+        self, opened: cs.Store, store_url: str, store_options: dict[str, Any]
+    ) -> None:
+        async def use() -> None:
+            async with await aio.open_store(
+                store_url, namespace=opened.namespace, **store_options
+            ) as store:
+                held = await store._ops.acquire_lease("m:a", "async-owner", LONG_TTL)
+                assert held.token is not None
+                assert [lease.owner for lease in opened._ops.list_leases()] == ["async-owner"]
+                assert await store._ops.release_lease("m:a", "async-owner", held.token)
+
+        asyncio.run(use())
+
+    # -- the model test -------------------------------------------------------------------
+
+    def test_matches_memory_reference(self, store_url: str, store_options: dict[str, Any]) -> None:
+        class Model(StoreModel):
+            url = store_url
+            options = store_options
+
+        run_state_machine_as_test(Model, settings=self.model_settings)
+
+
+# =========================================================================================
+# The model: the store under test against the memory reference
+# =========================================================================================
+
+#: Never expires during one example.
+MODEL_LONG_TTL = 300.0
+#: Expired on every store after MODEL_SETTLE seconds (Redis counts whole milliseconds).
+MODEL_SHORT_TTL = 0.002
+MODEL_SETTLE = 0.008
+
+LEASE_NAMES = ["m:a", "m:b", "j:a"]  # a mutex and a recurring job with the same user name
+OWNERS = ["o1", "o2", "o3"]
+JOB_KEYS = ["k1", "k2", "k3", "k4", "m:a"]  # "m:a" as a job key must not touch the lease
+META_KEYS = ["a", "b"]
+PROPS = ["null", '{"a":1}', '[1,"é",null]', '"x"']
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A lease granted on both stores (it may have expired or been released since)."""
+
+    name: str
+    owner: str
+    ref_token: int
+    sut_token: int
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A job claim granted on both stores."""
+
+    key: str
+    owner: str
+    ref_claim: int
+    sut_claim: int
+
+
+def _outcome(call: Callable[[], _T]) -> tuple[str, Any]:
+    try:
+        return ("ok", call())
+    except cs.DuplicateJobError as exc:
+        return ("duplicate", exc.key)
+
+
+def _due_state(delay: float | None) -> str:
+    if delay is None:
+        return "nothing"
+    return "now" if delay == 0 else "later"
+
+
+class StoreModel(RuleBasedStateMachine):
+    """A hypothesis state machine: the store at ``url`` against a private memory store,
+    operation by operation.
+
+    Servers judge time by their own clock, so only outcomes that do not depend on exact
+    times are compared: whether a lease was acquired, renewed or released, owner checks,
+    duplicate errors, token *differences* (Redis starts a fresh counter at its clock, the
+    others at 1), which jobs are claimed, listing order, and whether the next due job is
+    due now, later or never. To keep that deterministic, a lease or claim is either long
+    (it never expires during an example) or short (it has expired on every store
+    ``MODEL_SETTLE`` seconds later, and the rule waits that long); one-shot jobs run a day
+    in the past or a day in the future, each key at its own run time.
+
+    Invariants checked after every step, on the store under test: fencing tokens of a
+    name strictly increase, at most one live lease per name, and both stores list the
+    same leases, jobs and due state. Set ``url`` (and ``options``) in a subclass.
+    """
+
+    url: ClassVar[str] = ""
+    options: ClassVar[dict[str, Any]] = {}
+
+    held = Bundle("held")
+    claims = Bundle("claims")
+
+    def __init__(self) -> None:
+        super().__init__()
+        namespace = f"model-{uuid.uuid4().hex[:12]}"
+        self.ref = cs.open_store("memory://", namespace=namespace)
+        try:
+            self.sut = cs.open_store(self.url, namespace=namespace, **self.options)
+        except BaseException:
+            self.ref.close()
+            raise
+        # The first token of each name on each store: tokens are compared as differences.
+        self.base: dict[str, tuple[int, int]] = {}
+        self.last_token: dict[str, int] = {}
+        now = int(time.time() * _US)
+        self.past_us = now - DAY_US
+        self.future_us = now + DAY_US
+
+    def teardown(self) -> None:
+        self.sut.close()
+        self.ref.close()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def run_at(self, key: str, past: bool) -> int:
+        """Each key has its own run time, a day in the past or a day in the future."""
+        return (self.past_us if past else self.future_us) + JOB_KEYS.index(key) * 1000
+
+    def sut_token(self, name: str, ref_token: int) -> int:
+        """The token on the store under test that corresponds to ``ref_token``."""
+        base = self.base.get(name)
+        if base is None:
+            return ref_token
+        return base[1] + (ref_token - base[0])
+
+    def lease_view(self, leases: list[LeaseInfo], store: int) -> list[tuple[str, str, int]]:
+        view = []
+        for lease in leases:
+            base = self.base.get(lease.name)
+            assert base is not None, f"a live lease {lease.name!r} that was never acquired"
+            view.append((lease.name, lease.owner, lease.token - base[store]))
+            assert 0 < lease.expires_in <= MODEL_LONG_TTL + 1, lease
+        return view
+
+    @staticmethod
+    def settle(short: bool) -> None:
+        if short:
+            time.sleep(MODEL_SETTLE)
+
+    @staticmethod
+    def ttl(short: bool) -> float:
+        return MODEL_SHORT_TTL if short else MODEL_LONG_TTL
+
+    # -- leases ------------------------------------------------------------------------
+
+    @rule(
+        target=held,
+        name=st.sampled_from(LEASE_NAMES),
+        owner=st.sampled_from(OWNERS),
+        short=st.booleans(),
+    )
+    def acquire(self, name: str, owner: str, short: bool) -> Any:
+        ref = self.ref._ops.acquire_lease(name, owner, self.ttl(short))
+        sut = self.sut._ops.acquire_lease(name, owner, self.ttl(short))
+        self.settle(short)
+        assert sut.acquired == ref.acquired, f"memory {ref}, store {sut}"
+        if not ref.acquired:
+            for result in (ref, sut):
+                assert result.token is None
+                assert result.retry_after is not None
+                assert 0 < result.retry_after <= MODEL_LONG_TTL + 1
+            return multiple()
+        assert ref.token is not None
+        assert sut.token is not None
+        last = self.last_token.get(name)
+        assert last is None or sut.token > last, "fencing tokens must strictly increase"
+        self.last_token[name] = sut.token
+        if name not in self.base:
+            self.base[name] = (ref.token, sut.token)
+        base_ref, base_sut = self.base[name]
+        assert sut.token - base_sut == ref.token - base_ref, "tokens must grow by one"
+        return _Held(name, owner, ref.token, sut.token)
+
+    @rule(held=held, short=st.booleans(), other_owner=st.booleans())
+    def renew_held(self, held: _Held, short: bool, other_owner: bool) -> None:
+        owner = "intruder" if other_owner else held.owner
+        ref = self.ref._ops.renew_lease(held.name, owner, held.ref_token, self.ttl(short))
+        sut = self.sut._ops.renew_lease(held.name, owner, held.sut_token, self.ttl(short))
+        self.settle(short)
+        assert sut == ref
+        if other_owner:
+            assert not sut, "renewed by someone else than the owner"
+
+    @rule(
+        name=st.sampled_from(LEASE_NAMES),
+        owner=st.sampled_from(OWNERS),
+        token=st.integers(min_value=0, max_value=6),
+    )
+    def renew_random(self, name: str, owner: str, token: int) -> None:
+        ref = self.ref._ops.renew_lease(name, owner, token, MODEL_LONG_TTL)
+        sut = self.sut._ops.renew_lease(name, owner, self.sut_token(name, token), MODEL_LONG_TTL)
+        assert sut == ref
+
+    @rule(held=held, other_owner=st.booleans())
+    def release_held(self, held: _Held, other_owner: bool) -> None:
+        owner = "intruder" if other_owner else held.owner
+        ref = self.ref._ops.release_lease(held.name, owner, held.ref_token)
+        sut = self.sut._ops.release_lease(held.name, owner, held.sut_token)
+        assert sut == ref
+        if other_owner:
+            assert not sut, "released by someone else than the owner"
+
+    @rule(
+        name=st.sampled_from(LEASE_NAMES),
+        owner=st.sampled_from(OWNERS),
+        token=st.integers(min_value=0, max_value=6),
+    )
+    def release_random(self, name: str, owner: str, token: int) -> None:
+        ref = self.ref._ops.release_lease(name, owner, token)
+        sut = self.sut._ops.release_lease(name, owner, self.sut_token(name, token))
+        assert sut == ref
+
+    # -- recurring job metadata --------------------------------------------------------
+
+    @rule(held=held, key=st.sampled_from(META_KEYS))
+    def set_job_finished(self, held: _Held, key: str) -> None:
+        ref = self.ref._ops.set_job_finished(key, held.name, held.owner, held.ref_token)
+        sut = self.sut._ops.set_job_finished(key, held.name, held.owner, held.sut_token)
+        assert sut == ref, "metadata is written only by the live lease holder"
+
+    @rule(key=st.sampled_from(META_KEYS))
+    def get_job_metadata(self, key: str) -> None:
+        ref = self.ref._ops.get_job_metadata(key)
+        sut = self.sut._ops.get_job_metadata(key)
+        assert (sut.last_finished_us is None) == (ref.last_finished_us is None)
+        if sut.last_finished_us is not None:
+            assert sut.last_finished_us <= sut.store_now_us
+
+    # -- one-shot jobs -----------------------------------------------------------------
+
+    @rule(
+        batch=st.lists(
+            st.tuples(st.sampled_from(JOB_KEYS), st.booleans(), st.sampled_from(PROPS)),
+            max_size=4,
+        )
+    )
+    def put_jobs(self, batch: list[tuple[str, bool, str]]) -> None:
+        jobs = [NewJob(key, self.run_at(key, past), props) for key, past, props in batch]
+        before = self.sut._ops.list_jobs()
+        ref = _outcome(lambda: self.ref._ops.put_jobs(jobs))
+        sut = _outcome(lambda: self.sut._ops.put_jobs(jobs))
+        assert sut == ref
+        if ref[0] == "duplicate":
+            assert self.sut._ops.list_jobs() == before, "a rejected batch stored something"
+
+    @rule(
+        target=claims,
+        owner=st.sampled_from(OWNERS),
+        limit=st.integers(min_value=1, max_value=4),
+        short=st.booleans(),
+    )
+    def claim_due_jobs(self, owner: str, limit: int, short: bool) -> Any:
+        ref = self.ref._ops.claim_due_jobs(owner, limit, self.ttl(short))
+        sut = self.sut._ops.claim_due_jobs(owner, limit, self.ttl(short))
+        self.settle(short)
+
+        def view(claimed: list[ClaimedJob]) -> list[tuple[str, int, str]]:
+            return sorted((c.key, c.run_at_us, c.props_json) for c in claimed)
+
+        assert view(sut) == view(ref), "different jobs claimed"
+        assert len(sut) <= limit
+        assert len({c.key for c in sut}) == len(sut), "a job claimed twice at once"
+        sut_claims = {c.key: c.claim for c in sut}
+        return multiple(*(_Claim(c.key, owner, c.claim, sut_claims[c.key]) for c in ref))
+
+    @rule(
+        picks=st.lists(st.tuples(st.sampled_from(JOB_KEYS), st.integers(0, 4)), max_size=3),
+        owner=st.sampled_from(OWNERS),
+    )
+    def renew_random_claims(self, picks: list[tuple[str, int]], owner: str) -> None:
+        ref = self.ref._ops.renew_job_claims(owner, picks, MODEL_LONG_TTL)
+        sut = self.sut._ops.renew_job_claims(owner, picks, MODEL_LONG_TTL)
+        assert sorted(sut) == sorted(ref)
+
+    @rule(claim=claims, short=st.booleans(), other_owner=st.booleans())
+    def renew_claim(self, claim: _Claim, short: bool, other_owner: bool) -> None:
+        owner = "intruder" if other_owner else claim.owner
+        ttl = self.ttl(short)
+        ref = self.ref._ops.renew_job_claims(owner, [(claim.key, claim.ref_claim)], ttl)
+        sut = self.sut._ops.renew_job_claims(owner, [(claim.key, claim.sut_claim)], ttl)
+        self.settle(short)
+        assert sut == ref
+        if other_owner:
+            assert sut == []
+
+    @rule(claim=claims, other_owner=st.booleans())
+    def complete_claim(self, claim: _Claim, other_owner: bool) -> None:
+        owner = "intruder" if other_owner else claim.owner
+        ref = self.ref._ops.complete_job(claim.key, owner, claim.ref_claim)
+        sut = self.sut._ops.complete_job(claim.key, owner, claim.sut_claim)
+        assert sut == ref
+        if other_owner:
+            assert not sut, "completed by someone else than the claim owner"
+
+    @rule(key=st.sampled_from(JOB_KEYS))
+    def cancel_job(self, key: str) -> None:
+        ref = self.ref._ops.cancel_job(key)
+        sut = self.sut._ops.cancel_job(key)
+        assert sut == ref, "cancel reports whether the job was pending"
+
+    # -- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def same_leases(self) -> None:
+        ref = self.ref._ops.list_leases()
+        sut = self.sut._ops.list_leases()
+        names = [lease.name for lease in sut]
+        assert names == sorted(set(names)), "at most one live lease per name"
+        assert self.lease_view(sut, 1) == self.lease_view(ref, 0)
+
+    @invariant()
+    def same_jobs(self) -> None:
+        assert self.sut._ops.list_jobs() == self.ref._ops.list_jobs()
+        due = (
+            _due_state(self.ref._ops.next_job_delay()),
+            _due_state(self.sut._ops.next_job_delay()),
+        )
+        assert due[1] == due[0], f"next due job: memory {due[0]}, store {due[1]}"
