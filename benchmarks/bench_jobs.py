@@ -1,4 +1,4 @@
-"""Job scenarios of ``benchmarks/run.py`` (issue 5, scenarios 6 and 7): one-shot jobs on
+"""Job scenarios of ``benchmarks/run.py`` (scenarios 6 and 7): one-shot jobs on
 3 scheduler processes, and a recurring job on 3 instances, for clustersync and the peers.
 
 Every implementation is driven through the same small async interface (``JobDriver``):

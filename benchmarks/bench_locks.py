@@ -1,4 +1,4 @@
-"""Lock scenarios of ``benchmarks/run.py`` (issue 5, scenarios 2-5): clustersync's Mutex
+"""Lock scenarios of ``benchmarks/run.py`` (scenarios 2-5): clustersync's Mutex
 and the peer libraries behind one small adapter interface, and the worker processes.
 
 Peers and their configuration (the closest each has to clustersync's self-renewing

@@ -89,7 +89,7 @@ def _cs(section: Json, store: str) -> Json | None:
 
 
 def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
-    """(scenario, target, measured, met) for every target of issue 5 that was measured."""
+    """(scenario, target, measured, met) for every performance target that was measured."""
     sc = results.get("scenarios", {})
     out: list[tuple[str, str, str, bool | None]] = []
     floors = sc.get("floors", {})
@@ -612,7 +612,7 @@ def build_markdown(results: Json, plots: Sequence[str]) -> str:
             " the interleaved rounds keep the ratios comparable.",
             "",
         ]
-    lines += ["## Targets of issue 5", ""]
+    lines += ["## Performance targets", ""]
     lines += table(
         ["scenario", "target", "measured", "result"],
         [[a, b, c, yes(d)] for a, b, c, d in targets(results)],
@@ -947,7 +947,7 @@ def _not_measured(results: Json) -> list[str]:
         "Pending-job scaling is measured for clustersync only (the peers' memory does not"
         " depend on a pending-job count in the same way, and filling them is slow: about"
         " 400 APScheduler schedules/s).",
-        "rq and the Go seed package of issue 5 are not measured here (no Go toolchain in"
+        "rq and the Go package clustersync mirrors are not measured here (no Go toolchain in"
         " this benchmark; rq runs jobs through its own worker model).",
         "redis-py's `Lock` and python-redis-lock in their default configuration have no"
         " expiry: a crashed holder keeps the lock forever, so they take part in the crash"

@@ -1,4 +1,4 @@
-"""clustersync side by side with peer libraries and the physical limit (issue 5).
+"""clustersync side by side with peer libraries and the physical limit.
 
 One command::
 

@@ -35,5 +35,7 @@ echo "== ruff format --check =="
 $PY -m ruff format --check src tests scripts benchmarks
 echo "== mypy --strict =="
 $PY -m mypy
+echo "== docs: mkdocs build --strict =="
+NO_MKDOCS_2_WARNING=1 $PY -m mkdocs build --strict -q
 echo "== pytest =="
 $PY -m pytest "$@"
