@@ -3,8 +3,8 @@ test) with hypothesis-generated names, keys, props, datetimes, URLs, namespaces,
 and ttls, on every store (memory, SQLite, Redis, PostgreSQL).
 
 Each call must either behave correctly — checked against an oracle written from the
-documented rules (SPEC §1–§6, docs/choices.md), so that valid input is never refused
-either — or raise a typed error: a ``ClusterSyncError`` of SPEC §6, or a plain
+documented rules (docs/guarantees.md, docs/choices.md), so that valid input is never refused
+either — or raise a typed error: a ``ClusterSyncError`` of the error tree, or a plain
 ``ValueError``/``TypeError`` for argument validation. Never a driver error, an
 ``OverflowError``, a ``RecursionError`` or a ``UnicodeError`` (a ``ValueError`` subclass,
 excluded on purpose). Every example must leave the store as it found it (same pending

@@ -1,4 +1,4 @@
-"""Conformance tests of recurring jobs on every store (SPEC §3).
+"""Conformance tests of recurring jobs on every store (docs/guarantees.md).
 
 The Go package's ``TestSchedule`` subtests (``job_test.go``) are re-expressed here (named
 in the docstrings), plus close/metadata/error behaviour the Go suite does not cover.

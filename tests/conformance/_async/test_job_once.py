@@ -1,9 +1,9 @@
-"""One-shot jobs (SPEC §4) on every backend.
+"""One-shot jobs (docs/guarantees.md) on every store.
 
 Every case of the Go package's job_once tests (TestScheduleOnceParallel, ...Sequential,
-...Props; go-package-behaviour.md §5) is re-expressed here as a black-box test, and the
-Go defects (§4, §7) are shown absent: the rescheduling data loss, the Cancel/run
-deadlock, the hang on over-long keys and the ``mutex_<key>`` collision.
+...Props) is re-expressed here as a black-box test, and the Go package's defects are shown
+absent: the rescheduling data loss, the Cancel/run deadlock, the hang on over-long keys
+and the ``mutex_<key>`` collision.
 
 Callbacks are plain functions that record under a ``threading.Lock`` so that the same
 test is meaningful in both worlds (asyncio runs them in a worker thread, the threading
@@ -346,7 +346,7 @@ async def test_get_job_once_scheduler_rejects_a_non_store() -> None:
 async def test_scheduling_before_start_is_allowed_and_fires_after_start(
     store: cs.Store,
 ) -> None:
-    """The Go package refuses ScheduleOnce before Start; SPEC §4 allows it."""
+    """The Go package refuses ScheduleOnce before Start; the contract allows it."""
     recorder = Recorder()
     scheduler = cs.get_job_once_scheduler(store)
     scheduler.set_callback(recorder.callback)

@@ -1,4 +1,4 @@
-"""Conformance tests of Mutex on every store (SPEC §2).
+"""Conformance tests of Mutex on every store (docs/guarantees.md).
 
 Each test of the Go package's ``mutex_test.go`` is re-expressed here (named in the
 docstring), plus what the Go suite does not cover: lease expiry, takeover after a crash,

@@ -1,4 +1,4 @@
-"""Stores (SPEC §1) and the error tree (SPEC §6): opening, URLs, options, namespaces,
+"""Stores and the error tree (docs/guarantees.md): opening, URLs, options, namespaces,
 lifecycle and the errors raised on purpose."""
 
 from __future__ import annotations
