@@ -1,4 +1,5 @@
-"""Redis URL forms (docs/guide/stores.md) beyond redis://host:port/db (which the whole suite uses)."""
+"""Redis URL forms (docs/guide/stores.md) beyond redis://host:port/db (which the whole
+suite uses)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The recurring-job wait helpers: Go's job_test.go tables, then properties.
 
 Go's ``TestMakeWaitForInterval`` / ``TestMakeWaitForRoundedInterval`` (Mattermost's plugin
-``cluster`` package) fix ``now`` and express ``LastFinished`` relative to it; "never run" is the zero time there and ``JobMetadata(None)`` here.
+``cluster`` package) fix ``now`` and express ``LastFinished`` relative to it; "never run"
+is the zero time there and ``JobMetadata(None)`` here.
 """
 
 from __future__ import annotations
