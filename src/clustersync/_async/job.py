@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -38,7 +39,7 @@ from .._core.validation import (
 )
 from ..exceptions import LockLostError, StoreUnavailableError
 from .lease import Lease
-from .store import Store
+from .store import Store, require_store
 
 logger = logging.getLogger("clustersync")
 
@@ -47,6 +48,8 @@ DEFAULT_JOB_TTL = 15.0
 #: longer than ~292 years overflow the threading primitives).
 MAX_SLEEP = 3600.0
 JOB_PREFIX = "j:"  # keeps job leases apart from user mutexes
+#: The job whose callback runs in this context (a callback may close its own job).
+_RUNNING: ContextVar[Job | None] = ContextVar("clustersync_running_job", default=None)
 
 
 class Job:
@@ -74,7 +77,15 @@ class Job:
         return f"<Job {self.key!r} {state}>"
 
     def _start(self) -> None:
+        self.store._jobs.add(self)
         self._task = shim.spawn(self._run, name=f"clustersync-job:{self.key}")
+
+    def _after_fork(self) -> None:
+        """In a forked child (threading API): run the job here too, from a new thread."""
+        if self._stop.is_set():
+            return
+        self._stop = shim.CancelEvent()
+        self._start()
 
     async def metadata(self) -> JobMetadata:
         """The job's shared metadata (``last_finished`` of the latest run, or None)."""
@@ -90,9 +101,10 @@ class Job:
         """
         seconds = validate_join_timeout(timeout)
         self._stop.set()
+        self.store._jobs.discard(self)
         task = self._task
-        if task is None or shim.in_task(task):
-            return True
+        if task is None or shim.in_task(task) or _RUNNING.get() is self:
+            return True  # called by the job's own callback: it stops when that returns
         return await shim.join(task, seconds)
 
     async def _seconds_until_due(self) -> float:
@@ -122,6 +134,8 @@ class Job:
                     await self._release()
                 backoff.reset()
             except StoreUnavailableError as exc:
+                if self.store.closed:
+                    return
                 delay = backoff.next_delay()
                 logger.warning("job %r: store error, retrying in %.2fs: %s", self.key, delay, exc)
                 await shim.wait_for_event(self._stop, delay)
@@ -131,10 +145,13 @@ class Job:
                 await shim.wait_for_event(self._stop, delay)
 
     async def _run_once(self) -> None:
+        running = _RUNNING.set(self)
         try:
             await shim.call_user_blocking(self._callback)
         except Exception:
             logger.exception("job %r: callback raised; the run counts as finished", self.key)
+        finally:
+            _RUNNING.reset(running)
         hold = self._lease.hold
         if hold is None:  # pragma: no cover - the lease is held during the run
             return
@@ -172,8 +189,7 @@ def schedule(
     run the job ``ttl`` seconds later. Raises ``ValueError``/``TypeError`` for a bad key,
     ``next_wait`` or ``callback``.
     """
-    if not isinstance(store, Store):
-        raise TypeError(f"store must be a Store from open_store(), not {type(store).__name__}")
+    store = require_store(store, "schedule()")
     validate_name(key, "job key")
     if not callable(next_wait):
         raise TypeError("next_wait must be callable (e.g. wait_for_interval(...))")

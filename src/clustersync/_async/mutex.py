@@ -33,7 +33,7 @@ from typing import Any
 from .._concurrency import aio as shim
 from .._core.validation import validate_name, validate_ttl
 from .lease import Lease
-from .store import Store
+from .store import Store, require_store
 
 DEFAULT_TTL = 15.0
 MUTEX_PREFIX = "m:"  # keeps mutexes apart from recurring jobs' leases
@@ -54,8 +54,7 @@ class Mutex:
         ttl: float = DEFAULT_TTL,
         on_lost: Callable[[], Any] | None = None,
     ) -> None:
-        if not isinstance(store, Store):
-            raise TypeError(f"store must be a Store from open_store(), not {type(store).__name__}")
+        store = require_store(store, "Mutex()")
         self.name = validate_name(name, "mutex name")
         self.ttl = validate_ttl(ttl)
         if on_lost is not None and not callable(on_lost):

@@ -81,17 +81,27 @@ class Renewer:
             self._lose(lease, hold, "it could not be renewed before it expired")
 
     async def close(self) -> None:
+        """Stop renewing (the store is closing): every hold still live ends — it is
+        released in the store, so that others take over at once, and its holder sees it
+        lost (``on_lost``, ``LockLostError``)."""
         with self._lock:
             self._closed = True
             task, waker = self._task, self._waker
-            holds = [hold for _, _, _, hold in self._heap]
-        for hold in holds:  # leases still held simply expire, as before
-            if hold.expiry is not None:
-                hold.expiry.cancel()
+            live = [(lease, hold) for _, _, lease, hold in self._heap]
         if waker is not None:
             waker.set_threadsafe()
         if task is not None and not shim.in_task(task):
             await shim.join(task, 5.0)
+        for lease, hold in live:
+            if hold.expiry is not None:
+                hold.expiry.cancel()
+            if hold.released or hold.lost:
+                continue
+            self._lose(lease, hold, "the store was closed while it was held", logging.WARNING)
+            try:
+                await self._store._ops.release_lease(lease.name, hold.owner, hold.token)
+            except StoreUnavailableError as exc:
+                logger.warning("could not release %r; it expires on its own: %s", lease.name, exc)
 
     def _next_due(self) -> tuple[float, Lease, Hold] | None:
         """Pop the earliest renewal if it is due; drop released holds on the way."""
@@ -171,12 +181,14 @@ class Renewer:
         hold.backoff.reset()
         return lease.ttl / 3
 
-    def _lose(self, lease: Lease, hold: Hold, why: str) -> None:
+    def _lose(self, lease: Lease, hold: Hold, why: str, level: int = logging.ERROR) -> None:
         """Mark ``hold`` lost and call ``on_lost``, once (from the worker or the timer)."""
         with self._lock:
             if hold.lost:
                 return
             hold.lost = True
-        logger.error("lost %s %r (token %d): %s", lease.description, lease.name, hold.token, why)
+        logger.log(
+            level, "lost %s %r (token %d): %s", lease.description, lease.name, hold.token, why
+        )
         if lease.on_lost is not None:
             shim.spawn(lease.call_on_lost, name=f"clustersync-on-lost:{lease.name}")

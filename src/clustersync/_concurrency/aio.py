@@ -17,11 +17,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ..exceptions import ConfigurationError
 from ..stores.contract import OPERATIONS
 
 if TYPE_CHECKING:
     from ..stores.contract import aio as aio_contract
     from ..stores.contract import sync as sync_contract
+    from ..stores.registry import StoreKind
 
 T = TypeVar("T")
 
@@ -184,6 +186,18 @@ class _BlockingBackendAdapter:
             return
         await asyncio.get_running_loop().run_in_executor(self._executor, self.backend.close)
         self._executor.shutdown(wait=False)
+
+
+def reopen_after_fork(
+    kind: StoreKind, url: str, namespace: str, options: dict[str, Any]
+) -> aio_contract.Backend:
+    """An asyncio store cannot follow ``os.fork()``: its event loop and connections stay
+    in the parent."""
+    raise ConfigurationError(
+        f"this asyncio store ({kind.name}) was opened before os.fork(); an event loop does"
+        " not survive a fork: open the store in the child process instead (e.g. in the"
+        " FastAPI/Starlette lifespan, or a gunicorn post_fork hook)"
+    )
 
 
 def adapt_blocking(backend: sync_contract.Backend, *, blocking: bool) -> aio_contract.Backend:

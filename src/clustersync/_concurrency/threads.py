@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ..stores.contract import sync as sync_contract
+    from ..stores.registry import StoreKind
 
 T = TypeVar("T")
 
@@ -192,6 +194,16 @@ _TIMER_GRANULARITY = 0.05
 _TIMERS = _TimerThread()
 
 
+def _new_timer_thread_after_fork() -> None:
+    """A forked child has no timer thread, and the parent's timers are not its own."""
+    global _TIMERS  # noqa: PLW0603 - the child replaces the process-wide timer thread
+    _TIMERS = _TimerThread()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_timer_thread_after_fork)
+
+
 def call_later(delay: float, fn: Callable[..., None], *args: Any) -> Timer:
     """Call ``fn(*args)`` in about ``delay`` seconds (from a shared timer thread) unless
     the returned timer is cancelled first."""
@@ -200,6 +212,14 @@ def call_later(delay: float, fn: Callable[..., None], *args: Any) -> Timer:
 
 def run_blocking(fn: Callable[..., T], *args: Any, executor: Executor | None = None) -> T:
     return fn(*args)
+
+
+def reopen_after_fork(
+    kind: StoreKind, url: str, namespace: str, options: dict[str, Any]
+) -> sync_contract.Backend:
+    """Open the backend of a store again in a forked child (its own connections)."""
+    backend: sync_contract.Backend = kind.load(kind.backend)(url, namespace, options)
+    return backend
 
 
 def adapt_blocking(backend: sync_contract.Backend, *, blocking: bool) -> sync_contract.Backend:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,7 +52,7 @@ from .._core.validation import (
 from ..exceptions import DuplicateJobError, SchedulerError, StoreUnavailableError
 from ..stores.contract import JOBS_CHANNEL, ClaimedJob, NewJob
 from .lease import new_owner_id
-from .store import Store
+from .store import Store, require_store
 
 logger = logging.getLogger("clustersync")
 
@@ -64,6 +65,10 @@ MAX_IDLE = 5.0
 #: A ``jobs@<due>`` message is judged late by its delivery time; a job announced as due
 #: less than this after our planned wake-up still wakes us (covers delivery delay).
 DUE_HINT_SLACK = 0.05
+#: The scheduler whose callback runs in this context (a callback may stop its scheduler).
+_FIRING: ContextVar[JobOnceScheduler | None] = ContextVar(
+    "clustersync_firing_scheduler", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +182,24 @@ class JobOnceScheduler:
         self._wake()
         if shim.in_task(task):
             return False
+        if _FIRING.get() is self:
+            return True  # from inside a callback: stopped; the callback ends when it returns
         stopped = shim.join(task, seconds)
         if stopped:
             self._task = None
         return stopped
+
+    def _after_fork(self) -> None:
+        """In a forked child (threading API): the parent's runs and claims stay the
+        parent's; a scheduler started before the fork runs here too, from a new thread."""
+        self._owner = new_owner_id()  # claims made here must never match the parent's
+        self._running = set()
+        self._waker = None
+        self._wake_at = math.inf
+        if self._task is not None and not self._stopping:
+            self._task = shim.spawn(self._loop, name="clustersync-job-once-scheduler")
+        else:
+            self._task = None
 
     def _wake(self) -> None:
         waker = self._waker
@@ -261,6 +280,8 @@ class JobOnceScheduler:
                         delay = self._claim_and_start()
                         backoff.reset()
                     except StoreUnavailableError as exc:
+                        if self.store.closed and self._stopping:
+                            break
                         delay = backoff.next_delay()
                         logger.warning("one-shot scheduler: store error, retrying: %s", exc)
                     if self._running:
@@ -317,12 +338,14 @@ class JobOnceScheduler:
     def _fire(self, running: _Running) -> None:
         job = running.job
         callback = self._callback
+        firing = _FIRING.set(self)
         try:
             if callback is not None:
                 shim.call_user_blocking(callback, job.key, decode_props(job.props_json))
         except Exception:
             logger.exception("one-shot job %r: callback raised; the job is done", job.key)
         finally:
+            _FIRING.reset(firing)
             self._complete(job, running.owner)
             self._running.discard(running)
             self._wake()
@@ -335,7 +358,7 @@ class JobOnceScheduler:
                 self.store._ops.complete_job(job.key, owner, job.claim)
                 return
             except StoreUnavailableError as exc:
-                if shim.monotonic() >= deadline:
+                if shim.monotonic() >= deadline or self.store.closed:
                     logger.error(
                         "one-shot job %r ran but could not be marked done; it may run again: %s",
                         job.key,
@@ -358,12 +381,25 @@ def _as_triple(entry: Any) -> tuple[str, datetime, Any]:
 def get_job_once_scheduler(store: Store, **options: Any) -> JobOnceScheduler:
     """The one-shot job scheduler of ``store`` (the same object for the same store).
 
-    ``options`` (``claim_ttl``, ``max_running``, ``max_props_bytes``) apply when the
-    scheduler is first created.
+    ``options`` (``claim_ttl``, ``max_running``, ``max_props_bytes``) configure the
+    scheduler when it is first created; later calls may repeat the same options, and
+    raise :class:`~clustersync.SchedulerError` if they ask for different ones.
     """
-    if not isinstance(store, Store):
-        raise TypeError(f"store must be a Store from open_store(), not {type(store).__name__}")
+    store = require_store(store, "get_job_once_scheduler()")
     scheduler = store._scheduler
     if scheduler is None:
         scheduler = store._scheduler = JobOnceScheduler(store, **options)
+        return scheduler
+    wanted = JobOnceScheduler(store, **options)  # the same validation as the first call
+    differ = [
+        f"{name}={getattr(wanted, name)!r} (it has {getattr(scheduler, name)!r})"
+        for name in options
+        if getattr(wanted, name) != getattr(scheduler, name)
+    ]
+    if differ:
+        raise SchedulerError(
+            "the one-shot scheduler of this store already exists with other options: "
+            + ", ".join(differ)
+            + "; pass the same options (or none) to get_job_once_scheduler()"
+        )
     return scheduler

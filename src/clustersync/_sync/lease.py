@@ -55,6 +55,10 @@ GRANT_WAIT_SLICE = 0.5
 #: Life of a lease granted by a release, until its new holder's renewer extends it.
 GRANT_LEASE_SECONDS = GRANT_LEASE_MS / 1000
 _HOST = socket.gethostname()
+_FORKED = (
+    "{} {!r} (token {}) was acquired by the parent process before os.fork(); it is the"
+    " parent's hold, not this process's"
+)
 
 
 def new_owner_id() -> str:
@@ -71,6 +75,8 @@ class Hold:
     deadline: float  # monotonic; the lease is not trusted past it
     released: bool = False
     lost: bool = False
+    #: The process that acquired it: after ``os.fork()`` the hold stays the parent's.
+    pid: int = field(default_factory=os.getpid)
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.05, cap=1.0))
     #: The renewer's timer that declares the hold lost at its deadline (shim.call_later).
     expiry: Any = None
@@ -124,6 +130,8 @@ class Lease:
         with self.store._hub.listen(lease_channel(self.name), waker, WAITER_POLL_INTERVAL):
             while True:
                 if isinstance(result, StoreUnavailableError):
+                    if self.store.closed:
+                        raise result
                     wait = backoff.next_delay()
                     self._warn_retry(wait, result)
                 else:
@@ -180,6 +188,8 @@ class Lease:
                         self.name, owner, self.ttl, wait
                     )
                 except StoreUnavailableError as exc:
+                    if self.store.closed:
+                        raise
                     error = exc
                     delay = backoff.next_delay()
                     if deadline is not None:
@@ -285,12 +295,19 @@ class Lease:
 
     def locked(self) -> bool:
         hold = self.hold
-        return hold is not None and not hold.lost and shim.monotonic() < hold.deadline
+        return (
+            hold is not None
+            and not hold.lost
+            and hold.pid == os.getpid()
+            and shim.monotonic() < hold.deadline
+        )
 
     def check(self) -> None:
         hold = self.hold
         if hold is None:
             raise NotLockedError(f"{self.description} {self.name!r} is not held by this object")
+        if hold.pid != os.getpid():
+            raise LockLostError(_FORKED.format(self.description, self.name, hold.token))
         if hold.lost or shim.monotonic() >= hold.deadline:
             raise LockLostError(
                 f"{self.description} {self.name!r} (token {hold.token}) was lost while held"
@@ -301,6 +318,8 @@ class Lease:
         if hold is None:
             raise NotLockedError(f"{self.description} {self.name!r} is not held by this object")
         self.hold = None
+        if hold.pid != os.getpid():  # the parent's hold: only the parent may release it
+            raise LockLostError(_FORKED.format(self.description, self.name, hold.token))
         hold.released = True  # the store's renewer drops it
         if hold.expiry is not None:
             hold.expiry.cancel()
@@ -326,6 +345,8 @@ class Lease:
                 return self.store._ops.release_lease(self.name, hold.owner, hold.token)
             except StoreUnavailableError as exc:
                 remaining = give_up - shim.monotonic()
+                if self.store.closed:  # closing the store ended the lease already
+                    return not hold.lost
                 if remaining <= 0:
                     logger.warning(
                         "could not release %s %r; it expires on its own: %s",

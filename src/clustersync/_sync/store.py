@@ -4,16 +4,32 @@
 
 ``open_store(url)`` picks the store kind from the URL scheme (see
 :mod:`clustersync.stores.registry`) and opens its backend. A store object is shared by
-every primitive built on it, owns the backend (connections, change feed) and the
-background renewer of its leases, and is closed with ``close()`` or by leaving its
-``with`` block.
+every primitive built on it, owns the backend (connections, change feed), the background
+renewer of its leases, its recurring jobs and its one-shot scheduler, and is closed with
+``close()`` or by leaving its ``with`` block.
+
+Closing stops everything built on the store: recurring jobs and the one-shot scheduler
+stop (a running callback finishes first, unless ``close()`` is called from inside it),
+held mutex leases end (released in the store; ``locked()`` turns False and ``on_lost``
+is called), and every later call through the store raises ``StoreUnavailableError``.
+
+Fork (``gunicorn --preload``, multiprocessing): a threading-API store opened before
+``os.fork()`` works in the child as if opened there: the child opens its own connections
+at first use, and re-creates the renewer, the change feed, the scheduler and the
+recurring jobs that were started. Holds taken before the fork belong to the parent: in
+the child ``locked()`` is False and ``check()``/``release()`` raise ``LockLostError``.
+An asyncio store cannot follow a fork (its event loop does not): its first use in the
+child raises ``ConfigurationError``.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
+import threading
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,14 +37,22 @@ from .._concurrency import threads as shim
 from .._core.validation import validate_name
 from .._notify import ChangeHub
 from ..exceptions import ConfigurationError, StoreUnavailableError
+from ..stores.contract import ANY_CHANNEL
 from ..stores.contract.sync import Backend, GrantHandoff
 from ..stores.registry import StoreKind, kind_for_url, redact, resolve_url
 
 if TYPE_CHECKING:
+    from .job import Job
     from .job_once import JobOnceScheduler
     from .renewer import Renewer
 
 logger = logging.getLogger("clustersync.store")
+
+#: Every open store of this world, so that a forked child can re-create what they run.
+_OPEN_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+#: Backends a forked child stopped using: kept referenced so that they are never
+#: finalized there (closing a connection shared with the parent could disturb it).
+_ABANDONED: list[Any] = []
 
 
 def default_identity() -> str:
@@ -45,42 +69,77 @@ class Store:
       namespaces;
     - ``identity`` — a readable name of this instance, recorded with what it holds.
 
-    Every primitive built on the store reaches it through this object. Failures raise
-    :class:`~clustersync.StoreUnavailableError` with the driver error as ``__cause__``.
+    ``close()`` (or leaving a ``with`` block) stops everything built on the store.
+    Failures raise :class:`~clustersync.StoreUnavailableError` with the driver error as
+    ``__cause__``.
     """
 
-    def __init__(self, backend: Backend, *, url: str, namespace: str, identity: str) -> None:
-        self._backend = backend
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        url: str,
+        namespace: str,
+        identity: str,
+        kind: StoreKind,
+        options: dict[str, Any],
+    ) -> None:
         self.url = redact(url)
         self.namespace = namespace
         self.identity = identity
-        self._hub = ChangeHub(backend.set_watch_interval)
+        self._backend: Backend | None = backend
+        # How to open the backend again (in a forked child).
+        self._full_url = url
+        self._kind = kind
+        self._options = options
+        self._pid = os.getpid()
+        self._reopen_lock = threading.Lock()
+        self._watch_interval: float | None = None
+        self._hub = ChangeHub(self._set_watch_interval)
         self._scheduler: JobOnceScheduler | None = None
         self._lease_renewer: Renewer | None = None
+        self._jobs: set[Job] = set()  # recurring jobs started on this store
+        self._closing = False
         self._closed = False
         #: Whether blocked acquires queue up for a direct grant (``handoff="grant"``).
         self._grants = "grant" in backend.capabilities
         backend.set_listener(self._hub)
+        _OPEN_STORES.add(self)
 
     def __repr__(self) -> str:
         return f"<Store {self.url} namespace={self.namespace!r}>"
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
+        """Whether :meth:`close` was called (the store can no longer be used)."""
+        return self._closed or self._closing
 
     def close(self) -> None:
-        """Stop this instance's scheduler and close the connection; idempotent."""
-        if self._closed:
+        """Stop everything built on this store, then close its connections; idempotent.
+
+        Recurring jobs and the one-shot scheduler stop (waiting for running callbacks,
+        except one that calls ``close()`` itself), held mutex leases are released in the
+        store (their holders see them lost), and every later call through this store
+        raises :class:`~clustersync.StoreUnavailableError`.
+        """
+        if self._closing or self._closed:
             return
-        scheduler = self._scheduler
-        if scheduler is not None and scheduler.started:
-            scheduler.stop()
-        if self._lease_renewer is not None:  # leases still held simply expire
-            self._lease_renewer.close()
-        self._closed = True
-        self._backend.close()
+        self._closing = True
+        try:
+            for job in list(self._jobs):
+                job.close()
+            scheduler = self._scheduler
+            if scheduler is not None and scheduler.started:
+                scheduler.stop()
+            if self._lease_renewer is not None:
+                self._lease_renewer.close()
+        finally:
+            self._closed = True
+            self._hub(ANY_CHANNEL)  # waiters recheck, and see the store closed
+            _OPEN_STORES.discard(self)
+            backend, self._backend = self._backend, None
+            if backend is not None and self._pid == os.getpid():
+                backend.close()
 
     def __enter__(self) -> Store:
         return self
@@ -99,9 +158,10 @@ class Store:
     def _ops(self) -> Backend:
         """The store's operations (see :mod:`clustersync.stores.contract`); raises
         ``StoreUnavailableError`` once the store is closed."""
-        if self._closed:
-            raise StoreUnavailableError(f"store {self.url} is closed")
-        return self._backend
+        backend = self._backend
+        if backend is None:
+            backend = self._reopen()
+        return backend
 
     @property
     def _grant_ops(self) -> GrantHandoff:
@@ -110,11 +170,101 @@ class Store:
 
     def _renewer(self) -> Renewer:
         """The worker that renews every lease held through this store."""
-        if self._lease_renewer is None:
+        renewer = self._lease_renewer
+        if renewer is None:
             from .renewer import Renewer
 
-            self._lease_renewer = Renewer(self)
-        return self._lease_renewer
+            with self._reopen_lock:
+                renewer = self._lease_renewer
+                if renewer is None:
+                    renewer = self._lease_renewer = Renewer(self)
+        return renewer
+
+    def _set_watch_interval(self, seconds: float | None) -> None:
+        """What the hub asks of the backend (remembered for a backend opened later)."""
+        self._watch_interval = seconds
+        backend = self._backend
+        if backend is not None:
+            backend.set_watch_interval(seconds)
+
+    # -- fork ----------------------------------------------------------------------------
+
+    def _reopen(self) -> Backend:
+        """The backend of a forked child, opened at its first use there."""
+        if self._closed:
+            raise StoreUnavailableError(f"store {self.url} is closed")
+        with self._reopen_lock:
+            backend = self._backend
+            if backend is None:
+                backend = shim.reopen_after_fork(
+                    self._kind, self._full_url, self.namespace, dict(self._options)
+                )
+                backend.set_listener(self._hub)
+                if self._watch_interval is not None:
+                    backend.set_watch_interval(self._watch_interval)
+                self._backend = backend
+            return backend
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a forked child (one thread): drop what belongs to the parent's threads
+        and connections, and restart what this store runs."""
+        self._pid = os.getpid()
+        self._reopen_lock = threading.Lock()
+        self._hub = ChangeHub(self._set_watch_interval)
+        self._lease_renewer = None  # the parent's holds stay the parent's
+        backend = self._backend
+        if backend is not None and not self._closed:
+            keep = getattr(backend, "after_fork", None)
+            if keep is not None and keep():
+                backend.set_listener(self._hub)
+            else:
+                _ABANDONED.append(backend)
+                self._backend = None
+        if self._closed or shim.IS_ASYNC:
+            return
+        for job in list(self._jobs):
+            job._after_fork()
+        if self._scheduler is not None:
+            self._scheduler._after_fork()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_OPEN_STORES):
+        store._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def require_store(store: object, what: str) -> Store:
+    """``store`` if it is a store of this API; else a TypeError that says what to do
+    (a store of the other API, a forgotten ``await``)."""
+    if isinstance(store, Store):
+        return store
+    if inspect.iscoroutine(store):
+        store.close()  # never awaited: silence the warning, the error says it all
+        raise TypeError(
+            f"{what} got a coroutine instead of a store: did you forget `await`?"
+            " Use `store = clustersync.aio.open_store(...)`"
+        )
+    module = type(store).__module__
+    if type(store).__name__ == "Store" and module.startswith("clustersync."):
+        if shim.IS_ASYNC:
+            raise TypeError(
+                f"{what} is the asyncio API and needs a store from"
+                " `clustersync.aio.open_store(...)`; this store comes from"
+                " clustersync.open_store() (the threading API): use the threading API with"
+                " it (clustersync.Mutex, clustersync.schedule, ...) or open the store with"
+                " clustersync.aio.open_store()"
+            )
+        raise TypeError(
+            f"{what} is the threading API and needs a store from clustersync.open_store();"
+            " this store comes from clustersync.aio.open_store(): use the asyncio API with it"
+            " (clustersync.aio.Mutex, clustersync.aio.schedule, ...) or open the store with"
+            " clustersync.open_store()"
+        )
+    raise TypeError(f"store must be a Store from open_store(), not {type(store).__name__}")
 
 
 def open_store(
@@ -142,8 +292,11 @@ def open_store(
     else:
         validate_name(identity, "identity")
     kind = kind_for_url(resolved)
-    backend = _open_backend(kind, resolved, namespace, _common_options(kind, options))
-    return Store(backend, url=resolved, namespace=namespace, identity=identity)
+    options = _common_options(kind, options)
+    backend = _open_backend(kind, resolved, namespace, dict(options))
+    return Store(
+        backend, url=resolved, namespace=namespace, identity=identity, kind=kind, options=options
+    )
 
 
 def _common_options(kind: StoreKind, options: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ clock, or a :class:`~clustersync.testing.ManualClock` passed as ``clock=``).
 from __future__ import annotations
 
 import heapq
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,15 @@ _NAMED_STATES: dict[str, MemoryState] = {}
 _NAMED_LOCK = threading.Lock()
 
 
+def _new_named_lock_after_fork() -> None:
+    global _NAMED_LOCK  # noqa: PLW0603 - a forked child needs a lock nobody holds
+    _NAMED_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_named_lock_after_fork)
+
+
 def named_state(name: str | None) -> MemoryState:
     """The process-wide state for ``memory://NAME``; a fresh one for ``memory://``."""
     if not name:
@@ -172,6 +182,15 @@ class MemoryBackend:
 
     def close(self) -> None:
         self.set_listener(None)
+
+    def after_fork(self) -> bool:
+        """In a forked child: the data is the child's own copy now (in-process store);
+        the lock may have been held by a thread that does not exist here."""
+        self._state.lock = threading.Lock()
+        if self._listener in self._ns.listeners:  # the parent's hub; the store sets anew
+            self._ns.listeners.remove(self._listener)
+        self._listener = None
+        return True
 
     # -- leases --------------------------------------------------------------------------
 

@@ -4,7 +4,11 @@ lifecycle and the errors raised on purpose."""
 from __future__ import annotations
 
 import importlib
+import os
+import socket
 import sqlite3
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +18,8 @@ import pytest
 
 from clustersync import aio as cs
 from clustersync import exceptions
+from clustersync._concurrency import aio as shim
+from tests.conformance._async.conftest import eventually
 
 SCHEME_HINTS = ("memory://", "sqlite:///", "redis://", "postgresql://")
 
@@ -267,6 +273,127 @@ async def test_close_is_idempotent_and_stops_the_scheduler(store_url: str, names
     assert not scheduler.started
     await opened.close()
     assert opened.closed
+
+
+async def test_close_stops_recurring_jobs_and_ends_held_leases(
+    store_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closing a store stops everything built on it: a recurring job stops (its running
+    callback finishing first), a held mutex ends (released in the store, its holder told),
+    and nothing keeps retrying the closed store."""
+    opened = await cs.open_store(store_url, namespace=namespace)
+    runs: list[float] = []
+    finished = threading.Event()
+
+    def tick() -> None:
+        runs.append(time.monotonic())
+        time.sleep(0.2)
+        finished.set()
+
+    job = cs.schedule(opened, "tick", cs.wait_for_interval(timedelta(seconds=0.05)), tick)
+    lost = threading.Event()
+    mutex = cs.Mutex(opened, "held", ttl=30, on_lost=lost.set)
+    assert await mutex.acquire()
+    assert await eventually(lambda: bool(runs))
+    await opened.close()
+    assert finished.is_set(), "close() returned before the running callback finished"
+    assert opened.closed
+    assert not mutex.locked()
+    assert await eventually(lost.is_set), "the holder was not told its lease ended"
+    with pytest.raises(cs.LockLostError):
+        mutex.check()
+    with pytest.raises(cs.LockLostError):
+        await mutex.release()
+    async with await cs.open_store(store_url, namespace=namespace) as other:
+        assert await cs.Mutex(other, "held").acquire(blocking=False), "the lease was not freed"
+    count = len(runs)
+    caplog.clear()
+    await shim.sleep(0.3)
+    assert len(runs) == count, "the recurring job ran after close()"
+    assert "retrying" not in caplog.text, caplog.text
+    assert await job.close(timeout=0)  # already stopped; idempotent
+
+
+async def test_acquire_on_a_closed_store_raises(store_url: str, namespace: str) -> None:
+    opened = await cs.open_store(store_url, namespace=namespace)
+    holder = cs.Mutex(opened, "busy", ttl=30)
+    assert await holder.acquire()
+    async with await cs.open_store(store_url, namespace=namespace) as other:
+        waiter = cs.Mutex(other, "busy")
+        result: list[BaseException | bool] = []
+
+        async def wait() -> None:
+            try:
+                result.append(await waiter.acquire(timeout=20))
+            except cs.StoreUnavailableError as exc:
+                result.append(exc)
+
+        task = shim.spawn(wait, name="waiter")
+        await shim.sleep(0.1)
+        await other.close()
+        assert await shim.join(task, 5), "a waiter kept retrying a closed store"
+        assert isinstance(result[0], cs.StoreUnavailableError), result
+    with pytest.raises(cs.StoreUnavailableError):
+        await cs.Mutex(other, "free").acquire(timeout=1)
+    await opened.close()
+
+
+@pytest.mark.parametrize("where", ["recurring", "one-shot"])
+async def test_close_from_inside_callbacks_does_not_wait_for_itself(
+    store_url: str, namespace: str, where: str
+) -> None:
+    """``store.close()`` (and so ``stop()``/``job.close()``) from a running callback
+    returns at once instead of waiting for that callback; the store ends up closed."""
+    opened = await cs.open_store(store_url, namespace=namespace)
+    returned = threading.Event()
+
+    async def close_from_callback(*_: Any) -> None:
+        await opened.close()
+        returned.set()
+
+    if where == "recurring":
+        cs.schedule(opened, "closer", cs.wait_for_interval(timedelta(hours=1)), close_from_callback)
+    else:
+        scheduler = cs.get_job_once_scheduler(opened)
+        scheduler.set_callback(close_from_callback)
+        await scheduler.start()
+        await scheduler.schedule_once("closer", datetime.now(UTC))
+    assert await eventually(returned.is_set, timeout=10), f"close() hung in a {where} job"
+    assert opened.closed
+    await opened.close()
+
+
+async def test_scheduler_stop_from_inside_a_callback_returns(
+    store_url: str, namespace: str
+) -> None:
+    """Regression: ``stop()`` called by a one-shot callback waited for that callback."""
+    async with await cs.open_store(store_url, namespace=namespace) as opened:
+        scheduler = cs.get_job_once_scheduler(opened)
+        stopped: list[bool] = []
+
+        async def stop_from_callback(key: str, props: Any) -> None:
+            stopped.append(await scheduler.stop(3))
+
+        scheduler.set_callback(stop_from_callback)
+        await scheduler.start()
+        await scheduler.schedule_once("stopper", datetime.now(UTC))
+        assert await eventually(lambda: bool(stopped), timeout=10)
+        assert stopped == [True]
+
+
+async def test_identity_defaults_to_host_and_pid(store_url: str, namespace: str) -> None:
+    async with await cs.open_store(store_url, namespace=namespace) as opened:
+        assert opened.identity == f"{socket.gethostname()}:{os.getpid()}"
+    async with await cs.open_store(store_url, namespace=namespace, identity="web-3") as named:
+        assert named.identity == "web-3"
+    with pytest.raises(ValueError, match="identity"):
+        await cs.open_store(store_url, namespace=namespace, identity="")
+
+
+async def test_the_public_surface_of_a_store_is_small(store_url: str, namespace: str) -> None:
+    async with await cs.open_store(store_url, namespace=namespace) as opened:
+        public = {name for name in dir(opened) if not name.startswith("_")}
+        assert public == {"url", "namespace", "identity", "close", "closed"}
 
 
 async def test_repr_and_url_redact_the_password() -> None:

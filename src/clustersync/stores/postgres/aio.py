@@ -37,6 +37,7 @@ import logging
 import os
 import select
 import socket
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -116,6 +117,8 @@ class PostgresBackend(PushNotifications):
         self._opened = 0
         self._slot_waiters: deque[shim.Waker] = deque()
         self._pool_lock = shim.Lock()
+        #: Every connection opened, for a forked child to detach them (see after_fork).
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @classmethod
     async def open(cls, url: str, namespace: str, options: dict[str, Any]) -> PostgresBackend:
@@ -164,7 +167,7 @@ class PostgresBackend(PushNotifications):
 
     async def _connect(self) -> Any:
         try:
-            return await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self._url,
                 autocommit=True,
                 connect_timeout=max(1, int(self._connect_timeout)),
@@ -172,6 +175,8 @@ class PostgresBackend(PushNotifications):
                 # per operation here). Off for a transaction-pooling PgBouncer < 1.22.
                 prepare_threshold=5 if self._prepared_statements else None,
             )
+            self._connections.add(conn)
+            return conn
         except psycopg.OperationalError as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise StoreUnavailableError(
@@ -328,6 +333,20 @@ class PostgresBackend(PushNotifications):
         # stop_after=1: return as soon as a notification arrives, not at the end of POLL
         # (collecting for the whole window delayed every wake-up by up to 100 ms).
         return [notice.payload async for notice in conn.notifies(timeout=POLL, stop_after=1)]
+
+    def after_fork(self) -> bool:
+        """In a forked child: the connections are shared with the parent. Each socket is
+        replaced, in this process only, by ``/dev/null``, so that nothing the child's
+        copies do (libpq's goodbye message when they are finalized) reaches the server
+        on the parent's sessions; the store then opens connections of its own."""
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for conn in list(self._connections):
+                with contextlib.suppress(Exception):
+                    os.dup2(devnull, conn.pgconn.socket)
+        finally:
+            os.close(devnull)
+        return False
 
     async def close(self) -> None:
         if self._closed:

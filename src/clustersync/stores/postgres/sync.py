@@ -39,6 +39,7 @@ import logging
 import os
 import select
 import socket
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -118,6 +119,8 @@ class PostgresBackend(PushNotifications):
         self._opened = 0
         self._slot_waiters: deque[shim.Waker] = deque()
         self._pool_lock = shim.Lock()
+        #: Every connection opened, for a forked child to detach them (see after_fork).
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @classmethod
     def open(cls, url: str, namespace: str, options: dict[str, Any]) -> PostgresBackend:
@@ -166,7 +169,7 @@ class PostgresBackend(PushNotifications):
 
     def _connect(self) -> Any:
         try:
-            return psycopg.Connection.connect(
+            conn = psycopg.Connection.connect(
                 self._url,
                 autocommit=True,
                 connect_timeout=max(1, int(self._connect_timeout)),
@@ -174,6 +177,8 @@ class PostgresBackend(PushNotifications):
                 # per operation here). Off for a transaction-pooling PgBouncer < 1.22.
                 prepare_threshold=5 if self._prepared_statements else None,
             )
+            self._connections.add(conn)
+            return conn
         except psycopg.OperationalError as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise StoreUnavailableError(
@@ -330,6 +335,20 @@ class PostgresBackend(PushNotifications):
         # stop_after=1: return as soon as a notification arrives, not at the end of POLL
         # (collecting for the whole window delayed every wake-up by up to 100 ms).
         return [notice.payload for notice in conn.notifies(timeout=POLL, stop_after=1)]
+
+    def after_fork(self) -> bool:
+        """In a forked child: the connections are shared with the parent. Each socket is
+        replaced, in this process only, by ``/dev/null``, so that nothing the child's
+        copies do (libpq's goodbye message when they are finalized) reaches the server
+        on the parent's sessions; the store then opens connections of its own."""
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for conn in list(self._connections):
+                with contextlib.suppress(Exception):
+                    os.dup2(devnull, conn.pgconn.socket)
+        finally:
+            os.close(devnull)
+        return False
 
     def close(self) -> None:
         if self._closed:
