@@ -18,7 +18,13 @@ from typing import Any
 from griffe import AliasResolutionError, CyclicAliasError, ExprName, Extension, Function, Object
 
 #: Modules with a page of their own in the API reference (``::: module``).
-DOCUMENTED = ("clustersync", "clustersync.aio", "clustersync.testing", "clustersync.exceptions")
+DOCUMENTED = (
+    "clustersync",
+    "clustersync.aio",
+    "clustersync.testing",
+    "clustersync.testing.checker",
+    "clustersync.exceptions",
+)
 ROLE = re.compile(r":(?P<role>[a-z]+):`(?P<tilde>~?)(?P<target>[\w.]+)`")
 CALLABLE_ROLES = {"func", "meth"}
 
@@ -27,7 +33,7 @@ def _home(path: str) -> str:
     """The documented module where an object defined at ``path`` appears."""
     if path.startswith("clustersync._async"):
         return "clustersync.aio"
-    for module in ("clustersync.testing", "clustersync.exceptions"):
+    for module in ("clustersync.testing.checker", "clustersync.testing", "clustersync.exceptions"):
         if path == module or path.startswith(module + "."):
             return module
     return "clustersync"

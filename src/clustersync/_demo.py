@@ -3,7 +3,8 @@
 The parent (:func:`run_demo`) creates a temporary directory with a fresh SQLite store
 (or uses an explicit ``--url``), starts N workers with ``python -m clustersync._demo``,
 schedules a batch of one-shot jobs (some of them through the workers), shows what happens
-and finally checks the workers' event logs:
+and finally checks the workers' event logs, with the safety checker of
+:mod:`clustersync.testing.checker` for what it knows (overlaps, tokens, firings, runs):
 
 - the shared :class:`~clustersync.Mutex` was never held by two workers at once and its
   fencing tokens strictly increased with every hold;
@@ -51,6 +52,7 @@ from ._sync.mutex import Mutex
 from ._sync.store import Store, open_store
 from .exceptions import ClusterSyncError, LockLostError
 from .stores.registry import kind_for_url
+from .testing.checker import Firing, HoldLog, Run, hold_violations, job_violations, run_violations
 
 LOCK_NAME = "demo-lock"
 LOCK_TTL = 5.0
@@ -216,18 +218,6 @@ def _worker_order(item: tuple[str, int]) -> tuple[int, str]:
     return (int(name[1:]) if name[1:].isdigit() else 0), name
 
 
-def _overlaps(intervals: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pairs (earlier, later) of intervals that overlap, after sorting by start."""
-    found = []
-    latest: dict[str, Any] | None = None
-    for item in sorted(intervals, key=lambda e: float(e["start"])):
-        if latest is not None and float(item["start"]) < float(latest["end"]):
-            found.append((latest, item))
-        if latest is None or float(item["end"]) > float(latest["end"]):
-            latest = item
-    return found
-
-
 def verify(
     events: Sequence[dict[str, Any]],
     *,
@@ -239,74 +229,75 @@ def verify(
     """The demo's verification from the workers' events.
 
     ``expected_jobs`` maps each one-shot key to who scheduled it; ``exit_codes`` maps each
-    worker to its exit status (None if it had to be killed).
+    worker to its exit status (None if it had to be killed). The holds, firings and
+    recurring runs are judged by :mod:`clustersync.testing.checker`; the demo adds what
+    only it knows: when each job was due, which one was cancelled, the recurring interval
+    and how the workers ended.
     """
     checks: list[Check] = []
-    by_kind: dict[str, list[dict[str, Any]]] = {}
-    for event in events:
-        by_kind.setdefault(str(event["ev"]), []).append(event)
+    holds: list[HoldLog] = []
+    firings: list[Firing] = []
+    runs: list[Run] = []
+    lateness: list[tuple[str, float]] = []  # (key, seconds after its run_at) per firing
+    for e in events:
+        if e["ev"] == "hold":
+            start, end = float(e["start"]), float(e["end"])
+            holds.append(HoldLog(LOCK_NAME, int(e["token"]), start, end, str(e["w"])))
+        elif e["ev"] == "fire":
+            firings.append(Firing(str(e["key"]), str(e["w"]), float(e["mono"])))
+            if e.get("late") is not None:
+                lateness.append((str(e["key"]), float(e["late"])))
+        elif e["ev"] == "tick":
+            runs.append(Run(RECURRING_KEY, float(e["start"]), float(e["end"]), str(e["w"])))
 
     # Mutex: no two holds overlap; tokens strictly increase in the order of the holds.
-    holds = by_kind.get("hold", [])
-    holders = Counter(str(h["w"]) for h in holds)
-    overlapping = _overlaps(holds)
-    detail = f"{len(holds)} holds ({_per_worker(holders)})" if holds else "no holds at all"
+    report, violations = hold_violations(holds)
+    tokens = [v for v in violations if v.startswith("token ")]  # used twice, not increasing
+    overlapping = [v for v in violations if v not in tokens]
+    holders = Counter(h.holder for h in holds)
+    detail = f"{report.holds} holds ({_per_worker(holders)})" if holds else "no holds at all"
     if overlapping:
-        a, b = overlapping[0]
-        detail += (
-            f", {len(overlapping)} OVERLAPPING (e.g. {a['w']} token {a['token']} and "
-            f"{b['w']} token {b['token']})"
-        )
+        detail += f", {len(overlapping)} OVERLAPPING (e.g. {overlapping[0]})"
     else:
         detail += ", no two overlapping"
     checks.append(Check(bool(holds) and not overlapping, f"mutex {LOCK_NAME!r}: {detail}"))
 
-    tokens = [int(h["token"]) for h in sorted(holds, key=lambda e: float(e["start"]))]
-    bad = [(a, b) for a, b in itertools.pairwise(tokens) if b <= a]
-    if not tokens:
+    if not holds:
         checks.append(Check(False, "fencing tokens: no holds to check"))
-    elif bad:
-        checks.append(
-            Check(False, f"fencing tokens NOT strictly increasing: {bad[0][0]} then {bad[0][1]}")
-        )
+    elif tokens:
+        more = f" (+{len(tokens) - 1} more)" if len(tokens) > 1 else ""
+        checks.append(Check(False, f"fencing tokens NOT strictly increasing: {tokens[0]}{more}"))
     else:
-        checks.append(
-            Check(True, f"fencing tokens strictly increasing ({tokens[0]} -> {tokens[-1]})")
-        )
+        lowest, highest = min(h.token for h in holds), max(h.token for h in holds)
+        checks.append(Check(True, f"fencing tokens strictly increasing ({lowest} -> {highest})"))
 
-    # One-shot jobs: each expected key fired exactly once, never early; cancelled never.
-    fires = by_kind.get("fire", [])
-    fired = Counter(str(f["key"]) for f in fires)
-    missing = sorted(k for k in expected_jobs if fired[k] == 0)
-    duplicated = sorted(k for k in expected_jobs if fired[k] > 1)
-    unexpected = sorted(k for k in fired if k not in expected_jobs and k != cancelled_key)
-    exact = sum(1 for k in expected_jobs if fired[k] == 1)
+    # One-shot jobs: each expected key fired exactly once (no worker crashes in the demo),
+    # never early; the cancelled one never.
+    jobs, violations = job_violations(expected_jobs, [f for f in firings if f.key != cancelled_key])
     by_whom = Counter(expected_jobs.values())
-    firing_workers = Counter(str(f["w"]) for f in fires if str(f["key"]) in expected_jobs)
+    firing_workers = Counter(f.holder for f in firings if f.key in expected_jobs)
     message = (
-        f"one-shot jobs: {exact}/{len(expected_jobs)} fired exactly once "
+        f"one-shot jobs: {jobs.exactly_once}/{jobs.scheduled} fired exactly once "
         f"(scheduled by {_per_worker(by_whom)}; fired on {_per_worker(firing_workers) or '-'})"
     )
-    if missing or duplicated or unexpected:
+    if violations:
         message += (
-            f"; missing: {', '.join(missing) or 'none'}; duplicated: "
-            f"{', '.join(f'{k} x{fired[k]}' for k in duplicated) or 'none'}"
+            f"; missing: {', '.join(jobs.never_fired) or 'none'}; duplicated: "
+            f"{', '.join(f'{k} x{n}' for k, n in jobs.repeated.items()) or 'none'}"
         )
-        if unexpected:
-            message += f"; unexpected: {', '.join(unexpected)}"
-    checks.append(Check(not (missing or duplicated or unexpected), message))
+        if jobs.unscheduled:
+            message += f"; unexpected: {', '.join(jobs.unscheduled)}"
+    checks.append(Check(not violations, message))
 
-    lateness = [float(f["late"]) for f in fires if f.get("late") is not None]
-    early = [f for f in fires if f.get("late") is not None and float(f["late"]) < -TOLERANCE]
-    if lateness:
+    late = [seconds for _, seconds in lateness]
+    early = [key for key, seconds in lateness if seconds < -TOLERANCE]
+    if late:
         spread = (
-            f"after run_at: median {statistics.median(lateness) * 1000:.0f} ms, "
-            f"max {max(lateness) * 1000:.0f} ms"
+            f"after run_at: median {statistics.median(late) * 1000:.0f} ms, "
+            f"max {max(late) * 1000:.0f} ms"
         )
         if early:
-            checks.append(
-                Check(False, f"{len(early)} one-shot job(s) fired EARLY ({early[0]['key']})")
-            )
+            checks.append(Check(False, f"{len(early)} one-shot job(s) fired EARLY ({early[0]})"))
         else:
             checks.append(Check(True, f"one-shot jobs never fired before run_at ({spread})"))
     elif expected_jobs:
@@ -315,30 +306,28 @@ def verify(
     if cancelled_key is not None:
         if not cancel_ok:
             checks.append(Check(False, f"cancel({cancelled_key!r}) did not report a removal"))
-        elif fired[cancelled_key]:
+        elif any(f.key == cancelled_key for f in firings):
             checks.append(Check(False, f"cancelled job {cancelled_key!r} FIRED anyway"))
         else:
             checks.append(Check(True, f"cancelled job {cancelled_key!r} never fired"))
 
     # Recurring job: never two runs at once, and at most one run per interval in total.
-    ticks = by_kind.get("tick", [])
-    tick_workers = Counter(str(t["w"]) for t in ticks)
-    tick_overlaps = _overlaps(ticks)
-    ordered = sorted(ticks, key=lambda e: float(e["start"]))
-    gaps = [float(b["start"]) - float(a["end"]) for a, b in itertools.pairwise(ordered)]
+    recurring, violations = run_violations(runs)
+    ordered = sorted(runs, key=lambda r: r.start)
+    gaps = [b.start - a.end for a, b in itertools.pairwise(ordered)]
     too_soon = [g for g in gaps if g < RECURRING_INTERVAL - TOLERANCE]
-    message = f"recurring job {RECURRING_KEY!r}: {len(ticks)} runs"
-    if ticks:
-        message += f" ({_per_worker(tick_workers)})"
-    if tick_overlaps:
-        message += f", {len(tick_overlaps)} OVERLAPPING"
+    message = f"recurring job {RECURRING_KEY!r}: {recurring.runs} runs"
+    if runs:
+        message += f" ({_per_worker(Counter(r.holder for r in runs))})"
+    if violations:
+        message += f", {len(violations)} OVERLAPPING (e.g. {violations[0]})"
     else:
         message += ", never overlapping"
     if too_soon:
         message += f", {len(too_soon)} started too soon (gap {min(too_soon):.2f}s)"
-    elif len(ticks) > 1:
+    elif len(runs) > 1:
         message += f", each >= {RECURRING_INTERVAL:g}s after the previous one"
-    checks.append(Check(bool(ticks) and not tick_overlaps and not too_soon, message))
+    checks.append(Check(bool(runs) and not violations and not too_soon, message))
 
     # Workers: clean exits, no lost leases, no errors.
     problems = [

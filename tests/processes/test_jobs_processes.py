@@ -9,7 +9,7 @@ import time
 import pytest
 
 import clustersync
-from tests.reliability.checker import Run, check_recurring
+from clustersync.testing.checker import Run, check_recurring
 
 from .harness import Cluster, Event, Worker
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.reliability.checker import HoldLog, check_holds
+from clustersync.testing.checker import HoldLog, check_holds
 
 from .harness import Cluster
 

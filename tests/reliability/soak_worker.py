@@ -34,8 +34,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import clustersync as cs  # noqa: E402
+from clustersync.testing.checker import SharedFencedResource  # noqa: E402
 from tests.processes.worker import Reporter, start_watchdog  # noqa: E402
-from tests.reliability.checker import SharedFencedResource  # noqa: E402
 
 #: How long a (re)started worker keeps trying to reach a store that is restarting.
 OPEN_PATIENCE = 60.0

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from .checker import (
+import clustersync
+from clustersync.testing.checker import (
     FencedResource,
     FenceWrite,
     Firing,
@@ -20,6 +24,10 @@ from .checker import (
     check_one_shot,
     check_recurring,
     check_writes,
+    hold_violations,
+    job_violations,
+    run_violations,
+    write_violations,
 )
 
 
@@ -56,6 +64,11 @@ def test_tokens_must_increase_and_be_unique() -> None:
         check_holds([HoldLog("m", 5, 0.0, 1.0), HoldLog("m", 5, 2.0, 3.0)])
 
 
+def test_hold_ending_before_it_starts_is_a_violation() -> None:
+    with pytest.raises(SafetyViolation, match="hold ends before it starts"):
+        check_holds([HoldLog("m", 1, 2.0, 1.0)])
+
+
 def test_all_violations_are_listed() -> None:
     holds = [HoldLog("m", 10 - i, float(i), i + 1.5) for i in range(5)]
     with pytest.raises(SafetyViolation) as info:
@@ -80,6 +93,18 @@ def test_rejected_write_of_an_untold_holder_is_a_violation() -> None:
     writes = [FenceWrite("r", 2, True, seq=0), FenceWrite("r", 1, False, "a", seq=1)]
     with pytest.raises(SafetyViolation, match="never told"):
         check_writes(writes, [HoldLog("r", 1, 0, 1, "a"), HoldLog("r", 2, 0.5, 2)])
+
+
+def test_rejected_write_of_an_unknown_hold_is_a_violation() -> None:
+    writes = [FenceWrite("r", 2, True, seq=0), FenceWrite("r", 1, False, "a", seq=1)]
+    with pytest.raises(SafetyViolation, match="its hold unknown"):
+        check_writes(writes, [HoldLog("r", 2, 0.5, 2)])
+
+
+def test_rejected_fresh_write_is_a_resource_bug() -> None:
+    writes = [FenceWrite("r", 1, True, seq=0), FenceWrite("r", 2, False, seq=1)]
+    with pytest.raises(SafetyViolation, match="fresh write rejected"):
+        check_writes(writes)
 
 
 def test_stale_accepted_write_is_a_violation() -> None:
@@ -127,10 +152,58 @@ def test_one_shot_jobs() -> None:
         check_one_shot(["a", "b"], twice, crashes={"p1": [6.0]})
 
 
+def test_one_shot_figures_tell_exactly_once_from_at_least_once() -> None:
+    firings = [
+        Firing("a", "p1", 1.0),
+        Firing("b", "p1", 1.0),
+        Firing("b", "p2", 2.0),
+        Firing("b", "p3", 3.0),
+        Firing("x", "p2", 1.5),
+    ]
+    report, violations = job_violations(["a", "b", "c"], firings)
+    assert (report.scheduled, report.fired, report.lost, report.run_twice) == (3, 2, 1, 1)
+    assert report.exactly_once == 1  # "a"; "b" fired at least once, but three times
+    assert report.never_fired == ("c",)
+    assert report.unscheduled == ("x",)
+    assert dict(report.repeated) == {"b": 3}
+    assert len(violations) == 4  # c never fired, x unscheduled, b fired again twice
+    # After crashes the repeats are excused, yet still not "exactly once".
+    report, violations = job_violations(["a", "b"], firings[:4], {"p1": [1.2], "p2": [2.2]})
+    assert violations == []
+    assert (report.fired, report.exactly_once, report.run_twice) == (2, 1, 1)
+
+
 def test_recurring_runs() -> None:
     assert check_recurring([Run("k", 0, 1), Run("k", 1, 2), Run("j", 0.5, 3)]).runs == 3
-    with pytest.raises(SafetyViolation, match="concurrent runs"):
+    with pytest.raises(SafetyViolation, match="concurrent runs") as info:
         check_recurring([Run("k", 0, 3), Run("k", 1, 2), Run("k", 2.5, 4)])
+    assert len(info.value.violations) == 2  # (0, 3) overlaps both later runs
+    with pytest.raises(SafetyViolation, match="run ends before it starts"):
+        check_recurring([Run("k", 2, 1)])
+    report, violations = run_violations([Run("k", 0, 2, "p1"), Run("k", 1, 3, "p2")])
+    assert (report.runs, report.keys) == (2, 1)
+    assert violations == [
+        "recurring job 'k': concurrent runs 'k' run by p1 [0.000000, 2.000000]"
+        " and 'k' run by p2 [1.000000, 3.000000]"
+    ]
+
+
+def test_violations_functions_do_not_raise() -> None:
+    holds, violations = hold_violations([HoldLog("m", 1, 0, 2), HoldLog("m", 2, 1, 3)])
+    assert holds.holds == 2
+    assert [v.split(":")[0] for v in violations] == ["overlapping holds"]
+    writes, violations = write_violations([FenceWrite("r", 2, True), FenceWrite("r", 1, True)])
+    assert (writes.accepted, writes.rejected, len(violations)) == (2, 0, 1)
+
+
+def test_a_long_list_of_violations_is_cut_in_the_message_only() -> None:
+    holds = [HoldLog("m", 1, float(i), i + 0.5) for i in range(30)]  # token 1 used 30 times
+    with pytest.raises(SafetyViolation) as info:
+        check_holds(holds)
+    assert len(info.value.violations) == 29 + 29  # used twice, and not increasing
+    message = str(info.value)
+    assert message.startswith("58 hold violation(s):")
+    assert message.endswith("... and 38 more")
 
 
 def test_check_merges_everything() -> None:
@@ -146,3 +219,14 @@ def test_check_merges_everything() -> None:
     assert report.violations == []
     bad = check(runs=[Run("k", 0, 2), Run("k", 1, 3)], scheduled=["x"], raise_on_violation=False)
     assert len(bad.violations) == 2
+
+
+def test_checker_needs_only_the_standard_library() -> None:
+    # Importable (as is the demo that uses it) where pytest and hypothesis are not.
+    code = (
+        "import sys; sys.modules['pytest'] = sys.modules['hypothesis'] = None; "
+        "import clustersync.testing, clustersync.testing.checker, clustersync._demo"
+    )
+    src = str(Path(clustersync.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 
 import clustersync
+from clustersync.testing.checker import HoldLog, check_holds
 from tests.conftest import make_store_url, selected_backends
 from tests.processes.harness import Cluster, Worker
 from tests.servers import in_ci
 
-from .checker import HoldLog, check_holds
 from .conftest import soak_mode
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@
 Clients whose store URL points at the proxy suffer the faults; a client connected to the
 server directly plays "the rest of the cluster". Every hold is logged with its token and
 its start and end on ``time.monotonic()``, every write to the fenced resource is recorded,
-and :mod:`tests.reliability.checker` checks them: no overlapping holds (except a holder
+and :mod:`clustersync.testing.checker` checks them: no overlapping holds (except a holder
 told it lost), tokens strictly increasing, zero stale writes accepted, every one-shot job
 fired (exactly once when nothing crashed).
 
@@ -33,10 +33,17 @@ import pytest
 
 import clustersync as cs
 from clustersync import aio
+from clustersync.testing.checker import (
+    FencedResource,
+    Firing,
+    HoldLog,
+    check,
+    check_holds,
+    check_one_shot,
+)
 from tests.conftest import selected_backends
 from tests.servers import PostgresServer, RedisServer
 
-from .checker import FencedResource, Firing, HoldLog, check, check_holds, check_one_shot
 from .conftest import soak_mode
 from .proxy import TcpProxy
 

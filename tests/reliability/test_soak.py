@@ -13,8 +13,9 @@ Meanwhile the test injects faults in turn: SIGKILL of a holder holding a lock, S
 holder for 1.6 × its ttl then SIGCONT, SIGKILL of a scheduler in the middle of a one-shot
 callback, and restarts of the server (Redis: SHUTDOWN or SIGKILL; PostgreSQL: fast or
 immediate shutdown — both safe with the durable settings above). Killed workers are
-replaced. Then every scheduled job must fire, the workers stop, and the checker verifies
-all holds, fenced writes, one-shot firings and recurring runs (see ``checker.py``).
+replaced. Then every scheduled job must fire, the workers stop, and the checker
+(``clustersync.testing.checker``) verifies all holds, fenced writes, one-shot firings and
+recurring runs.
 
 Default: a short run (seconds) per store. ``CLUSTERSYNC_SOAK=1``: at least 10,000 checked
 acquisitions per store (capped at 20 minutes per store), with figures printed and, if
@@ -43,10 +44,17 @@ from typing import Any, TypeVar
 import pytest
 
 import clustersync as cs
+from clustersync.testing.checker import (
+    FenceWrite,
+    Firing,
+    HoldLog,
+    Run,
+    SharedFencedResource,
+    check,
+)
 from tests.conftest import shared_backends
 from tests.servers import PostgresServer, RedisServer, ServerStarter
 
-from .checker import FenceWrite, Firing, HoldLog, Run, SharedFencedResource, check
 from .conftest import soak_mode
 
 pytestmark = pytest.mark.slow

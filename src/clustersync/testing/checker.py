@@ -1,5 +1,23 @@
-"""The safety checker of the reliability suite: what "nothing went wrong" means, checked
-from records that tests (or worker processes) log while faults are injected.
+"""Safety checker: judge a history of lock holds, fenced writes and job runs.
+
+Record what your processes did (in a test, under injected faults, in a soak run) and check
+that nothing went wrong: no two holders of a lock at once, fencing tokens that strictly
+increase, no stale write accepted, every one-shot job fired once, recurring runs never
+overlapping. clustersync's own reliability suite and ``clustersync demo`` judge their
+runs with it. It needs nothing but the standard library::
+
+    import time
+    import clustersync as cs
+    from clustersync.testing.checker import FencedResource, HoldLog, check
+
+    resource = FencedResource()  # stands for what the lock protects
+    holds = []
+    mutex = cs.Mutex(store, "orders")
+    with mutex:
+        start = time.monotonic()
+        resource.write(mutex.token, name="orders", holder="worker-1")
+        holds.append(HoldLog("orders", mutex.token, start, time.monotonic(), "worker-1"))
+    check(holds=holds, writes=resource.writes)  # raises SafetyViolation if anything broke
 
 Records, all times from one reference clock — ``time.monotonic()``, which is the same
 ``CLOCK_MONOTONIC`` for every process on one host (under libfaketime, keep it unfaked:
@@ -15,12 +33,13 @@ Records, all times from one reference clock — ``time.monotonic()``, which is t
 
 Fenced resources (what a user protects with ``mutex.token``): :class:`FencedResource` in
 one process (thread-safe), :class:`SharedFencedResource` shared by processes through a
-journal file (``flock``). Both accept a write only if its token is not lower than the
-highest token accepted before for that name — a token higher than any seen from another
-hold (a hold may write several times with its own token; tokens are unique per hold).
+journal file (``flock``, POSIX only). Both accept a write only if its token is not lower
+than the highest token accepted before for that name — a token higher than any seen from
+another hold (a hold may write several times with its own token; tokens are unique per
+hold).
 
 Checks (each returns figures and raises :class:`SafetyViolation` listing *every* violation
-found):
+found; the ``*_violations`` functions return the figures and the list without raising):
 
 - :func:`check_holds` — no two holds of one name overlap, except when the older lease of
   the two (lower token) was lost and its holder told so; no token is used twice; a hold
@@ -37,16 +56,19 @@ found):
 
 from __future__ import annotations
 
-import fcntl
 import heapq
 import json
 import os
+import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = [
     "FenceWrite",
@@ -66,6 +88,10 @@ __all__ = [
     "check_one_shot",
     "check_recurring",
     "check_writes",
+    "hold_violations",
+    "job_violations",
+    "run_violations",
+    "write_violations",
 ]
 
 #: How many violations a message lists in full (the count is always exact).
@@ -145,6 +171,9 @@ class Run:
     end: float
     holder: str = ""
 
+    def __str__(self) -> str:
+        return f"{self.key!r} run by {self.holder or '?'} [{self.start:.6f}, {self.end:.6f}]"
+
 
 # -- fenced resources ---------------------------------------------------------------------
 
@@ -153,7 +182,9 @@ class FencedResource:
     """A resource protected by fencing tokens, in one process (thread-safe).
 
     ``write(token)`` is accepted if ``token`` is at least the highest token accepted so
-    far for ``name`` and rejected otherwise; every write is recorded in ``writes``.
+    far for ``name`` and rejected otherwise; every write is recorded in ``writes`` (a list
+    of :class:`FenceWrite`, for :func:`check_writes`) and counted in ``accepted`` or
+    ``rejected``.
     """
 
     def __init__(self) -> None:
@@ -164,6 +195,7 @@ class FencedResource:
         self.rejected = 0
 
     def write(self, token: int, *, name: str = "resource", holder: str = "") -> bool:
+        """Write with ``token`` to the resource ``name``; True if accepted."""
         with self._lock:
             highest = self._highest.get(name)
             ok = highest is None or token >= highest
@@ -178,6 +210,7 @@ class FencedResource:
             return ok
 
     def highest(self, name: str = "resource") -> int | None:
+        """The highest token accepted so far for ``name`` (None before any write)."""
         with self._lock:
             return self._highest.get(name)
 
@@ -189,10 +222,12 @@ class SharedFencedResource:
     reads only the journal's new lines before each decision.
 
     A process killed mid-write cannot leave half a line: a line is appended with a single
-    ``write(2)``, which a signal does not interrupt on a regular file.
+    ``write(2)``, which a signal does not interrupt on a regular file. POSIX only.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        if sys.platform == "win32":  # pragma: no cover
+            raise NotImplementedError("SharedFencedResource needs flock(2): POSIX only")
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._offset = 0
@@ -201,6 +236,7 @@ class SharedFencedResource:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        """Close the journal file (the journal stays)."""
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -226,6 +262,8 @@ class SharedFencedResource:
                 self._highest[name] = max(token, self._highest.get(name, token))
 
     def write(self, token: int, *, name: str = "resource", holder: str = "") -> bool:
+        """Write with ``token`` to the resource ``name``, deciding after every write of
+        the other processes; the write is appended to the journal; True if accepted."""
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
@@ -267,6 +305,8 @@ class SharedFencedResource:
 
 @dataclass(frozen=True, slots=True)
 class HoldReport:
+    """Figures of :func:`check_holds`: holds, lock names, holds told they were lost."""
+
     holds: int
     names: int
     lost: int
@@ -276,27 +316,48 @@ class HoldReport:
 
 @dataclass(frozen=True, slots=True)
 class WriteReport:
+    """Figures of :func:`check_writes`: accepted and rejected writes."""
+
     accepted: int
     rejected: int
 
 
 @dataclass(frozen=True, slots=True)
 class JobReport:
+    """Figures of :func:`check_one_shot`: scheduled jobs, how many of them fired (at least
+    once, exactly once), which never fired, which fired unscheduled or more than once."""
+
     scheduled: int
+    #: Scheduled jobs that fired at least once.
     fired: int
+    #: Scheduled jobs that never fired (violations).
     lost: int
     #: Jobs fired more than once (all of them after a crash, else a violation is raised).
     run_twice: int
+    #: Scheduled jobs that fired exactly once (all of them, in a run without violations
+    #: and without crashes).
+    exactly_once: int = 0
+    #: The scheduled jobs that never fired, sorted.
+    never_fired: tuple[str, ...] = ()
+    #: The jobs that fired but were never scheduled (violations), sorted.
+    unscheduled: tuple[str, ...] = ()
+    #: The jobs fired more than once, each with its number of firings, sorted by key.
+    repeated: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class RunReport:
+    """Figures of :func:`check_recurring`: runs, and recurring job keys."""
+
     runs: int
     keys: int
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
+    """What :func:`check` found: the figures of each check that got data (None for the
+    others) and every violation."""
+
     holds: HoldReport | None = None
     writes: WriteReport | None = None
     jobs: JobReport | None = None
@@ -435,13 +496,13 @@ def job_violations(
     violations: list[str] = []
     lost = sorted(wanted - by_key.keys())
     violations += [f"one-shot job {key!r} never fired" for key in lost]
-    for key in sorted(by_key.keys() - wanted):
-        violations.append(f"one-shot job {key!r} fired but was never scheduled")
-    run_twice = 0
+    unscheduled = sorted(by_key.keys() - wanted)
+    violations += [f"one-shot job {key!r} fired but was never scheduled" for key in unscheduled]
+    repeated: dict[str, int] = {}
     for key, runs in by_key.items():
         runs.sort(key=lambda f: f.start)
         if len(runs) > 1:
-            run_twice += 1
+            repeated[key] = len(runs)
         for index, later in enumerate(runs[1:], start=1):
             excused = any(
                 earlier.start <= crash <= later.start
@@ -458,7 +519,11 @@ def job_violations(
         scheduled=len(wanted),
         fired=len(by_key.keys() & wanted),
         lost=len(lost),
-        run_twice=run_twice,
+        run_twice=len(repeated),
+        exactly_once=sum(1 for key in wanted if len(by_key.get(key, ())) == 1),
+        never_fired=tuple(lost),
+        unscheduled=tuple(unscheduled),
+        repeated=dict(sorted(repeated.items())),
     )
     return report, violations
 
