@@ -18,7 +18,8 @@ namespace in one Redis Cluster slot):
                    owner), c (claim counter)
 - ``P due``        sorted set key -> due time µs (run_at while pending, claim expiry
                    while claimed): the index the schedulers sleep on
-- ``P runat``      sorted set key -> run_at µs, for listing in (run_at, key) order
+- ``P runat``      sorted set key -> run_at µs, for listing in (run_at, key) order:
+                   pages resume after a (run_at, key) cursor, never at a rank
 - ``P events``     pub/sub channel: ``lease:<name>`` on a release with notified waiters
                    (flag) and no live waiter in the grant queue, ``jobs``
                    when an added job is due before every stored one, and on cancel
@@ -346,13 +347,55 @@ return 2
 """
 )
 
+# One page of the pending jobs in (run_at, key) order, the order of the runat index
+# (equal scores are ordered by member bytes). A page starts right after the cursor, the
+# (score, key) of the last key the previous page scanned, wherever that key is now (it
+# may have been cancelled, claimed and completed, or moved): pages cover consecutive
+# stretches of that order, so a job pending through the whole listing is in exactly one
+# page, however many keys were added or removed before it meanwhile (paging by rank
+# missed or repeated it). The score travels as the string Redis wrote (exact, no Lua
+# number in between). Returns {keys scanned, rows, cursor score, cursor key}: the
+# cursor is missing when nothing was scanned.
 LIST_PAGE = (
     """
--- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, ARGV[2] start index, ARGV[3] count
+-- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, ARGV[2] count, then (not on the first
+-- page) ARGV[3] the cursor score, ARGV[4] the cursor key
 """
     + _NOW
     + """
-local keys = redis.call('ZRANGE', KEYS[2], ARGV[2], tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1)
+local runat = KEYS[2]
+-- Whether member a sorts after member b: byte order, as Redis orders equal scores
+-- (Lua's own < follows the server's locale).
+local function after(a, b)
+  if a == b then
+    return false
+  end
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x > y
+    end
+  end
+  return #a > #b
+end
+local start = 0
+if ARGV[3] then
+  -- The members scored like the cursor hold ranks [lo, hi), ordered by bytes: the page
+  -- starts at the first of them after the cursor key, or at hi.
+  local score, last = ARGV[3], ARGV[4]
+  local lo = redis.call('ZCOUNT', runat, '-inf', '(' .. score)
+  local hi = lo + redis.call('ZCOUNT', runat, score, score)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if after(redis.call('ZRANGE', runat, mid, mid)[1], last) then
+      hi = mid
+    else
+      lo = mid + 1
+    end
+  end
+  start = lo
+end
+local keys = redis.call('ZRANGE', runat, start, start + tonumber(ARGV[2]) - 1)
 local out = {}
 for _, key in ipairs(keys) do
   local v = redis.call('HMGET', ARGV[1] .. 'j:' .. key, 'r', 'p', 'o')
@@ -361,7 +404,11 @@ for _, key in ipairs(keys) do
     out[#out + 1] = {key, v[1], v[2]}
   end
 end
-return {#keys, out}
+local last = keys[#keys]
+if not last then
+  return {0, out}
+end
+return {#keys, out, redis.call('ZSCORE', runat, last), last}
 """
 )
 

@@ -339,18 +339,19 @@ class RedisBackend(PushNotifications):
 
     def list_jobs(self) -> list[StoredJob]:
         jobs: list[StoredJob] = []
-        start = 0
+        # (score, key) of the last key scanned: the next page starts right after it (see
+        # lua.LIST_PAGE), so keys added or removed meanwhile never shift a page.
+        cursor: list[str] = []
         while True:
-            scanned, rows = self._run(
+            scanned, rows, *cursor = self._run(
                 "list jobs",
                 "LIST_PAGE",
                 [self._due, self._runat],
-                [self._prefix, start, _LIST_PAGE],
+                [self._prefix, _LIST_PAGE, *cursor],
             )
             jobs += [StoredJob(str(k), int(r), str(p)) for k, r, p in rows]
             if int(scanned) < _LIST_PAGE:
                 break
-            start += _LIST_PAGE
         jobs.sort(key=lambda job: (job.run_at_us, job.key))
         return jobs
 
