@@ -30,7 +30,13 @@ class ConfigurationError(ClusterSyncError, ValueError):
 
 
 class StoreUnavailableError(ClusterSyncError, ConnectionError):
-    """The store could not be reached or failed; the driver error is ``__cause__``."""
+    """The store could not be reached or failed; the driver error is ``__cause__``.
+
+    On a write it means *outcome unknown*: the write may or may not have happened.
+    Retrying the same call is safe: a retried ``acquire`` gets the lease its first
+    attempt may have taken, a retried ``release`` that finds nothing to release reports
+    success, and scheduling the same job again (same key, run time and props) succeeds.
+    """
 
 
 class NotLockedError(ClusterSyncError, RuntimeError):

@@ -28,6 +28,7 @@ from clustersync.stores import (
     NewJob,
     StoredJob,
     StoreKind,
+    conflicting_job,
 )
 from clustersync.stores.options import reject_unknown
 
@@ -93,6 +94,9 @@ class JsonFileBackend:
             now = self.now_us()
             lease = state["leases"].get(name)
             if lease is not None and lease[0] is not None and lease[2] > now:
+                if lease[0] == owner:  # a retry of this acquisition
+                    lease[2] = now + int(ttl * _US)
+                    return AcquireResult(True, token=lease[1])
                 return AcquireResult(False, retry_after=(lease[2] - now) / _US)
             token = (lease[1] if lease is not None else 0) + 1
             state["leases"][name] = [owner, token, now + int(ttl * _US)]
@@ -113,6 +117,14 @@ class JsonFileBackend:
             if not self._owns(lease, owner, token, self.now_us()):
                 return False
             lease[0], lease[2] = None, 0  # the token stays: it is the fencing counter
+            return True
+
+    def break_lease(self, name: str) -> bool:
+        with self._state() as state:
+            lease = state["leases"].get(name)
+            if lease is None or lease[0] is None or lease[2] <= self.now_us():
+                return False
+            lease[0], lease[2] = None, 0
             return True
 
     def list_leases(self) -> list[LeaseInfo]:
@@ -142,12 +154,17 @@ class JsonFileBackend:
 
     def put_jobs(self, jobs: Sequence[NewJob]) -> None:
         with self._state() as state:
-            seen: set[str] = set()
+            stored = {
+                job.key: (row["run_at"], row["props"])
+                for job in jobs
+                if (row := state["jobs"].get(job.key)) is not None
+            }
+            duplicate = conflicting_job(jobs, stored)
+            if duplicate is not None:
+                raise DuplicateJobError(duplicate)
             for job in jobs:
-                if job.key in state["jobs"] or job.key in seen:
-                    raise DuplicateJobError(job.key)
-                seen.add(job.key)
-            for job in jobs:
+                if job.key in stored:
+                    continue  # stored identically: a retry
                 state["jobs"][job.key] = {
                     "run_at": job.run_at_us,
                     "props": job.props_json,

@@ -129,7 +129,7 @@ class JobOnceScheduler:
             raise ValueError("max_props_bytes must be at least 2")
         self.max_running = max_running
         self.max_props_bytes = max_props_bytes
-        self._owner = new_owner_id()
+        self._owner = new_owner_id(self.store.identity)
         self._callback: Callable[[str, Any], Any] | None = None
         self._task: shim.Task | None = None
         self._stopping = False
@@ -190,7 +190,9 @@ class JobOnceScheduler:
     def _after_fork(self) -> None:
         """In a forked child (threading API): the parent's runs and claims stay the
         parent's; a scheduler started before the fork runs here too, from a new thread."""
-        self._owner = new_owner_id()  # claims made here must never match the parent's
+        self._owner = new_owner_id(
+            self.store.identity
+        )  # claims made here must never match the parent's
         self._running = set()
         self._waker = None
         self._wake_at = math.inf
@@ -217,15 +219,20 @@ class JobOnceScheduler:
         """Store a job that fires once at ``run_at`` (aware datetime; past = at once).
 
         Raises ``ValueError`` (bad key, naive ``run_at``, props too large), ``TypeError``
-        (props not JSON-serializable) and :class:`~clustersync.DuplicateJobError`; nothing
-        is stored when it raises. Allowed before ``start()``.
+        (props not JSON-serializable) and :class:`~clustersync.DuplicateJobError` (the key
+        is stored with another ``run_at`` or props); nothing is stored when it raises.
+        Storing an identical job again succeeds, so retrying after
+        :class:`~clustersync.StoreUnavailableError` (outcome unknown) is safe. Allowed
+        before ``start()``.
         """
         new, job = self._prepare(key, run_at, props)
         await self.store._ops.put_jobs([new])
         return job
 
     async def schedule_many(self, jobs: Iterable[tuple[str, datetime, Any]]) -> list[JobOnce]:
-        """Store many jobs in as few round trips as the store allows; all or nothing."""
+        """Store many jobs in as few round trips as the store allows; all or nothing
+        (validation and duplicates as for :meth:`schedule_once`; jobs already stored
+        identically count as stored)."""
         prepared = [self._prepare(*_as_triple(entry)) for entry in jobs]
         seen: set[str] = set()
         for new, _ in prepared:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,16 +51,15 @@ RELEASE_RETRY_SECONDS = 2.0
 GRANT_WAIT_SLICE = 0.5
 #: Life of a lease granted by a release, until its new holder's renewer extends it.
 GRANT_LEASE_SECONDS = GRANT_LEASE_MS / 1000
-_HOST = socket.gethostname()
 _FORKED = (
     "{} {!r} (token {}) was acquired by the parent process before os.fork(); it is the"
     " parent's hold, not this process's"
 )
 
 
-def new_owner_id() -> str:
-    """A unique owner id that also tells a human where the holder runs."""
-    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+def new_owner_id(identity: str) -> str:
+    """A unique owner id that also tells a human who holds: ``<identity>:<random>``."""
+    return f"{identity}:{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(eq=False)
@@ -97,7 +95,12 @@ class Lease:
         self.ttl = ttl
         self.on_lost = on_lost
         self.description = description
+        #: The hold of the last acquisition, until ``release()`` acknowledges it (a lost
+        #: hold stays here, lost, so that its holder keeps seeing it lost).
         self.hold: Hold | None = None
+        #: One acquisition at a time through this object: another waits until
+        #: ``release()``, so it can never replace a hold its holder still believes in.
+        self._gate = shim.Gate()
 
     # -- acquisition ---------------------------------------------------------------------
 
@@ -111,9 +114,25 @@ class Lease:
         if not blocking and seconds is not None:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
         deadline = None if seconds is None else shim.monotonic() + seconds
+        if not await self._gate.enter(blocking, seconds, cancel):
+            return False
+        acquired = False
+        try:
+            acquired = await self._acquire_in_store(blocking, deadline, cancel)
+        finally:
+            if not acquired:
+                self._gate.leave()
+        return acquired
+
+    async def _acquire_in_store(
+        self, blocking: bool, deadline: float | None, cancel: shim.CancelEvent | None
+    ) -> bool:
+        # One owner id for the whole acquisition: a retry after an unknown outcome (a
+        # store error) finds the lease the first attempt may have taken, never orphans it.
+        owner = new_owner_id(self.store.identity)
         if blocking and cancel is None and self.store._grants:
-            return await self._wait_for_grant(deadline)
-        result = await self._attempt_or_error(cancel)
+            return await self._wait_for_grant(owner, deadline)
+        result = await self._attempt_or_error(owner, cancel)
         if isinstance(result, bool):
             return result
         if not blocking:
@@ -148,12 +167,12 @@ class Lease:
                 if cancel is not None and cancel.is_set():
                     return False
                 waker.clear()
-                attempt = await self._attempt_or_error(cancel)
+                attempt = await self._attempt_or_error(owner, cancel)
                 if isinstance(attempt, bool):
                     return attempt
                 result = attempt
 
-    async def _wait_for_grant(self, deadline: float | None) -> bool:
+    async def _wait_for_grant(self, owner: str, deadline: float | None) -> bool:
         """Blocking acquire through the store's grant queue (``handoff="grant"``).
 
         Each round takes the lease if it is free, else queues up (keeping our place) and
@@ -163,7 +182,6 @@ class Lease:
         (timeout, store error, cancellation) withdraws from the queue and passes on a
         grant we never saw.
         """
-        owner = new_owner_id()
         granted_life = min(self.ttl, GRANT_LEASE_SECONDS)
         backoff = Backoff()
         error: StoreUnavailableError | None = None
@@ -246,13 +264,12 @@ class Lease:
         self.store._renewer().add(self, hold)
 
     async def _attempt_or_error(
-        self, cancel: shim.CancelEvent | None
+        self, owner: str, cancel: shim.CancelEvent | None
     ) -> bool | float | StoreUnavailableError:
         """One attempt: True if acquired, False if cancelled, the seconds the current lease
         still lives if held elsewhere, or the store error."""
         if cancel is not None and cancel.is_set():
             return False
-        owner = new_owner_id()
         sent = shim.monotonic()
 
         async def undo(result: AcquireResult) -> None:
@@ -316,6 +333,12 @@ class Lease:
         if hold is None:
             raise NotLockedError(f"{self.description} {self.name!r} is not held by this object")
         self.hold = None
+        try:
+            await self._end(hold)
+        finally:
+            self._gate.leave()  # the next acquisition through this object may go
+
+    async def _end(self, hold: Hold) -> None:
         if hold.pid != os.getpid():  # the parent's hold: only the parent may release it
             raise LockLostError(_FORKED.format(self.description, self.name, hold.token))
         hold.released = True  # the store's renewer drops it
@@ -338,10 +361,14 @@ class Lease:
         """
         backoff = Backoff()
         give_up = min(hold.deadline, shim.monotonic() + RELEASE_RETRY_SECONDS)
+        uncertain = False  # an attempt failed with an unknown outcome
         while True:
             try:
-                return await self.store._ops.release_lease(self.name, hold.owner, hold.token)
+                released = await self.store._ops.release_lease(self.name, hold.owner, hold.token)
+                # After an unknown outcome, "nothing to release" means that attempt did it.
+                return released or uncertain
             except StoreUnavailableError as exc:
+                uncertain = True
                 remaining = give_up - shim.monotonic()
                 if self.store.closed:  # closing the store ended the lease already
                     return not hold.lost

@@ -102,6 +102,47 @@ class Waker:
         return self._event.is_set()
 
 
+class Gate:
+    """One slot, local to this process: ``enter`` takes it (waiting while it is taken),
+    ``leave`` frees it, from any task. A mutex object lets one acquisition at a time
+    through, until ``release()`` acknowledges its hold (lost or not)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+
+    async def enter(
+        self, blocking: bool, timeout: float | None, cancel: CancelEvent | None = None
+    ) -> bool:
+        if not self._lock.locked():
+            await self._lock.acquire()  # free: returns at once
+            return True
+        if not blocking or (timeout is not None and timeout <= 0):
+            return False
+        if cancel is not None and cancel.is_set():
+            return False
+        entering = asyncio.ensure_future(self._lock.acquire())
+        waiters: set[asyncio.Future[Any]] = {entering}
+        if cancel is not None:
+            waiters.add(asyncio.ensure_future(cancel.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                if waiter is not entering:
+                    waiter.cancel()
+            if not entering.done():
+                entering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await entering
+        return entering.done() and not entering.cancelled()
+
+    def leave(self) -> None:
+        if self._lock.locked():
+            self._lock.release()
+
+
 def spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any, name: str) -> Task:
     """Run ``fn(*args)`` in the background (a task here, a daemon thread when sync)."""
     return asyncio.get_running_loop().create_task(fn(*args), name=name)

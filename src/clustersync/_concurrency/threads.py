@@ -78,6 +78,48 @@ class Waker:
         return self._event.is_set()
 
 
+class Gate:
+    """One slot, local to this process: ``enter`` takes it (waiting while it is taken),
+    ``leave`` frees it, from any thread. A mutex object lets one acquisition at a time
+    through, until ``release()`` acknowledges its hold (lost or not). A forked child
+    starts with the slot free (the parent's hold is not the child's)."""
+
+    __slots__ = ("_cond", "_pid", "_taken")
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._taken = False
+        self._pid = os.getpid()
+
+    def enter(
+        self, blocking: bool, timeout: float | None, cancel: CancelEvent | None = None
+    ) -> bool:
+        if self._pid != os.getpid():
+            self._reset()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._taken:
+                if not blocking or (cancel is not None and cancel.is_set()):
+                    return False
+                step = None if cancel is None else _CANCEL_POLL
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    step = remaining if step is None else min(step, remaining)
+                self._cond.wait(step)
+            self._taken = True
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._taken = False
+            self._cond.notify()
+
+
 def spawn(fn: Callable[..., None], *args: Any, name: str) -> Task:
     """Run ``fn(*args)`` in a background daemon thread."""
     thread = threading.Thread(target=fn, args=args, name=name, daemon=True)

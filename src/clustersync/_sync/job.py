@@ -154,13 +154,31 @@ class Job:
             logger.exception("job %r: callback raised; the run counts as finished", self.key)
         finally:
             _RUNNING.reset(running)
+        if not self._record_finished():
+            logger.error("job %r: lease lost during the run; last_finished not recorded", self.key)
+
+    def _record_finished(self) -> bool:
+        """Write ``last_finished``, retrying store errors for as long as the lease lives
+        (a run not recorded would run again at once). The write is idempotent, so a
+        retry after an unknown outcome is harmless."""
         hold = self._lease.hold
         if hold is None:  # pragma: no cover - the lease is held during the run
-            return
-        if not self.store._ops.set_job_finished(
-            self.key, self._lease.name, hold.owner, hold.token
-        ):
-            logger.error("job %r: lease lost during the run; last_finished not recorded", self.key)
+            return False
+        backoff = Backoff(base=0.02, cap=0.5)
+        while True:
+            try:
+                return self.store._ops.set_job_finished(
+                    self.key, self._lease.name, hold.owner, hold.token
+                )
+            except StoreUnavailableError as exc:
+                remaining = hold.deadline - shim.monotonic()
+                if hold.lost or remaining <= 0 or self.store.closed:
+                    raise
+                delay = min(backoff.next_delay(), remaining)
+                logger.warning(
+                    "job %r: could not record the run; retrying in %.2fs: %s", self.key, delay, exc
+                )
+                shim.sleep(delay)
 
     def _release(self) -> None:
         try:

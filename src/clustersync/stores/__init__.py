@@ -34,6 +34,7 @@ from .contract import (
     LeaseInfo,
     NewJob,
     StoredJob,
+    conflicting_job,
     lease_channel,
 )
 from .contract.aio import Backend as AsyncBackend
@@ -72,6 +73,7 @@ __all__ = [
     "NewJob",
     "StoreKind",
     "StoredJob",
+    "conflicting_job",
     "kind_for_url",
     "lease_channel",
     "register_store",

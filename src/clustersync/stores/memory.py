@@ -28,6 +28,7 @@ from .contract import (
     LeaseInfo,
     NewJob,
     StoredJob,
+    conflicting_job,
     lease_channel,
 )
 from .options import reject_unknown
@@ -199,6 +200,9 @@ class MemoryBackend:
         with self._state.lock:
             lease = self._ns.leases.get(name)
             if lease is not None and lease.owner is not None and lease.expires_us > now:
+                if lease.owner == owner:  # a retry of this acquisition
+                    lease.expires_us = now + int(ttl * _US)
+                    return AcquireResult(True, token=lease.token)
                 return AcquireResult(False, retry_after=(lease.expires_us - now) / _US)
             token = (lease.token if lease is not None else 0) + 1
             self._ns.leases[name] = _Lease(owner, token, now + int(ttl * _US))
@@ -222,6 +226,17 @@ class MemoryBackend:
                 return False
             assert lease is not None
             lease.owner = None  # keep the row: it carries the fencing counter
+            lease.expires_us = 0
+        self._notify(lease_channel(name))
+        return True
+
+    def break_lease(self, name: str) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            lease = self._ns.leases.get(name)
+            if lease is None or lease.owner is None or lease.expires_us <= now:
+                return False
+            lease.owner = None
             lease.expires_us = 0
         self._notify(lease_channel(name))
         return True
@@ -257,12 +272,17 @@ class MemoryBackend:
 
     def put_jobs(self, jobs: Sequence[NewJob]) -> None:
         with self._state.lock:
-            seen: set[str] = set()
+            stored = {
+                job.key: (row.run_at_us, row.props_json)
+                for job in jobs
+                if (row := self._ns.jobs.get(job.key)) is not None
+            }
+            duplicate = conflicting_job(jobs, stored)
+            if duplicate is not None:
+                raise DuplicateJobError(duplicate)
             for job in jobs:
-                if job.key in self._ns.jobs or job.key in seen:
-                    raise DuplicateJobError(job.key)
-                seen.add(job.key)
-            for job in jobs:
+                if job.key in stored:
+                    continue  # stored identically already
                 row = _Job(job.run_at_us, job.props_json, job.run_at_us)
                 self._ns.jobs[job.key] = row
                 self._ns.push_due(job.key, row)

@@ -38,6 +38,7 @@ from .contract import (
     LeaseInfo,
     NewJob,
     StoredJob,
+    conflicting_job,
     lease_channel,
 )
 from .options import option_seconds, reject_unknown
@@ -338,8 +339,11 @@ class SQLiteBackend:
                 (self._ns, name),
             ).fetchone()
             if row is not None and row[0] is not None and row[2] > now:
-                return AcquireResult(False, retry_after=(row[2] - now) / _US)
-            token = (row[1] if row is not None else 0) + 1
+                if row[0] != owner:
+                    return AcquireResult(False, retry_after=(row[2] - now) / _US)
+                token = row[1]  # a retry of this acquisition: same token, fresh ttl
+            else:
+                token = (row[1] if row is not None else 0) + 1
             cur.execute(
                 "INSERT INTO clustersync_leases (ns, name, owner, token, expires_us)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (ns, name) DO UPDATE SET"
@@ -371,6 +375,19 @@ class SQLiteBackend:
         if released:
             self._notify(lease_channel(name))
         return released
+
+    def break_lease(self, name: str) -> bool:
+        with self._translate("break a lease"), self._write() as cur:
+            now = self.now_us()
+            cur.execute(
+                "UPDATE clustersync_leases SET owner = NULL, expires_us = 0 WHERE ns = ?"
+                " AND name = ? AND owner IS NOT NULL AND expires_us > ?",
+                (self._ns, name, now),
+            )
+            broken = cur.rowcount == 1
+        if broken:
+            self._notify(lease_channel(name))
+        return broken
 
     def list_leases(self) -> list[LeaseInfo]:
         with self._translate("list leases"), self._read() as cur:
@@ -415,31 +432,32 @@ class SQLiteBackend:
     def put_jobs(self, jobs: Sequence[NewJob]) -> None:
         if not jobs:
             return
-        try:
-            with self._translate("store one-shot jobs"), self._write() as cur:
-                cur.executemany(
-                    "INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(self._ns, j.key, j.run_at_us, j.props_json, j.run_at_us) for j in jobs],
-                )
-        except StoreUnavailableError as exc:
-            if not isinstance(exc.__cause__, sqlite3.IntegrityError):
-                raise
-            raise DuplicateJobError(self._first_duplicate(jobs)) from None
-        self._notify(JOBS_CHANNEL)
+        with self._translate("store one-shot jobs"), self._write() as cur:
+            cur.executemany(
+                "INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (ns, key) DO NOTHING",
+                [(self._ns, j.key, j.run_at_us, j.props_json, j.run_at_us) for j in jobs],
+            )
+            inserted = cur.rowcount
+            if inserted != len(jobs):  # some keys were stored already (or repeat)
+                duplicate = conflicting_job(jobs, self._stored(cur, [j.key for j in jobs]))
+                if duplicate is not None:
+                    raise DuplicateJobError(duplicate)  # rolls the transaction back
+        if inserted:
+            self._notify(JOBS_CHANNEL)
 
-    def _first_duplicate(self, jobs: Sequence[NewJob]) -> str:
-        """The first key of a rejected batch that repeats or is already stored."""
-        seen: set[str] = set()
-        with self._translate("check for duplicate jobs"), self._read() as cur:
-            for job in jobs:
-                exists = cur.execute(
-                    "SELECT 1 FROM clustersync_jobs WHERE ns = ? AND key = ?", (self._ns, job.key)
-                ).fetchone()
-                if exists is not None or job.key in seen:
-                    return job.key
-                seen.add(job.key)
-        return jobs[0].key  # stored and removed again meanwhile: report the first
+    def _stored(self, cur: sqlite3.Cursor, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """``(run_at_us, props)`` of the stored jobs among ``keys``."""
+        stored: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            rows = cur.execute(
+                "SELECT key, run_at_us, props FROM clustersync_jobs WHERE ns = ?"
+                f" AND key IN ({', '.join('?' * len(chunk))})",
+                (self._ns, *chunk),
+            ).fetchall()
+            stored.update((row[0], (row[1], row[2])) for row in rows)
+        return stored
 
     def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
         with self._translate("claim due jobs"), self._write() as cur:

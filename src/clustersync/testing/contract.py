@@ -146,6 +146,21 @@ class StoreContract:
         other = opened._ops.acquire_lease("m:b", "owner", LONG_TTL)
         assert other.acquired, "names are independent"
 
+    def test_a_retried_acquisition_gets_its_own_lease_back(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        first = opened._ops.acquire_lease("m:a", "owner", SHORT_TTL)
+        assert first.token is not None
+        again = sibling._ops.acquire_lease("m:a", "owner", LONG_TTL)
+        assert again.acquired, "the owner of the live lease was refused its own lease"
+        assert again.token == first.token
+        time.sleep(EXPIRED)  # past the first ttl: the retry gave it the new one
+        assert [lease.owner for lease in opened._ops.list_leases()] == ["owner"]
+        assert opened._ops.release_lease("m:a", "owner", first.token)
+        later = opened._ops.acquire_lease("m:a", "owner", LONG_TTL)
+        assert later.token is not None
+        assert later.token > first.token, "a new acquisition after a release gets a new token"
+
     def test_held_lease_is_refused_with_its_remaining_life(
         self, opened: cs.Store, sibling: cs.Store
     ) -> None:
@@ -185,6 +200,21 @@ class StoreContract:
         assert not opened._ops.renew_lease("m:a", "old", old.token, LONG_TTL)
         assert not opened._ops.release_lease("m:a", "old", old.token)
         assert [lease.owner for lease in opened._ops.list_leases()] == ["new"]
+
+    def test_break_lease_ends_it_whoever_holds_it(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        assert not opened._ops.break_lease("m:a"), "nothing to break"
+        held = opened._ops.acquire_lease("m:a", "owner", LONG_TTL)
+        assert held.token is not None
+        assert sibling._ops.break_lease("m:a")
+        assert opened._ops.list_leases() == []
+        assert not opened._ops.renew_lease("m:a", "owner", held.token, LONG_TTL)
+        assert not opened._ops.release_lease("m:a", "owner", held.token)
+        assert not sibling._ops.break_lease("m:a"), "broken twice"
+        after = sibling._ops.acquire_lease("m:a", "next", LONG_TTL)
+        assert after.token is not None
+        assert after.token > held.token, "the next holder's writes must fence the old one off"
 
     def test_list_leases(self, opened: cs.Store) -> None:
         tokens = {}
@@ -234,6 +264,22 @@ class StoreContract:
         assert raised.value.key == "d"
         assert [job.key for job in opened._ops.list_jobs()] == ["a", "b"], "a batch stored"
         opened._ops.put_jobs([])
+
+    def test_storing_an_identical_job_again_is_a_retry(self, opened: cs.Store) -> None:
+        first = [self._job("a", 60, '{"n":1}'), self._job("b", 60)]
+        opened._ops.put_jobs(first)
+        opened._ops.put_jobs(first)  # the same call again (after an unknown outcome)
+        opened._ops.put_jobs([first[0], self._job("c", 60)])  # identical + new: stored
+        assert [job.key for job in opened._ops.list_jobs()] == ["a", "b", "c"]
+        other_props = NewJob("a", first[0].run_at_us, '{"n":2}')
+        other_time = NewJob("a", first[0].run_at_us + 1, first[0].props_json)
+        for changed in (other_props, other_time):
+            with pytest.raises(cs.DuplicateJobError) as raised:
+                opened._ops.put_jobs([self._job("d", 60), changed])
+            assert raised.value.key == "a"
+        assert [job.key for job in opened._ops.list_jobs()] == ["a", "b", "c"], "d stored"
+        stored = {job.key: job for job in opened._ops.list_jobs()}
+        assert stored["a"].props_json == '{"n":1}'
 
     def test_list_jobs_by_run_time_then_key(self, opened: cs.Store) -> None:
         base = int(time.time() * _US) + 3600 * _US
@@ -464,6 +510,7 @@ class StoreModel(RuleBasedStateMachine):
         # The first token of each name on each store: tokens are compared as differences.
         self.base: dict[str, tuple[int, int]] = {}
         self.last_token: dict[str, int] = {}
+        self.last_owner: dict[str, str] = {}
         now = int(time.time() * _US)
         self.past_us = now - DAY_US
         self.future_us = now + DAY_US
@@ -525,8 +572,12 @@ class StoreModel(RuleBasedStateMachine):
         assert ref.token is not None
         assert sut.token is not None
         last = self.last_token.get(name)
-        assert last is None or sut.token > last, "fencing tokens must strictly increase"
+        if last is not None and sut.token == last:  # the live lease's owner, retrying
+            assert self.last_owner[name] == owner, "a token was handed out twice"
+        else:
+            assert last is None or sut.token > last, "fencing tokens must strictly increase"
         self.last_token[name] = sut.token
+        self.last_owner[name] = owner
         if name not in self.base:
             self.base[name] = (ref.token, sut.token)
         base_ref, base_sut = self.base[name]
@@ -571,6 +622,12 @@ class StoreModel(RuleBasedStateMachine):
         ref = self.ref._ops.release_lease(name, owner, token)
         sut = self.sut._ops.release_lease(name, owner, self.sut_token(name, token))
         assert sut == ref
+
+    @rule(name=st.sampled_from(LEASE_NAMES))
+    def break_lease(self, name: str) -> None:
+        ref = self.ref._ops.break_lease(name)
+        sut = self.sut._ops.break_lease(name)
+        assert sut == ref, "break_lease reports whether a live lease was ended"
 
     # -- recurring job metadata --------------------------------------------------------
 

@@ -15,6 +15,7 @@ listeners, watch intervals, ``close``) is never failed.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections import Counter
@@ -59,6 +60,7 @@ class FaultController:
         self._lock = threading.Lock()
         self._failing = False
         self._delays: dict[str, float] = {}
+        self._lost_answers: Counter[str] = Counter()
         self._operations: frozenset[str] = OPERATIONS
         #: Calls per operation name (failed ones included).
         self.calls: Counter[str] = Counter()
@@ -90,9 +92,19 @@ class FaultController:
         for operation in _select(operations):
             self._delays[operation] = seconds
 
+    def lose_answers(self, operations: Iterable[str], times: int = 1) -> None:
+        """The next ``times`` calls of each of ``operations`` reach the store and take
+        effect, then fail with ``StoreUnavailableError`` as if the answer was lost on
+        the way back: an *unknown outcome*, which a retry must handle."""
+        with self._lock:
+            for operation in _select(operations):
+                self._lost_answers[operation] += times
+
     def heal(self) -> None:
         """Stop failing (the selection of operations is kept for the next ``failing = True``)."""
         self._delays.clear()
+        with self._lock:
+            self._lost_answers.clear()
         self._failing = False
 
     def restore(self) -> None:
@@ -100,19 +112,37 @@ class FaultController:
         self._failing = False
         self._store._backend = self.backend
 
-    def _guard(self, operation: str, fn: Callable[[], _T]) -> _T:
+    def _guard(self, operation: str, fn: Callable[[], Any]) -> Any:
         with self._lock:
             self.calls[operation] += 1
             fail = self._failing and operation in self._operations
-            if fail:
+            lose_answer = not fail and self._lost_answers[operation] > 0
+            if fail or lose_answer:
                 self.failures[operation] += 1
+            if lose_answer:
+                self._lost_answers[operation] -= 1
         if fail:
-            cause = InjectedFault(f"injected fault in {operation}")
-            raise StoreUnavailableError(f"injected fault: {operation} failed") from cause
+            raise _injected(operation, "failed")
         delay = self._delays.get(operation)
         if delay:
             time.sleep(delay)
-        return fn()
+        result = fn()
+        if not lose_answer:
+            return result
+        if inspect.isawaitable(result):
+
+            async def answer_lost() -> Any:
+                await result
+                raise _injected(operation, "took effect, but its answer was lost")
+
+            return answer_lost()
+        raise _injected(operation, "took effect, but its answer was lost")
+
+
+def _injected(operation: str, what: str) -> StoreUnavailableError:
+    error = StoreUnavailableError(f"injected fault: {operation} {what}")
+    error.__cause__ = InjectedFault(f"injected fault in {operation}")
+    return error
 
 
 class _FaultyBackend:

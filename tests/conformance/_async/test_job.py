@@ -282,6 +282,33 @@ async def test_run_that_lost_its_lease_is_not_recorded(
         assert await job.close(timeout=5)
 
 
+async def test_a_brief_store_error_after_a_run_does_not_rerun_the_job(
+    store: cs.Store,
+) -> None:
+    """Regression: ``set_job_finished`` was not retried, so a 50 ms store error after a
+    run left ``last_finished`` unwritten and an hourly job ran again at once (3 runs in
+    110 ms). The write is now retried under the lease."""
+    faults = inject_faults(store)
+    gate = Gate()
+    job = cs.schedule(store, "hourly", cs.wait_for_interval(HOUR), gate, ttl=5)
+    try:
+        assert await eventually(gate.started.is_set)
+        faults.fail({"set_job_finished"})
+        gate.opened.set()
+        await shim.sleep(0.05)
+        faults.heal()
+        deadline = shim.monotonic() + 5.0
+        while (await job.metadata()).last_finished is None:
+            assert shim.monotonic() < deadline, "the run was never recorded"
+            await shim.sleep(0.01)
+        await shim.sleep(0.3)
+        assert gate.runs == 1, f"the hourly job ran {gate.runs} times"
+        assert faults.failures["set_job_finished"] >= 1
+    finally:
+        gate.opened.set()
+        assert await job.close(timeout=5)
+
+
 # -- metadata ------------------------------------------------------------------------------
 
 

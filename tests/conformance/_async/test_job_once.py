@@ -638,7 +638,8 @@ async def test_schedule_many_is_all_or_nothing(store: cs.Store) -> None:
     await scheduler.schedule_once("existing", soon)
 
     bad_batches: list[tuple[type[Exception], list[Any]]] = [
-        (cs.DuplicateJobError, [("a", soon, None), ("existing", soon, None)]),
+        (cs.DuplicateJobError, [("a", soon, None), ("existing", in_(7200), None)]),
+        (cs.DuplicateJobError, [("a", soon, None), ("existing", soon, {"other": 1})]),
         (cs.DuplicateJobError, [("a", soon, None), ("b", soon, None), ("a", soon, None)]),
         (ValueError, [("a", soon, None), ("", soon, None)]),
         (ValueError, [("a", soon, None), ("b", soon.replace(tzinfo=None), None)]),
@@ -659,6 +660,37 @@ async def test_schedule_many_is_all_or_nothing(store: cs.Store) -> None:
     jobs = await scheduler.schedule_many(iter(mixed))
     assert [(j.key, j.props) for j in jobs] == [("a", None), ("b", {"x": 1})]
     assert await keys_listed(scheduler) == ["a", "b", "existing"]
+
+
+async def test_scheduling_the_same_jobs_again_is_a_safe_retry(store: cs.Store) -> None:
+    """Regression: after ``StoreUnavailableError`` (outcome unknown) a retry of the same
+    ``schedule_once``/``schedule_many`` raised ``DuplicateJobError`` although the first
+    attempt had stored the caller's own jobs. An identical job succeeds; a different job
+    with the same key is still a duplicate."""
+    scheduler = cs.get_job_once_scheduler(store)
+    when = in_(3600)
+    batch: list[Any] = [("x", when, {"n": 1}), ("y", when, None), ("z", when, [1, 2])]
+    await scheduler.schedule_many(batch)
+    again = await scheduler.schedule_many(batch)
+    assert [job.key for job in again] == ["x", "y", "z"]
+    await scheduler.schedule_once("x", when, {"n": 1})
+    with pytest.raises(cs.DuplicateJobError):
+        await scheduler.schedule_once("x", when, {"n": 2})
+    # The answer of a write that took effect is lost: the retry succeeds.
+    faults = inject_faults(store)
+    faults.lose_answers({"put_jobs"})
+    more: list[Any] = [("u", when, None), ("v", when, None)]
+    with pytest.raises(cs.StoreUnavailableError):
+        await scheduler.schedule_many(more)
+    await scheduler.schedule_many(more)
+    assert faults.failures["put_jobs"] == 1
+    assert await scheduler.list_scheduled_jobs() == [
+        cs.JobOnceMetadata("u", when, None),
+        cs.JobOnceMetadata("v", when, None),
+        cs.JobOnceMetadata("x", when, {"n": 1}),
+        cs.JobOnceMetadata("y", when, None),
+        cs.JobOnceMetadata("z", when, [1, 2]),
+    ]
 
 
 # -- firing time -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pytest
 from clustersync import aio as cs
 from clustersync._concurrency import aio as shim
 from clustersync.testing import InjectedFault, inject_faults
+from clustersync.testing.checker import FencedResource
 from tests.conformance._async.conftest import TimeControl, eventually
 
 #: Generous bound for "promptly" on a loaded machine (the library aims at milliseconds).
@@ -717,3 +718,114 @@ async def test_fault_injection_helper(store: cs.Store) -> None:
     assert await mutex.acquire(blocking=False)  # the real engine is back
     await mutex.release()
     assert faults.calls["acquire_lease"] == 2
+
+
+# -- a Mutex shared by threads or tasks ---------------------------------------------------
+
+
+async def test_a_lost_hold_stays_lost_for_its_holder_while_another_waits(
+    store: cs.Store, other_store: cs.Store
+) -> None:
+    """Regression: with one ``Mutex`` shared by A and B, A's hold was one slot that B's
+    acquisition overwrote after A's lease was lost. A then saw ``check()`` pass, read B's
+    token (its writes were accepted by the fenced resource) and ``release()`` freed B's
+    lease. Now the lost hold stays A's, visibly lost, until A's ``release()``
+    acknowledges it; only then does B's acquisition go through."""
+    resource = FencedResource()
+    lost = shim.CancelEvent()
+    mutex = cs.Mutex(store, "shared", ttl=1.0, on_lost=lost.set)
+    faults = inject_faults(store)
+    assert await mutex.acquire()  # "A"
+    token_a = mutex.token
+    assert token_a is not None
+    assert resource.write(token_a, holder="A")
+    results: list[Any] = []
+    waiter = start_acquire(mutex, results, timeout=30)  # "B", on the same object
+    faults.fail({"renew_lease"})
+    assert await shim.wait_for_event(lost, 5), "A's lease was never declared lost"
+    faults.heal()
+    # Another instance takes the name over and writes with a newer token.
+    intruder = cs.Mutex(other_store, "shared", ttl=30)
+    assert await intruder.acquire(timeout=5)
+    token_intruder = intruder.token
+    assert token_intruder is not None
+    assert resource.write(token_intruder, holder="intruder")
+    await shim.sleep(0.3)
+    assert not results, "B acquired through the object while A's lost hold was unreleased"
+    # A still sees its own hold, lost: no check passes, the token is A's.
+    assert not mutex.locked()
+    with pytest.raises(cs.LockLostError):
+        mutex.check()
+    assert mutex.token == token_a
+    assert not resource.write(mutex.token, holder="A"), "A wrote with a stale token"
+    with pytest.raises(cs.LockLostError):
+        await mutex.release()  # acknowledges the loss; frees nothing of anyone's
+    leases = await other_store._ops.list_leases()
+    assert [lease.token for lease in leases] == [token_intruder], "A's release freed a lease"
+    await intruder.release()
+    assert await shim.join(waiter, 10)
+    assert results == [True], results
+    token_b = mutex.token
+    assert token_b is not None
+    assert token_b > token_intruder
+    mutex.check()  # vouches for B's hold, whose token B reads
+    assert resource.write(token_b, holder="B")
+    await mutex.release()
+
+
+async def test_acquire_on_a_held_object_waits_for_its_release(store: cs.Store) -> None:
+    """Like ``threading.Lock``: a second acquire through the same object waits for the
+    release (a non-blocking one returns False) and then gets a new token."""
+    mutex = cs.Mutex(store, "local")
+    assert await mutex.acquire()
+    first = mutex.token
+    assert not await mutex.acquire(blocking=False)
+    assert not await mutex.acquire(timeout=0.1)
+    results: list[Any] = []
+    waiter = start_acquire(mutex, results, timeout=10)
+    await shim.sleep(0.1)
+    assert not results
+    await mutex.release()
+    assert await shim.join(waiter, 10)
+    assert results == [True]
+    assert mutex.token is not None
+    assert first is not None
+    assert mutex.token > first
+    await mutex.release()
+
+
+# -- outcome unknown ----------------------------------------------------------------------
+
+
+async def test_a_retried_acquire_does_not_orphan_the_lease(
+    store: cs.Store, other_store: cs.Store
+) -> None:
+    """Regression: an acquire whose answer was lost (the store took the lease) retried
+    with a new owner id, so the first attempt's lease was orphaned until its ttl and the
+    acquire waited that long. One owner per acquisition makes the retry find it."""
+    faults = inject_faults(store)
+    faults.lose_answers(ACQUIRING)
+    mutex = cs.Mutex(store, "unknown", ttl=10)
+    began = shim.monotonic()
+    assert await mutex.acquire(timeout=8)
+    assert shim.monotonic() - began < 3, "the retry waited for an orphaned lease"
+    assert faults.failures["acquire_lease"] + faults.failures["wait_for_grant"] == 1
+    leases = await other_store._ops.list_leases()
+    assert [(lease.name, lease.token) for lease in leases] == [("m:unknown", mutex.token)]
+    await mutex.release()
+    assert await other_store._ops.list_leases() == []
+
+
+async def test_a_retried_release_reports_no_false_loss(
+    store: cs.Store, other_store: cs.Store
+) -> None:
+    """Regression: a release whose answer was lost (the store freed the lease) retried,
+    found nothing to release and raised a spurious ``LockLostError``."""
+    faults = inject_faults(store)
+    mutex = cs.Mutex(store, "unknown-release", ttl=10)
+    assert await mutex.acquire()
+    faults.lose_answers({"release_lease"})
+    await mutex.release()  # no LockLostError: the hold was never lost
+    assert faults.failures["release_lease"] == 1
+    assert await other_store._ops.list_leases() == []
+    assert await cs.Mutex(other_store, "unknown-release").acquire(blocking=False)

@@ -28,6 +28,7 @@ from .records import (
     LeaseInfo,
     NewJob,
     StoredJob,
+    conflicting_job,
     lease_channel,
     parse_jobs_due,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "LeaseInfo",
     "NewJob",
     "StoredJob",
+    "conflicting_job",
     "lease_channel",
     "parse_jobs_due",
 ]

@@ -8,7 +8,7 @@ the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: Called with the name of the channel that changed, from any thread.
@@ -114,3 +114,22 @@ class JobMetadataRecord:
 
     last_finished_us: int | None
     store_now_us: int
+
+
+def conflicting_job(jobs: Sequence[NewJob], stored: Mapping[str, tuple[int, str]]) -> str | None:
+    """The first key of ``jobs`` that makes storing them a duplicate, or None.
+
+    ``stored`` maps the keys of ``jobs`` already in the store to their ``(run_at_us,
+    props_json)``. A key repeated within ``jobs`` is a duplicate; a stored key is one
+    unless the stored job is identical (same run time and props): storing an identical
+    job again is a retry of the same call, and succeeds without storing anything.
+    """
+    seen: set[str] = set()
+    for job in jobs:
+        if job.key in seen:
+            return job.key
+        seen.add(job.key)
+        existing = stored.get(job.key)
+        if existing is not None and existing != (job.run_at_us, job.props_json):
+            return job.key
+    return None

@@ -57,7 +57,9 @@ class Backend(Protocol):
         """Take the lease ``name`` for ``owner`` for ``ttl`` seconds if it is free or
         expired, minting the next fencing token of the name (strictly greater than every
         token the name had, across restarts of a durable store). If a live lease exists,
-        ``retry_after`` is how long it still lives."""
+        ``retry_after`` is how long it still lives. An ``owner`` that already holds the
+        live lease gets it again, with its token and a fresh ``ttl``: a retry after an
+        unknown outcome never orphans the lease the first attempt took."""
         ...
 
     def renew_lease(self, name: str, owner: str, token: int, ttl: float) -> bool:
@@ -68,6 +70,13 @@ class Backend(Protocol):
     def release_lease(self, name: str, owner: str, token: int) -> bool:
         """End the live lease only if ``owner`` and ``token`` hold it, keeping the fencing
         counter, and wake the waiters of the name; False otherwise."""
+        ...
+
+    def break_lease(self, name: str) -> bool:
+        """End the live lease ``name`` whoever holds it (an operator's override),
+        keeping the fencing counter so that the next acquisition gets a higher token, and
+        wake the waiters of the name as a release does. Its holder learns it at its next
+        renewal. True if a live lease was ended."""
         ...
 
     def list_leases(self) -> list[LeaseInfo]:
@@ -89,9 +98,11 @@ class Backend(Protocol):
     # -- one-shot jobs --------------------------------------------------------------------
 
     def put_jobs(self, jobs: Sequence[NewJob]) -> None:
-        """Store ``jobs``, all or nothing: a key already stored or repeated in ``jobs``
-        raises ``DuplicateJobError`` (naming the first such key) and stores none. Wakes
-        the schedulers of the namespace."""
+        """Store ``jobs``, all or nothing: a key repeated in ``jobs``, or already stored
+        with another run time or props, raises ``DuplicateJobError`` (naming the first
+        such key) and stores none. A job already stored identically is left as it is (a
+        retry after an unknown outcome; see ``conflicting_job``). Wakes the schedulers
+        of the namespace."""
         ...
 
     def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:

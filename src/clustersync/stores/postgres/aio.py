@@ -57,6 +57,7 @@ from ..contract import (
     LeaseInfo,
     NewJob,
     StoredJob,
+    conflicting_job,
 )
 from ..feed.aio import POLL, ChangeFeed, PushNotifications
 from ..options import option_count, option_timeout
@@ -397,6 +398,10 @@ class PostgresBackend(PushNotifications):
         }
         return len(await self._fetch("release a lease", q.RELEASE, params)) == 1
 
+    async def break_lease(self, name: str) -> bool:
+        params = {"ns": self._ns, "name": name, "channel": self._channel}
+        return len(await self._fetch("break a lease", q.BREAK, params)) == 1
+
     async def list_leases(self) -> list[LeaseInfo]:
         rows = await self._fetch("list leases", q.LIST_LEASES, {"ns": self._ns})
         return [LeaseInfo(r[0], r[1], int(r[2]), int(r[3]) / _US) for r in rows]
@@ -422,17 +427,15 @@ class PostgresBackend(PushNotifications):
             "ns": self._ns,
             "first_us": min(job.run_at_us for job in jobs),
             "channel": self._channel,
+            "keys": keys,
+            "run_ats": [job.run_at_us for job in jobs],
+            "props": [job.props_json for job in jobs],
         }
         if len(jobs) == 1:
             query = q.PUT_JOB
             params |= {"key": jobs[0].key, "props": jobs[0].props_json}
         else:
             query = q.PUT_JOBS
-            params |= {
-                "keys": keys,
-                "run_ats": [job.run_at_us for job in jobs],
-                "props": [job.props_json for job in jobs],
-            }
         async with self._translate("store one-shot jobs"), self._connection() as conn:
             try:
                 # One statement, so all or nothing: a duplicate key stores none.
@@ -440,9 +443,16 @@ class PostgresBackend(PushNotifications):
                 return
             except psycopg.errors.UniqueViolation:
                 pass
-            cur = await conn.execute(q.EXISTING_KEYS, {"ns": self._ns, "keys": keys})
-            existing = {str(r[0]) for r in await cur.fetchall()}
-        raise DuplicateJobError(_first_duplicate(keys, existing))
+            params["props"] = [job.props_json for job in jobs]
+            async with conn.transaction():
+                inserted = (await conn.execute(q.PUT_JOBS_IF_ABSENT, params)).rowcount
+                rows = await (await conn.execute(q.STORED_JOBS, params)).fetchall()
+                stored = {str(r[0]): (int(r[1]), str(r[2])) for r in rows}
+                duplicate = conflicting_job(jobs, stored)
+                if duplicate is not None:
+                    raise DuplicateJobError(duplicate)  # rolls the transaction back
+                if inserted:
+                    await conn.execute(q.NOTIFY_JOBS, params)
 
     async def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
         params = {"ns": self._ns, "owner": owner, "limit": limit, "ttl_us": int(claim_ttl * _US)}
@@ -555,15 +565,6 @@ def _check_ports(ports: str, url: str) -> None:
                 f"invalid PostgreSQL URL {redact(url)!r}: port {port!r} is not a number"
                 " from 1 to 65535"
             )
-
-
-def _first_duplicate(keys: Sequence[str], existing: set[str]) -> str:
-    seen: set[str] = set()
-    for key in keys:
-        if key in existing or key in seen:
-            return key
-        seen.add(key)
-    return keys[0]
 
 
 async def _close_connection(conn: Any) -> None:

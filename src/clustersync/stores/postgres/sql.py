@@ -77,8 +77,14 @@ ins AS (
     INSERT INTO clustersync_leases AS l (ns, name, owner, token, expires_us)
     SELECT %(ns)s, %(name)s, %(owner)s, 1, now.us + %(ttl_us)s FROM now
     ON CONFLICT (ns, name) DO UPDATE
-        SET owner = excluded.owner, token = l.token + 1, expires_us = excluded.expires_us
-        WHERE l.owner IS NULL OR l.expires_us <= excluded.expires_us - %(ttl_us)s
+        SET owner = excluded.owner,
+            -- The owner of the live lease retrying its acquisition keeps its token.
+            token = CASE WHEN l.owner = excluded.owner
+                AND l.expires_us > excluded.expires_us - %(ttl_us)s
+                THEN l.token ELSE l.token + 1 END,
+            expires_us = excluded.expires_us
+        WHERE l.owner IS NULL OR l.owner = excluded.owner
+            OR l.expires_us <= excluded.expires_us - %(ttl_us)s
     RETURNING token
 ),
 waiting AS (
@@ -109,6 +115,19 @@ told AS (
     WHERE waiters_until_us > {_NOW}
 )
 SELECT (SELECT count(*) FROM told) FROM released
+"""
+
+BREAK = f"""
+WITH broken AS (
+    UPDATE clustersync_leases SET owner = NULL, expires_us = 0
+    WHERE ns = %(ns)s AND name = %(name)s AND owner IS NOT NULL AND expires_us > {_NOW}
+    RETURNING name, waiters_until_us
+),
+told AS (
+    SELECT pg_notify(%(channel)s, 'lease:' || name) FROM broken
+    WHERE waiters_until_us > {_NOW}
+)
+SELECT (SELECT count(*) FROM told) FROM broken
 """
 
 LIST_LEASES = f"""
@@ -156,7 +175,20 @@ WITH new AS (
 SELECT pg_notify(%(channel)s, {_JOBS_DUE})
 """
 
-EXISTING_KEYS = "SELECT key FROM clustersync_jobs WHERE ns = %(ns)s AND key = ANY(%(keys)s::text[])"
+# The slow path of storing jobs, after a plain INSERT met a duplicate key: in one
+# transaction, store the jobs whose keys are free, then read every key of the batch; the
+# caller rolls back unless each stored job is identical to the batch's (a retry).
+PUT_JOBS_IF_ABSENT = """
+INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)
+SELECT %(ns)s, k, r, p, r
+FROM unnest(%(keys)s::text[], %(run_ats)s::bigint[], %(props)s::text[]) AS t(k, r, p)
+ON CONFLICT (ns, key) DO NOTHING
+"""
+STORED_JOBS = """
+SELECT key, run_at_us, props FROM clustersync_jobs
+WHERE ns = %(ns)s AND key = ANY(%(keys)s::text[])
+"""
+NOTIFY_JOBS = f"SELECT pg_notify(%(channel)s, {_JOBS_DUE})"
 
 # The rows locked by the CTE are updated by their ctid (a Tid Scan): joining back on
 # (ns, key) let the planner scan every row of the namespace when its statistics were

@@ -59,6 +59,7 @@ from ..contract import (
     LeaseInfo,
     NewJob,
     StoredJob,
+    conflicting_job,
 )
 from ..feed.sync import POLL, ChangeFeed, PushNotifications
 from ..options import option_count, option_timeout
@@ -399,6 +400,10 @@ class PostgresBackend(PushNotifications):
         }
         return len(self._fetch("release a lease", q.RELEASE, params)) == 1
 
+    def break_lease(self, name: str) -> bool:
+        params = {"ns": self._ns, "name": name, "channel": self._channel}
+        return len(self._fetch("break a lease", q.BREAK, params)) == 1
+
     def list_leases(self) -> list[LeaseInfo]:
         rows = self._fetch("list leases", q.LIST_LEASES, {"ns": self._ns})
         return [LeaseInfo(r[0], r[1], int(r[2]), int(r[3]) / _US) for r in rows]
@@ -424,17 +429,15 @@ class PostgresBackend(PushNotifications):
             "ns": self._ns,
             "first_us": min(job.run_at_us for job in jobs),
             "channel": self._channel,
+            "keys": keys,
+            "run_ats": [job.run_at_us for job in jobs],
+            "props": [job.props_json for job in jobs],
         }
         if len(jobs) == 1:
             query = q.PUT_JOB
             params |= {"key": jobs[0].key, "props": jobs[0].props_json}
         else:
             query = q.PUT_JOBS
-            params |= {
-                "keys": keys,
-                "run_ats": [job.run_at_us for job in jobs],
-                "props": [job.props_json for job in jobs],
-            }
         with self._translate("store one-shot jobs"), self._connection() as conn:
             try:
                 # One statement, so all or nothing: a duplicate key stores none.
@@ -442,9 +445,16 @@ class PostgresBackend(PushNotifications):
                 return
             except psycopg.errors.UniqueViolation:
                 pass
-            cur = conn.execute(q.EXISTING_KEYS, {"ns": self._ns, "keys": keys})
-            existing = {str(r[0]) for r in cur.fetchall()}
-        raise DuplicateJobError(_first_duplicate(keys, existing))
+            params["props"] = [job.props_json for job in jobs]
+            with conn.transaction():
+                inserted = (conn.execute(q.PUT_JOBS_IF_ABSENT, params)).rowcount
+                rows = (conn.execute(q.STORED_JOBS, params)).fetchall()
+                stored = {str(r[0]): (int(r[1]), str(r[2])) for r in rows}
+                duplicate = conflicting_job(jobs, stored)
+                if duplicate is not None:
+                    raise DuplicateJobError(duplicate)  # rolls the transaction back
+                if inserted:
+                    conn.execute(q.NOTIFY_JOBS, params)
 
     def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
         params = {"ns": self._ns, "owner": owner, "limit": limit, "ttl_us": int(claim_ttl * _US)}
@@ -557,15 +567,6 @@ def _check_ports(ports: str, url: str) -> None:
                 f"invalid PostgreSQL URL {redact(url)!r}: port {port!r} is not a number"
                 " from 1 to 65535"
             )
-
-
-def _first_duplicate(keys: Sequence[str], existing: set[str]) -> str:
-    seen: set[str] = set()
-    for key in keys:
-        if key in existing or key in seen:
-            return key
-        seen.add(key)
-    return keys[0]
 
 
 def _close_connection(conn: Any) -> None:

@@ -125,6 +125,11 @@ ACQUIRE = (
 -- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] ttl ms
 local cur = redis.call('GET', KEYS[1])
 if cur then
+  local bar = string.find(cur, '|', 1, true)
+  if string.sub(cur, bar + 1) == ARGV[1] then  -- a retry of this acquisition
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, tonumber(string.sub(cur, 1, bar - 1))}
+  end
   local left = redis.call('PTTL', KEYS[1])
   local want = math.max(left, 0) + """
     + str(WAITER_GRACE_MS)
@@ -213,6 +218,19 @@ return 0
 """
 )
 
+# An operator's override: the live lease ends whoever holds it, exactly as its owner's
+# release would end it (a queued waiter gets it, or the notified waiters are woken).
+BREAK = (
+    _LET_GO
+    + """
+if redis.call('EXISTS', lease) == 1 then
+  let_go()
+  return 1
+end
+return 0
+"""
+)
+
 GET_METADATA = (
     """
 -- KEYS[1] meta hash; ARGV[1] job key
@@ -242,25 +260,36 @@ return 1
 # atomically, so a later job is found when that scheduler wakes and rereads.
 PUT_JOBS = """
 -- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, then key, run_at, props...
+-- A key repeated in the batch, or stored with another run time or props, is a
+-- duplicate (nothing is stored); a job stored identically is a retry and is skipped.
 local prefix = ARGV[1]
-local seen = {}
+local seen, skip = {}, {}
 for i = 2, #ARGV, 3 do
   local key = ARGV[i]
-  if seen[key] or redis.call('EXISTS', prefix .. 'j:' .. key) == 1 then
+  if seen[key] then
     return key
   end
   seen[key] = true
+  local stored = redis.call('HMGET', prefix .. 'j:' .. key, 'r', 'p')
+  if stored[1] then
+    if stored[1] ~= ARGV[i + 1] or stored[2] ~= ARGV[i + 2] then
+      return key
+    end
+    skip[key] = true
+  end
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local earliest = first[2] and tonumber(first[2])
 local wake = not earliest
 for i = 2, #ARGV, 3 do
   local key = ARGV[i]
-  redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0)
-  redis.call('ZADD', KEYS[1], ARGV[i + 1], key)
-  redis.call('ZADD', KEYS[2], ARGV[i + 1], key)
-  if earliest and tonumber(ARGV[i + 1]) < earliest then
-    wake = true
+  if not skip[key] then
+    redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0)
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], key)
+    redis.call('ZADD', KEYS[2], ARGV[i + 1], key)
+    if earliest and tonumber(ARGV[i + 1]) < earliest then
+      wake = true
+    end
   end
 end
 if wake then

@@ -216,6 +216,12 @@ class RedisBackend(PushNotifications):
         )
         return int(result) != 0
 
+    def break_lease(self, name: str) -> bool:
+        result = self._run(
+            "break a lease", "BREAK", [self._prefix + "l:" + name], [self._prefix, name]
+        )
+        return int(result) == 1
+
     def wait_for_grant(self, name: str, owner: str, ttl: float, wait: float) -> GrantResult:
         """Take the lease if free, else queue up (or refresh our place) and block up to
         ``wait`` seconds (and no longer than the current lease lives) until a release
