@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -216,3 +217,40 @@ async def test_coroutine_on_lost(store: aio.Store) -> None:
     faults.heal()
     with pytest.raises(aio.LockLostError):
         await mutex.release()
+
+
+# -- the loop's default executor stays free --------------------------------------------------
+
+
+async def test_plain_callbacks_do_not_fill_the_loops_default_executor(
+    store: aio.Store,
+) -> None:
+    """Regression: plain callbacks ran in the loop's default executor (``to_thread``),
+    which drivers also use to resolve host names when they reconnect: long callbacks
+    filling it stalled every reconnection, renewals failed, and another instance fired
+    the jobs again. Callbacks now run on executors of their own."""
+    loop = asyncio.get_running_loop()
+    default_workers = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default
+    release = threading.Event()
+    started: list[str] = []
+
+    def long_callback(key: str = "recurring", props: object = None) -> None:
+        started.append(key)
+        release.wait(20)
+
+    scheduler = aio.get_job_once_scheduler(store, max_running=default_workers + 2)
+    scheduler.set_callback(long_callback)
+    await scheduler.start()
+    jobs = [(f"long-{n}", datetime.now(UTC), None) for n in range(default_workers + 2)]
+    await scheduler.schedule_many(jobs)
+    job = aio.schedule(store, "long", aio.wait_for_interval(HOUR), long_callback)
+    try:
+        assert await eventually(lambda: len(started) == len(jobs) + 1, 10), started
+        began = time.monotonic()
+        # What a reconnecting driver does: resolve a host name in the default executor.
+        await asyncio.wait_for(loop.getaddrinfo("localhost", 6379), 5)
+        assert time.monotonic() - began < 1.0, "the default executor was full of callbacks"
+    finally:
+        release.set()
+        await job.close(timeout=10)
+        await scheduler.stop(timeout=10)

@@ -85,3 +85,31 @@ def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any
         assert ("waiters_until_us",) in columns
     with cs.open_store(url) as store:  # opening a current store again changes nothing
         assert store._ops.list_leases() == []
+
+
+def test_a_waiter_woken_as_its_pool_timeout_runs_out_takes_the_connection(
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check-in that wakes the first pool waiter just as that waiter's ``pool_timeout``
+    runs out used to waste the wake-up: the waiter raised "connections stayed busy"
+    while a connection was free, and no other waiter was told. Now it takes it."""
+    from clustersync._concurrency import threads
+    from clustersync.stores.postgres.sync import PostgresBackend
+
+    backend = PostgresBackend.open(
+        postgres_server.url, f"pool-{uuid.uuid4().hex[:8]}", {"max_connections": 1}
+    )
+    try:
+        busy = backend._checkout()  # the only connection
+
+        def wait_until_too_late(waker: Any, timeout: float | None, cancel: Any = None) -> bool:
+            backend._checkin(busy)  # the check-in picks this waiter and wakes it...
+            return False  # ...just as its wait times out
+
+        with monkeypatch.context() as patched:
+            patched.setattr(threads.Waker, "wait", wait_until_too_late)
+            conn = backend._checkout()
+        assert conn is busy, "the freed connection went to waste"
+        backend._checkin(conn)
+    finally:
+        backend.close()

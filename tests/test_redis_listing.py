@@ -11,16 +11,19 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 
 import clustersync as cs
 from clustersync.stores.contract import NewJob, StoredJob
 from clustersync.stores.redis import sync as redis_sync
+from clustersync.stores.redis.sync import key_prefix
 from tests.servers import RedisServer
 
 _US = 1_000_000
@@ -206,3 +209,32 @@ def test_listing_matches_the_reference_with_ties_and_claims(
             listings.append(store._ops.list_jobs())
         assert listings[0] == listings[1]
         assert len(listings[0]) == len(jobs) - 5
+
+
+def test_a_due_entry_whose_job_was_evicted_does_not_stop_the_scheduler(
+    redis_server: Any,
+) -> None:
+    """Regression: an entry of the ``due`` index whose job hash is gone (evicted under
+    ``maxmemory``, or deleted by hand) made the claim return a job without run time or
+    props; the scheduler's loop died on it, silently, with ``started`` still True."""
+    namespace = f"ghost-{uuid.uuid4().hex[:8]}"
+    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with cs.open_store(redis_server.url, namespace=namespace) as store:
+        prefix = key_prefix(namespace)
+        raw.zadd(prefix + "due", {"ghost": 0})
+        raw.zadd(prefix + "runat", {"ghost": 0})
+        fired: list[str] = []
+        scheduler = cs.get_job_once_scheduler(store)
+        scheduler.set_callback(lambda key, props: fired.append(key))
+        scheduler.start()
+        try:
+            scheduler.schedule_once("real", datetime.now(UTC))
+            deadline = time.monotonic() + 10
+            while not fired and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert fired == ["real"]
+            assert raw.zscore(prefix + "due", "ghost") is None, "the orphan entry stayed"
+            assert scheduler.started
+        finally:
+            scheduler.stop(5)
+    raw.close()

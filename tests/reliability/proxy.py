@@ -9,6 +9,7 @@ thread. While the test runs it can:
   server), optionally with jitter; the order of bytes is always kept;
 - drop every current connection (``drop_connections()``: a TCP reset by default, or a
   clean close with ``reset=False``); new connections are accepted as before;
+- black-hole the connections open now while new ones work (``freeze_connections()``);
 - black-hole traffic (``partition()`` ... ``heal()``, or ``with proxy.partitioned():``):
   connections stay open and new ones are accepted, but nothing is forwarded in the
   chosen direction(s). On ``heal()`` the held bytes are delivered, as TCP would once the
@@ -84,6 +85,9 @@ class _Link:
         self.server: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.closed = False
+        #: Cleared by ``freeze_connections``: this connection forwards nothing any more.
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     def abort(self, reset: bool) -> None:
         """Close both sides at once (a TCP reset if ``reset``), stop the pumps."""
@@ -267,6 +271,19 @@ class TcpProxy:
         self.stats.drop_calls += 1
         return len(links)
 
+    def freeze_connections(self) -> int:
+        """Black-hole the connections open now, for good, while new connections work
+        normally: what a broken middlebox, NAT or failover does to long-lived
+        connections. Their clients see a server that stopped answering. Returns how
+        many were frozen."""
+        return self._call(self._freeze)
+
+    async def _freeze(self) -> int:
+        links = [link for link in self._links if not link.closed]
+        for link in links:
+            link.flowing.clear()
+        return len(links)
+
     def partition(self, direction: Direction = "both") -> None:
         """Black-hole traffic in ``direction`` until :meth:`heal`: connections are kept
         (and new ones accepted) but no byte is forwarded."""
@@ -380,6 +397,7 @@ class TcpProxy:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 await self._open[direction].wait()
+                await link.flowing.wait()
                 dst.write(data)
                 await dst.drain()
                 if direction == "up":

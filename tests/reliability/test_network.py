@@ -674,3 +674,111 @@ def test_partition_of_a_scheduler_mid_callback(
     else:
         assert [f.holder for f in firings] == ["cut-off"]
         assert report.run_twice == 0
+
+
+@pytest.mark.timeout(120)
+def test_silently_dead_connections_cost_nothing_with_the_default_timeouts(
+    kind: str, server: RedisServer | PostgresServer, proxy: TcpProxy, namespace: str
+) -> None:
+    """Regression: with the default options, a connection that silently stops
+    answering (the proxy black-holes every connection open at t = 1 s; new ones work)
+    cost instance A its leases and claims at 15 s: renewals ran every 5 s and one call
+    could hang for the 10 s socket timeout, serially for every lease. B then ran the
+    one-shot job and the recurring job again while A was still running them.
+
+    Now every renewal and claim renewal is bounded by the lease's remaining life and
+    retried on a new connection, each lease on its own, with a 5 s socket timeout: A
+    keeps everything, B runs nothing twice. Default options only (no socket_timeout)."""
+    direct_url = server.url
+    run_for = 18.0  # past the default ttl and claim_ttl (15 s)
+    events: list[tuple[str, str, float]] = []  # (instance, what, monotonic)
+    lost: list[float] = []
+    release = threading.Event()
+
+    def long_run(instance: str, what: str) -> Callable[..., None]:
+        def run(*_: Any) -> None:
+            events.append((instance, f"start {what}", time.monotonic()))
+            release.wait(run_for + 10)
+            events.append((instance, f"end {what}", time.monotonic()))
+
+        return run
+
+    with (
+        cs.open_store(proxy.url(direct_url), namespace=namespace) as a,
+        cs.open_store(direct_url, namespace=namespace) as b,
+    ):
+        mutex = cs.Mutex(a, "held", on_lost=lambda: lost.append(time.monotonic()))
+        assert mutex.acquire(timeout=5)
+        scheduler_a = cs.get_job_once_scheduler(a)
+        scheduler_a.set_callback(long_run("A", "invoice-42"))
+        scheduler_a.start()
+        scheduler_a.schedule_once("invoice-42", datetime.now(UTC))
+        job_a = cs.schedule(
+            a, "report", cs.wait_for_interval(timedelta(hours=1)), long_run("A", "report")
+        )
+        wait_until(lambda: len(events) == 2, "A started both runs", 10)
+        frozen = proxy.freeze_connections()
+        assert frozen >= 2, f"only {frozen} connections of A went through the proxy"
+        began = time.monotonic()
+        scheduler_b = cs.get_job_once_scheduler(b)
+        scheduler_b.set_callback(long_run("B", "invoice-42"))
+        scheduler_b.start()
+        job_b = cs.schedule(
+            b, "report", cs.wait_for_interval(timedelta(hours=1)), long_run("B", "report")
+        )
+        try:
+            while time.monotonic() - began < run_for:
+                assert not lost, f"A lost its mutex {lost[0] - began:.1f}s after the freeze"
+                assert not [e for e in events if e[0] == "B"], f"B ran again: {events}"
+                time.sleep(0.1)
+            mutex.check()
+        finally:
+            release.set()
+            job_b.close(timeout=10)
+            scheduler_b.stop(timeout=10)
+            job_a.close(timeout=10)
+            scheduler_a.stop(timeout=10)
+        mutex.release()
+        assert not [e for e in events if e[0] == "B"], events
+
+
+@pytest.mark.timeout(120)
+def test_a_silently_dead_change_feed_is_replaced(
+    kind: str, server: RedisServer | PostgresServer, proxy: TcpProxy, namespace: str
+) -> None:
+    """Regression: a pub/sub (Redis) or LISTEN (PostgreSQL) connection that silently
+    stopped answering was never noticed: wake-ups fell back for good on the waiters'
+    2 s caps (PostgreSQL: until TCP keepalive, hours). The feed now pings a quiet
+    connection and replaces it when no answer comes, so handoffs are prompt again."""
+    with (
+        cs.open_store(proxy.url(server.url), namespace=namespace) as waiting,
+        cs.open_store(server.url, namespace=namespace) as holding,
+    ):
+        assert proxy.freeze_connections() >= 1  # the feed's connection among them
+        began = time.monotonic()
+        latencies: list[float] = []
+        while time.monotonic() - began < 30 and (len(latencies) < 3 or max(latencies[-3:]) > 0.5):
+            holder = cs.Mutex(holding, "handoff", ttl=30)
+            assert holder.acquire(timeout=5)
+            got: list[float] = []
+
+            def wait_for_it(got: list[float] = got) -> None:
+                mutex = cs.Mutex(waiting, "handoff")
+                acquired = mutex.acquire(timeout=20)
+                got.append(time.monotonic() if acquired else -1.0)
+                if acquired:
+                    mutex.release()
+
+            waiter = threading.Thread(target=wait_for_it, daemon=True)
+            waiter.start()
+            time.sleep(0.3)  # the waiter is blocked in acquire by now
+            released = time.monotonic()
+            holder.release()
+            waiter.join(25)
+            assert got, "the waiter never finished"
+            assert got[0] > 0, "the waiter never got the lock"
+            latencies.append(got[0] - released)
+        recovered = time.monotonic() - began
+        print(f"{kind}: handoffs after the freeze {[f'{x:.2f}' for x in latencies]}")
+        assert max(latencies[-3:]) <= 0.5, f"wake-ups never came back: {latencies}"
+        assert recovered < 25, f"recovered only after {recovered:.0f}s"

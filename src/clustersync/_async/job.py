@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
@@ -71,6 +72,7 @@ class Job:
         self._lease = Lease(store, JOB_PREFIX + key, ttl, description="job")
         self._stop = shim.CancelEvent()
         self._task: shim.Task | None = None
+        self._executor: Executor | None = None  # asyncio: the thread of plain callbacks
 
     def __repr__(self) -> str:
         state = "closed" if self._stop.is_set() else "running"
@@ -78,6 +80,7 @@ class Job:
 
     def _start(self) -> None:
         self.store._jobs.add(self)
+        self._executor = shim.callback_executor(1, f"clustersync-job:{self.key}")
         self._task = shim.spawn(self._run, name=f"clustersync-job:{self.key}")
 
     def _after_fork(self) -> None:
@@ -116,6 +119,13 @@ class Job:
         return wait.total_seconds()
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+
+    async def _loop(self) -> None:
         backoff = Backoff(cap=5.0)
         while not self._stop.is_set():
             try:
@@ -147,7 +157,7 @@ class Job:
     async def _run_once(self) -> None:
         running = _RUNNING.set(self)
         try:
-            await shim.call_user_blocking(self._callback)
+            await shim.call_user_blocking(self._callback, executor=self._executor)
         except Exception:
             logger.exception("job %r: callback raised; the run counts as finished", self.key)
         finally:

@@ -78,13 +78,14 @@ class Store:
         *,
         url: str,
         namespace: str,
-        identity: str,
+        identity: str | None,
         kind: StoreKind,
         options: dict[str, Any],
     ) -> None:
         self.url = redact(url)
         self.namespace = namespace
-        self.identity = identity
+        self.identity = identity or default_identity()
+        self._default_identity = not identity  # "<host>:<pid>" follows a fork
         self._backend: Backend | None = backend
         # How to open the backend again (in a forked child).
         self._full_url = url
@@ -178,6 +179,24 @@ class Store:
                     renewer = self._lease_renewer = Renewer(self)
         return renewer
 
+    async def _call_bounded(self, seconds: float, operation: str, *args: Any) -> Any:
+        """The store operation ``operation(*args)``, abandoned after ``seconds``: a call
+        stuck on a connection that stopped answering (silently, e.g. behind a broken
+        proxy) must not cost a lease or a claim while the store still answers on new
+        connections. On timeout the backend drops its idle connections (they may be
+        stuck too), so that a retry opens a new one; raises ``StoreUnavailableError``."""
+        backend = self._ops
+        try:
+            return await shim.bounded(getattr(backend, operation), args, seconds)
+        except TimeoutError as exc:
+            drop = getattr(backend, "drop_idle_connections", None)
+            if drop is not None:
+                await drop()
+            raise StoreUnavailableError(
+                f"store {self.url} did not answer {operation} within {seconds:.2f}s;"
+                " retrying on a new connection"
+            ) from exc
+
     def _set_watch_interval(self, seconds: float | None) -> None:
         """What the hub asks of the backend (remembered for a backend opened later)."""
         self._watch_interval = seconds
@@ -207,6 +226,8 @@ class Store:
         """Runs in a forked child (one thread): drop what belongs to the parent's threads
         and connections, and restart what this store runs."""
         self._pid = os.getpid()
+        if self._default_identity:
+            self.identity = default_identity()
         self._reopen_lock = threading.Lock()
         self._hub = ChangeHub(self._set_watch_interval)
         self._lease_renewer = None  # the parent's holds stay the parent's
@@ -285,9 +306,7 @@ async def open_store(
     """
     resolved = resolve_url(url)
     validate_name(namespace, "namespace")
-    if identity is None:
-        identity = default_identity()
-    else:
+    if identity is not None:
         validate_name(identity, "identity")
     kind = kind_for_url(resolved)
     options = _common_options(kind, options)

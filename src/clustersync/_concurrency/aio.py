@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import threading
 import time
@@ -166,6 +167,12 @@ async def join(task: Task, timeout: float | None) -> bool:
     return bool(done)
 
 
+async def bounded(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], seconds: float) -> T:
+    """``await fn(*args)``, cancelled after ``seconds`` (``TimeoutError``)."""
+    async with asyncio.timeout(seconds):
+        return await fn(*args)
+
+
 def call_later(delay: float, fn: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
     """Call ``fn(*args)`` from this event loop in ``delay`` seconds unless the returned
     handle is cancelled first (a shared timer thread when sync)."""
@@ -273,12 +280,24 @@ async def call_user(fn: Callable[..., Any], *args: Any) -> None:
         await result
 
 
-async def call_user_blocking(fn: Callable[..., Any], *args: Any) -> None:
-    """Like :func:`call_user`, but a plain function runs in a worker thread so that a slow
-    sync callback cannot stall the event loop (lease renewal keeps running)."""
+def callback_executor(workers: int, name: str) -> ThreadPoolExecutor | None:
+    """Worker threads of our own for plain callbacks. Not the loop's default executor:
+    drivers resolve host names there (``loop.getaddrinfo``), so long callbacks filling it
+    would stall every reconnection, and with it lease and claim renewals."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+
+async def call_user_blocking(
+    fn: Callable[..., Any], *args: Any, executor: Executor | None = None
+) -> None:
+    """Like :func:`call_user`, but a plain function runs in a worker thread of
+    ``executor`` (see :func:`callback_executor`) so that a slow sync callback cannot
+    stall the event loop (lease renewal keeps running). The caller's context variables
+    go with it."""
     if inspect.iscoroutinefunction(fn):
         await fn(*args)
         return
-    result = await asyncio.to_thread(fn, *args)
+    context = contextvars.copy_context()
+    result = await asyncio.get_running_loop().run_in_executor(executor, context.run, fn, *args)
     if inspect.isawaitable(result):
         await result

@@ -246,6 +246,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_timer_thread_after_fork)
 
 
+def bounded(fn: Callable[..., T], args: tuple[Any, ...], seconds: float) -> T:
+    """``fn(*args)`` in a daemon thread of its own, waited for at most ``seconds``
+    (``TimeoutError``; the call goes on in its thread until the driver gives up)."""
+    outcome: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="clustersync-bounded-call", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"no answer within {seconds:.2f}s")
+    ok, value = outcome[0]
+    if ok:
+        result: T = value
+        return result
+    raise value
+
+
 def call_later(delay: float, fn: Callable[..., None], *args: Any) -> Timer:
     """Call ``fn(*args)`` in about ``delay`` seconds (from a shared timer thread) unless
     the returned timer is cancelled first."""
@@ -283,5 +307,12 @@ def call_user(fn: Callable[..., Any], *args: Any) -> None:
     fn(*args)
 
 
-def call_user_blocking(fn: Callable[..., Any], *args: Any) -> None:
+def callback_executor(workers: int, name: str) -> Executor | None:
+    """Threads run callbacks in their own thread: no executor."""
+    return None
+
+
+def call_user_blocking(
+    fn: Callable[..., Any], *args: Any, executor: Executor | None = None
+) -> None:
     fn(*args)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -137,6 +138,7 @@ class JobOnceScheduler:
         self._stopping = False
         self._waker: shim.Waker | None = None
         self._running: set[_Running] = set()  # every run in progress here
+        self._executor: Executor | None = None  # asyncio: the threads of plain callbacks
         self._claim_calls = 0
         # Monotonic time of the planned wake-up; infinite while rereading the store, so
         # that every change seen meanwhile wakes us again.
@@ -168,6 +170,7 @@ class JobOnceScheduler:
             raise SchedulerError("the scheduler has already been started")
         self.store._ops.next_job_delay()  # fail loudly now if the store is unreachable
         self._stopping = False
+        self._executor = shim.callback_executor(self.max_running, "clustersync-job-once")
         self._task = shim.spawn(self._loop, name="clustersync-job-once-scheduler")
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -192,9 +195,8 @@ class JobOnceScheduler:
     def _after_fork(self) -> None:
         """In a forked child (threading API): the parent's runs and claims stay the
         parent's; a scheduler started before the fork runs here too, from a new thread."""
-        self._owner = new_owner_id(
-            self.store.identity
-        )  # claims made here must never match the parent's
+        # Claims made here must never match the parent's.
+        self._owner = new_owner_id(self.store.identity)
         self._running = set()
         self._waker = None
         self._wake_at = math.inf
@@ -291,12 +293,19 @@ class JobOnceScheduler:
                             break
                         delay = backoff.next_delay()
                         logger.warning("one-shot scheduler: store error, retrying: %s", exc)
+                    except Exception:  # the loop must not die: started would lie
+                        delay = backoff.next_delay()
+                        logger.exception(
+                            "one-shot scheduler: unexpected error, retrying in %.2fs", delay
+                        )
                     if self._running:
                         delay = min(delay, max(0.0, next_renewal - shim.monotonic()))
                     self._wake_at = shim.monotonic() + delay
                     waker.wait(delay)
         finally:
             self._waker = None
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
 
     def _wakes_for(self, due_in: float) -> bool:
         """Whether a job added elsewhere, due in ``due_in`` seconds, should wake us now
@@ -332,7 +341,13 @@ class JobOnceScheduler:
                 by_owner.setdefault(running.owner, []).append(running)
         for owner, runs in by_owner.items():
             claims = [(r.job.key, r.job.claim) for r in runs]
-            renewed = set(self.store._ops.renew_job_claims(owner, claims, self.claim_ttl))
+            # Bounded: a call stuck on a silent connection is retried on a new one while
+            # the claims still live (they were renewed a third of claim_ttl ago at most).
+            renewed = set(
+                self.store._call_bounded(
+                    self.claim_ttl / 3, "renew_job_claims", owner, claims, self.claim_ttl
+                )
+            )
             for running in runs:
                 if running.job.key not in renewed and running in self._running:
                     running.lost = True
@@ -348,7 +363,9 @@ class JobOnceScheduler:
         firing = _FIRING.set(self)
         try:
             if callback is not None:
-                shim.call_user_blocking(callback, job.key, decode_props(job.props_json))
+                shim.call_user_blocking(
+                    callback, job.key, decode_props(job.props_json), executor=self._executor
+                )
         except Exception:
             logger.exception("one-shot job %r: callback raised; the job is done", job.key)
         finally:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .._concurrency import threads as shim
 from ..exceptions import StoreUnavailableError
+from .lease import local_deadline
 
 if TYPE_CHECKING:
     from .lease import Hold, Lease
@@ -35,6 +36,8 @@ logger = logging.getLogger("clustersync.lease")
 
 #: Sleep bound while nothing is held, so the worker notices a closed store.
 _IDLE = 1.0
+#: Shortest time one renewal attempt is given before it is abandoned.
+MIN_ATTEMPT = 0.05
 
 
 class Renewer:
@@ -134,23 +137,34 @@ class Renewer:
             waker.clear()
             while (item := self._next_due()) is not None:
                 _, lease, hold = item
-                delay = self._renew(lease, hold)
-                if delay is not None:
-                    with self._lock:
-                        heapq.heappush(
-                            self._heap,
-                            (shim.monotonic() + delay, next(self._order), lease, hold),
-                        )
+                # Each renewal on its own: one stuck call never delays another lease.
+                shim.spawn(self._renew_and_requeue, lease, hold, name="clustersync-renewal")
             waker.wait(self._wait_time())
             with self._lock:
                 self._sleep_until = -math.inf
 
+    def _renew_and_requeue(self, lease: Lease, hold: Hold) -> None:
+        delay = self._renew(lease, hold)
+        if delay is None or self._closed:
+            return
+        due = shim.monotonic() + delay
+        with self._lock:
+            heapq.heappush(self._heap, (due, next(self._order), lease, hold))
+            waker = self._waker if due < self._sleep_until else None
+        if waker is not None:
+            waker.set_threadsafe()
+
     def _renew(self, lease: Lease, hold: Hold) -> float | None:
-        """Renew once; return the delay before the next renewal, or None when done."""
+        """Renew once; return the delay before the next renewal, or None when done.
+
+        The attempt is bounded by half the lease's remaining life: a call stuck on a
+        connection that stopped answering is abandoned (the next attempt uses a new
+        connection) while there is still time to retry."""
         sent = shim.monotonic()
         try:
-            renewed = self._store._ops.renew_lease(
-                lease.name, hold.owner, hold.token, lease.ttl
+            bound = max(MIN_ATTEMPT, (hold.deadline - sent) / 2)
+            renewed = self._store._call_bounded(
+                bound, "renew_lease", lease.name, hold.owner, hold.token, lease.ttl
             )
         except StoreUnavailableError as exc:
             if hold.released or hold.lost:
@@ -178,7 +192,7 @@ class Renewer:
             hold.expiry.cancel()  # once this returns, the timer has run or never will
         if hold.lost:  # the answer came after the deadline: the timer declared it lost
             return None
-        hold.deadline = sent + lease.ttl
+        hold.deadline = local_deadline(sent, lease.ttl)
         self._arm_expiry(lease, hold)
         hold.backoff.reset()
         return lease.ttl / 3

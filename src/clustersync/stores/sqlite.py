@@ -23,6 +23,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -93,6 +94,37 @@ CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_
 """
 
 
+#: Open backends: a fork waits until none of their threads is inside SQLite (see below).
+_OPEN: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
+_QUIESCED: list[SQLiteBackend] = []
+
+
+def _quiesce_before_fork() -> None:
+    """Before ``os.fork()``: take every lock around SQLite calls, so that no thread is
+    inside the SQLite library when the process is copied. (A thread inside it holds the
+    library's own mutexes; the child would inherit them locked and hang at its first
+    SQLite call.)"""
+    _QUIESCED[:] = list(_OPEN)
+    for backend in _QUIESCED:
+        backend._lock.acquire()
+        backend._watch_lock.acquire()
+
+
+def _resume_after_fork() -> None:
+    for backend in _QUIESCED:
+        backend._watch_lock.release()
+        backend._lock.release()
+    _QUIESCED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_quiesce_before_fork,
+        after_in_parent=_resume_after_fork,
+        after_in_child=_resume_after_fork,
+    )
+
+
 def sqlite_path_from_url(url: str) -> str:
     """``sqlite:///rel.db`` -> ``rel.db``; ``sqlite:////abs.db`` -> ``/abs.db``."""
     prefix = "sqlite:///"
@@ -151,13 +183,15 @@ class SQLiteBackend:
         self._clock = clock
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held around every call on the main connection
+        self._watch_lock = threading.Lock()  # held around every call of the watcher
         self._listener: ChangeListener | None = None
         self._watch_interval: float | None = None
         self._watch_changed = threading.Condition()
         self._watcher: threading.Thread | None = None
         self._closed = False
         self._conn = self._connect()
+        _OPEN.add(self)
         with self._translate("create the schema"):
             self._create_schema()
 
@@ -299,7 +333,8 @@ class SQLiteBackend:
 
     def _watch(self) -> None:
         try:
-            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+            with self._watch_lock:
+                conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
         except sqlite3.Error:
             logger.exception("SQLite change watcher could not open %r", self.path)
             return
@@ -314,7 +349,8 @@ class SQLiteBackend:
                         return
                     interval = self._watch_interval
                 try:
-                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    with self._watch_lock:
+                        version = conn.execute("PRAGMA data_version").fetchone()[0]
                 except sqlite3.Error:
                     logger.warning("SQLite change watcher failed; retrying", exc_info=True)
                     version = None
@@ -327,7 +363,8 @@ class SQLiteBackend:
                 last = version
                 time.sleep(interval or 0.001)
         finally:
-            conn.close()
+            with self._watch_lock:
+                conn.close()
 
     # -- leases --------------------------------------------------------------------------
 

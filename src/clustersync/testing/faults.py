@@ -61,6 +61,7 @@ class FaultController:
         self._failing = False
         self._delays: dict[str, float] = {}
         self._lost_answers: Counter[str] = Counter()
+        self._errors: dict[str, list[BaseException]] = {}
         self._operations: frozenset[str] = OPERATIONS
         #: Calls per operation name (failed ones included).
         self.calls: Counter[str] = Counter()
@@ -100,11 +101,19 @@ class FaultController:
             for operation in _select(operations):
                 self._lost_answers[operation] += times
 
+    def raise_next(self, operation: str, error: BaseException) -> None:
+        """The next call of ``operation`` raises ``error`` (any exception: a store bug,
+        a driver error the store failed to translate) without reaching the store."""
+        (name,) = _select({operation})
+        with self._lock:
+            self._errors.setdefault(name, []).append(error)
+
     def heal(self) -> None:
         """Stop failing (the selection of operations is kept for the next ``failing = True``)."""
         self._delays.clear()
         with self._lock:
             self._lost_answers.clear()
+            self._errors.clear()
         self._failing = False
 
     def restore(self) -> None:
@@ -121,6 +130,10 @@ class FaultController:
                 self.failures[operation] += 1
             if lose_answer:
                 self._lost_answers[operation] -= 1
+            queued = self._errors.get(operation)
+            error = queued.pop(0) if queued else None
+        if error is not None:
+            raise error
         if fail:
             raise _injected(operation, "failed")
         delay = self._delays.get(operation)

@@ -693,6 +693,23 @@ async def test_scheduling_the_same_jobs_again_is_a_safe_retry(store: cs.Store) -
     ]
 
 
+async def test_the_scheduler_survives_an_unexpected_error(
+    store: cs.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: any error other than ``StoreUnavailableError`` in the scheduler's loop
+    ended it silently, with ``started`` still True: no job fired again on this
+    instance. The loop now logs it and carries on."""
+    recorder = Recorder(time.time)
+    scheduler = await started(store, recorder)
+    faults = inject_faults(store)
+    faults.raise_next("claim_due_jobs", RuntimeError("a bug below the scheduler"))
+    await scheduler.schedule_once("after-the-error", in_(0))
+    await wait_until(lambda: recorder.count("after-the-error") == 1, "the job fired")
+    assert faults.calls["claim_due_jobs"] >= 2
+    assert "unexpected error" in caplog.text
+    assert scheduler.started
+
+
 # -- firing time -------------------------------------------------------------------------
 
 

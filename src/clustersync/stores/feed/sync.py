@@ -23,9 +23,13 @@ from ..contract import ANY_CHANNEL, ChangeListener
 logger = logging.getLogger("clustersync.notify")
 
 C = TypeVar("C")
+#: What one receive got: the channels that changed, and whether anything arrived.
+Received = tuple[list[str], bool]
 
 #: How long one receive waits before the reader checks whether the feed was closed.
 POLL = 0.1
+#: How often the reader asks the server for an answer on a quiet connection.
+KEEPALIVE = 5.0
 
 
 class PushNotifications:
@@ -53,14 +57,25 @@ class ChangeFeed(Generic[C]):
         *,
         what: str,
         connect: Callable[[], C],
-        receive: Callable[[C], list[str]],
+        receive: Callable[[C], Received],
         disconnect: Callable[[C], None],
         notify: Callable[[str], None],
         errors: tuple[type[BaseException], ...],
+        ping: Callable[[C], bool],
+        answer_within: float,
     ) -> None:
+        """``receive(conn)`` waits up to :data:`POLL` for messages: the channels that
+        changed, and whether anything at all arrived (a keep-alive answer counts).
+        ``ping(conn)`` asks the server for an answer: True if it was a round trip that
+        got one, False if the answer arrives later through ``receive``. A connection
+        that has not been heard from within ``answer_within`` of a ping is replaced: a
+        connection can die silently (a broken middlebox), and waiters would otherwise
+        fall back on their deadlines for good."""
         self._what = what
         self._connect = connect
         self._receive = receive
+        self._ping = ping
+        self._answer_within = answer_within
         self._disconnect = disconnect
         self._notify = notify
         self._errors = errors
@@ -75,13 +90,24 @@ class ChangeFeed(Generic[C]):
 
     def _read(self) -> None:
         backoff = Backoff(cap=2.0)
+        heard = pinged = shim.monotonic()
         while not self._closed:
             conn = self._conn
             try:
                 if conn is None:
                     conn = self._conn = self._connect()
+                    heard = pinged = shim.monotonic()
                     self._notify(ANY_CHANNEL)  # messages may have been missed meanwhile
-                channels = self._receive(conn)
+                channels, arrived = self._receive(conn)
+                now = shim.monotonic()
+                if arrived:
+                    heard = now
+                elif now - heard > KEEPALIVE + self._answer_within:
+                    raise TimeoutError(f"nothing heard for {now - heard:.1f}s, not even a ping")
+                if now - pinged >= KEEPALIVE:
+                    pinged = now
+                    if self._ping(conn):
+                        heard = shim.monotonic()
                 backoff.reset()
             except self._errors as exc:
                 if self._closed:

@@ -26,7 +26,7 @@ waiter to recheck. Committed one-shot jobs survive server restarts and crashes.
 
 A server that stops answering on an open connection (hung, or a network partition that
 the kernel's TCP does not notice, e.g. behind a proxy) would leave libpq waiting forever:
-an operation that gets no answer within ``socket_timeout`` (10 s, like the Redis store)
+an operation that gets no answer within ``socket_timeout`` (5 s, like the Redis store)
 has its socket shut down by a watchdog, so it fails with ``StoreUnavailableError`` and
 the connection is discarded.
 """
@@ -72,6 +72,8 @@ _US = 1_000_000
 #: Idle pooled connections older than this are closed rather than reused (a firewall or
 #: NAT may have dropped them silently).
 _MAX_IDLE = 300.0
+#: Longest wait for an answer on one connection (see the Redis store's).
+DEFAULT_SOCKET_TIMEOUT = 5.0
 
 
 def notify_channel(namespace: str) -> str:
@@ -90,7 +92,7 @@ class PostgresBackend(PushNotifications):
         namespace: str,
         *,
         connect_timeout: float = 5.0,
-        socket_timeout: float = 10.0,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         pool_timeout: float = 10.0,
         max_connections: int = 10,
         prepared_statements: bool = True,
@@ -109,6 +111,8 @@ class PostgresBackend(PushNotifications):
             disconnect=_close_connection,
             notify=self._notify,
             errors=(psycopg.Error, StoreUnavailableError, OSError),
+            ping=self._ping_listener,
+            answer_within=socket_timeout,
         )
         self._closed = False
         # The connection pool: idle connections with when they were checked in (newest
@@ -127,7 +131,9 @@ class PostgresBackend(PushNotifications):
     def open(cls, url: str, namespace: str, options: dict[str, Any]) -> PostgresBackend:
         options = dict(options)
         connect_timeout = option_timeout(options.pop("connect_timeout", 5.0), "connect_timeout")
-        socket_timeout = option_timeout(options.pop("socket_timeout", 10.0), "socket_timeout")
+        socket_timeout = option_timeout(
+            options.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT), "socket_timeout"
+        )
         pool_timeout = option_timeout(
             options.pop("pool_timeout", 10.0), "pool_timeout", allow_zero=True
         )
@@ -229,11 +235,24 @@ class PostgresBackend(PushNotifications):
         """A connection of the pool for one operation (use inside ``_translate``), bounded
         by ``socket_timeout``."""
         conn = self._checkout()
+        watchdog = self._bounded(conn)
         try:
-            with self._bounded(conn):
+            with watchdog:
                 yield conn
         finally:
             self._checkin(conn)
+            if watchdog.expired:  # the others may have stopped answering too
+                self.drop_idle_connections()
+
+    def drop_idle_connections(self) -> None:
+        """Close the pooled connections not in use (after a call got no answer: those
+        may be stuck too), so that the next call opens a new one."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+            self._opened -= len(idle)
+        for conn, _ in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _bounded(self, conn: Any) -> _Watchdog:
         """A context bounding one operation on ``conn`` by ``socket_timeout``."""
@@ -271,6 +290,10 @@ class PostgresBackend(PushNotifications):
                     with self._pool_lock:
                         if waker in self._slot_waiters:
                             self._slot_waiters.remove(waker)
+                # A check-in may have chosen this waiter just as its wait ran out: take
+                # the connection then, rather than waste the wake-up (no other waiter
+                # would be woken for it).
+                woken = woken or waker.is_set()
                 if not woken:
                     raise StoreUnavailableError(
                         f"PostgreSQL at {self._safe_url}: all {self._max_connections}"
@@ -332,10 +355,16 @@ class PostgresBackend(PushNotifications):
             raise
         return conn
 
-    def _receive(self, conn: Any) -> list[str]:
+    def _receive(self, conn: Any) -> tuple[list[str], bool]:
         # stop_after=1: return as soon as a notification arrives, not at the end of POLL
         # (collecting for the whole window delayed every wake-up by up to 100 ms).
-        return [notice.payload for notice in conn.notifies(timeout=POLL, stop_after=1)]
+        payloads = [notice.payload for notice in conn.notifies(timeout=POLL, stop_after=1)]
+        return payloads, bool(payloads)
+
+    def _ping_listener(self, conn: Any) -> bool:
+        """A round trip on the LISTEN connection, bounded by ``socket_timeout``."""
+        self._execute_bounded(conn, "SELECT 1")
+        return True
 
     def after_fork(self) -> bool:
         """In a forked child: the connections are shared with the parent. Each socket is

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as redis_client
 from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
 from ..contract import (
@@ -45,6 +46,12 @@ logger = logging.getLogger("clustersync.redis")
 
 _US = 1_000_000
 _LIST_PAGE = 1000
+#: Longest wait for an answer on one connection. With the default ttl of 15 s a lease is
+#: renewed at 5 s; a connection that stopped answering is abandoned at 10 s at the latest
+#: and the renewal retried on a new connection, well before 15 s (docs/reliability.md).
+DEFAULT_SOCKET_TIMEOUT = 5.0
+#: The payload of the subscription's keep-alive pings.
+_KEEPALIVE = "clustersync-keepalive"
 #: ``handoff`` values: notify waiters of a release, or grant the lease to the first one.
 HANDOFFS = ("notify", "grant")
 #: Shortest BLPOP timeout sent (Redis reads 0 as "block forever").
@@ -93,6 +100,8 @@ class RedisBackend(PushNotifications):
             disconnect=_close_pubsub,
             notify=self._notify,
             errors=(RedisError, OSError),
+            ping=self._ping_subscription,
+            answer_within=socket_timeout or DEFAULT_SOCKET_TIMEOUT,
         )
         self._scripts: dict[str, Any] = {
             name: client.register_script(text) for name, text in lua.SCRIPTS.items()
@@ -102,7 +111,9 @@ class RedisBackend(PushNotifications):
     async def open(cls, url: str, namespace: str, options: dict[str, Any]) -> RedisBackend:
         options = dict(options)
         url, handoff = _handoff_option(url, options.pop("handoff", None))
-        timeout = option_timeout(options.pop("socket_timeout", 10.0), "socket_timeout")
+        timeout = option_timeout(
+            options.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT), "socket_timeout"
+        )
         connect_timeout = option_timeout(options.pop("connect_timeout", 5.0), "connect_timeout")
         max_connections = options.pop("max_connections", None)
         if max_connections is not None:
@@ -150,7 +161,15 @@ class RedisBackend(PushNotifications):
                 f" (wrong or missing password?): {exc}"
             ) from exc
         except (RedisError, OSError) as exc:
+            if isinstance(exc, RedisTimeoutError):
+                await self.drop_idle_connections()  # they may have stopped answering too
             raise StoreUnavailableError(f"Redis at {self._url} failed to {action}: {exc}") from exc
+
+    async def drop_idle_connections(self) -> None:
+        """Close the pooled connections not in use (after a call got no answer: those
+        may be stuck too), so that the next call opens a new one."""
+        with contextlib.suppress(Exception):
+            await self._client.connection_pool.disconnect(inuse_connections=False)
 
     async def _run(self, action: str, script: str, keys: list[str], args: list[Any]) -> Any:
         async with self._translate(action):
@@ -167,11 +186,17 @@ class RedisBackend(PushNotifications):
             raise
         return pubsub
 
-    async def _receive(self, pubsub: Any) -> list[str]:
+    async def _receive(self, pubsub: Any) -> tuple[list[str], bool]:
         message = await pubsub.get_message(timeout=POLL)
-        if message is not None and message.get("type") == "message":
-            return [str(message["data"])]
-        return []
+        if message is None:
+            return [], False
+        if message.get("type") == "message":
+            return [str(message["data"])], True
+        return [], True  # a keep-alive answer ("pong") or a subscription message
+
+    async def _ping_subscription(self, pubsub: Any) -> bool:
+        await pubsub.ping(message=_KEEPALIVE)  # the answer arrives as a "pong" message
+        return False
 
     async def close(self) -> None:
         if self._closed:

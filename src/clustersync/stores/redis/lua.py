@@ -309,11 +309,17 @@ local untl = now + tonumber(ARGV[4])
 local out = {}
 for _, key in ipairs(keys) do
   local h = ARGV[1] .. 'j:' .. key
-  local claim = redis.call('HINCRBY', h, 'c', 1)
-  redis.call('HSET', h, 'o', ARGV[2])
-  redis.call('ZADD', KEYS[1], untl, key)
-  local v = redis.call('HMGET', h, 'r', 'p')
-  out[#out + 1] = {key, v[1], v[2], claim}
+  if redis.call('EXISTS', h) == 0 then
+    -- An index entry whose job is gone (evicted, or deleted by hand): drop it.
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('ZREM', ARGV[1] .. 'runat', key)
+  else
+    local claim = redis.call('HINCRBY', h, 'c', 1)
+    redis.call('HSET', h, 'o', ARGV[2])
+    redis.call('ZADD', KEYS[1], untl, key)
+    local v = redis.call('HMGET', h, 'r', 'p')
+    out[#out + 1] = {key, v[1], v[2], claim}
+  end
 end
 return out
 """
