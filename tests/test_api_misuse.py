@@ -63,3 +63,24 @@ def test_a_second_scheduler_with_other_options_is_refused() -> None:
         with pytest.raises(ValueError, match="max_running"):
             cs.get_job_once_scheduler(store, max_running=0)
         assert first.claim_ttl == 20.0
+
+
+def test_the_renewer_is_created_once_under_concurrent_first_use() -> None:
+    """(Suspected in review: ``Store.renewer()`` was created lazily without a lock, so two
+    threads acquiring at once could each start a renewer.) One renewer per store."""
+    import threading
+
+    with cs.open_store(_url()) as store:
+        start = threading.Barrier(16)
+        seen: list[object] = []
+
+        def first_use() -> None:
+            start.wait()
+            seen.append(store._renewer())
+
+        threads = [threading.Thread(target=first_use) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({id(renewer) for renewer in seen}) == 1

@@ -831,3 +831,19 @@ def test_a_retried_release_reports_no_false_loss(
     assert faults.failures["release_lease"] == 1
     assert other_store._ops.list_leases() == []
     assert cs.Mutex(other_store, "unknown-release").acquire(blocking=False)
+
+
+def test_the_local_deadline_is_short_of_the_lease(store: cs.Store) -> None:
+    """The holder stops trusting its lease a little before the store ends it: counted
+    from before the request was sent, and 0.1 % short of the ttl, in case this host's
+    clock runs faster than the store's."""
+    ttl = 100.0
+    mutex = cs.Mutex(store, "drift", ttl=ttl)
+    before = shim.monotonic()
+    assert mutex.acquire()
+    after = shim.monotonic()
+    hold = mutex._lease.hold
+    assert hold is not None
+    assert hold.deadline <= after + ttl * (1 - 0.001)
+    assert hold.deadline < before + ttl - 0.05, "no margin for clock drift"
+    mutex.release()

@@ -36,6 +36,7 @@ from ..contract import (
     LeaseInfo,
     NewJob,
     StoredJob,
+    conflicting_job,
 )
 from ..feed.aio import POLL, ChangeFeed, PushNotifications
 from ..options import option_count, option_timeout
@@ -46,6 +47,8 @@ logger = logging.getLogger("clustersync.redis")
 
 _US = 1_000_000
 _LIST_PAGE = 1000
+#: Most jobs stored by one script (~20 ms of the server's time).
+_PUT_STEP = 1000
 #: Longest wait for an answer on one connection. With the default ttl of 15 s a lease is
 #: renewed at 5 s; a connection that stopped answering is abandoned at 10 s at the latest
 #: and the renewal retried on a new connection, well before 15 s (docs/reliability.md).
@@ -320,16 +323,48 @@ class RedisBackend(PushNotifications):
     # -- one-shot jobs -------------------------------------------------------------------
 
     async def put_jobs(self, jobs: Sequence[NewJob]) -> None:
+        """One script for a batch of up to :data:`_PUT_STEP` jobs. A larger batch in one
+        script would block the server for seconds (every client gets BUSY past
+        ``lua-time-limit``): it is checked for duplicates step by step, then stored step
+        by step; if a concurrent change makes a later step meet a duplicate, the earlier
+        steps are undone, so nothing of the batch stays stored when this raises."""
         if not jobs:
             return
-        args: list[Any] = [self._prefix]
-        for job in jobs:
-            args += [job.key, str(job.run_at_us), job.props_json]
-        duplicate = await self._run(
-            "store one-shot jobs", "PUT_JOBS", [self._due, self._runat, self._events], args
+        if len(jobs) <= _PUT_STEP:
+            await self._put_step(jobs, "put")
+            return
+        duplicate = conflicting_job(jobs, {})  # a key repeated within the batch
+        if duplicate is not None:
+            raise DuplicateJobError(duplicate)
+        steps = [jobs[i : i + _PUT_STEP] for i in range(0, len(jobs), _PUT_STEP)]
+        for step in steps:
+            await self._put_step(step, "check")
+        stored: list[NewJob] = []
+        try:
+            for step in steps:
+                skipped = await self._put_step(step, "put")
+                stored += [job for job in step if job.key not in skipped]
+        except DuplicateJobError:
+            for start in range(0, len(stored), _PUT_STEP):
+                await self._run(
+                    "undo storing one-shot jobs",
+                    "UNDO_JOBS",
+                    [self._due, self._runat],
+                    [self._prefix, *_job_args(stored[start : start + _PUT_STEP])],
+                )
+            raise
+
+    async def _put_step(self, jobs: Sequence[NewJob], mode: str) -> set[str]:
+        """PUT_JOBS on one step of a batch; returns the keys stored identically already."""
+        status, *keys = await self._run(
+            "store one-shot jobs",
+            "PUT_JOBS",
+            [self._due, self._runat, self._events],
+            [self._prefix, mode, *_job_args(jobs)],
         )
-        if duplicate:
-            raise DuplicateJobError(str(duplicate))
+        if int(status) == 1:
+            raise DuplicateJobError(str(keys[0]))
+        return {str(key) for key in keys}
 
     async def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
         rows = await self._run(
@@ -431,6 +466,14 @@ def _check_connection_options(pool: Any) -> None:
         option_timeout(options["health_check_interval"], "health_check_interval", allow_zero=True)
     # No I/O: TypeError for an unknown option, RedisError for a bad value (protocol=9).
     pool.connection_class(**options)
+
+
+def _job_args(jobs: Sequence[NewJob]) -> list[str]:
+    """key, run_at, props of each job, as the job scripts take them."""
+    args: list[str] = []
+    for job in jobs:
+        args += [job.key, str(job.run_at_us), job.props_json]
+    return args
 
 
 def _ms(seconds: float) -> int:

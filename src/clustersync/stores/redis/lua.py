@@ -259,12 +259,14 @@ return 1
 # scheduler never sleeps past the earliest due time it read, and the script runs
 # atomically, so a later job is found when that scheduler wakes and rereads.
 PUT_JOBS = """
--- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, then key, run_at, props...
--- A key repeated in the batch, or stored with another run time or props, is a
--- duplicate (nothing is stored); a job stored identically is a retry and is skipped.
+-- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, ARGV[2] "put" or "check",
+-- then key, run_at, props... Returns {1, key} for a duplicate: a key repeated in the
+-- batch, or stored with another run time or props (nothing is stored). Else {0, keys
+-- skipped...}: jobs stored identically already are a retry, left as they are; "check"
+-- stores nothing.
 local prefix = ARGV[1]
-local seen, skip = {}, {}
-for i = 2, #ARGV, 3 do
+local seen, skip, skipped = {}, {}, {0}
+for i = 3, #ARGV, 3 do
   local key = ARGV[i]
   if seen[key] then
     return key
@@ -273,15 +275,19 @@ for i = 2, #ARGV, 3 do
   local stored = redis.call('HMGET', prefix .. 'j:' .. key, 'r', 'p')
   if stored[1] then
     if stored[1] ~= ARGV[i + 1] or stored[2] ~= ARGV[i + 2] then
-      return key
+      return {1, key}
     end
     skip[key] = true
+    skipped[#skipped + 1] = key
   end
+end
+if ARGV[2] == 'check' then
+  return skipped
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local earliest = first[2] and tonumber(first[2])
 local wake = not earliest
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local key = ARGV[i]
   if not skip[key] then
     redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0)
@@ -295,7 +301,23 @@ end
 if wake then
   redis.call('PUBLISH', KEYS[3], 'jobs')
 end
-return false
+return skipped
+"""
+
+# Undoes the earlier steps of a batch stored in several steps (see RedisBackend.put_jobs)
+# when a later step met a duplicate: deletes the jobs the batch stored, unless claimed.
+UNDO_JOBS = """
+-- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, then key, run_at, props...
+for i = 2, #ARGV, 3 do
+  local h = ARGV[1] .. 'j:' .. ARGV[i]
+  local stored = redis.call('HMGET', h, 'r', 'p', 'o')
+  if stored[1] == ARGV[i + 1] and stored[2] == ARGV[i + 2] and not stored[3] then
+    redis.call('DEL', h)
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i])
+  end
+end
+return 0
 """
 
 CLAIM_DUE = (
