@@ -459,7 +459,7 @@ async def test_aio_on_lost_at_the_deadline_while_a_renewal_hangs() -> None:
         cut_at = time.monotonic()
         while not lost and time.monotonic() < cut_at + 10:
             await asyncio.sleep(0.01)
-        assert hanging.hung == 1
+        assert hanging.hung >= 1  # (each attempt bounded: a second one may hang too)
         assert len(lost) == 1
         assert lost[0] - cut_at <= ttl + LOST_SLACK
         assert not mutex.locked()

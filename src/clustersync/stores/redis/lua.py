@@ -269,7 +269,7 @@ local seen, skip, skipped = {}, {}, {0}
 for i = 3, #ARGV, 3 do
   local key = ARGV[i]
   if seen[key] then
-    return key
+    return {1, key}
   end
   seen[key] = true
   local stored = redis.call('HMGET', prefix .. 'j:' .. key, 'r', 'p')
