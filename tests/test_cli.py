@@ -569,3 +569,67 @@ def test_demo_ctrl_c_cleans_up(tmp_path: Path) -> None:
     match = _TMPDIR_RE.search(text)
     assert match is not None
     assert not Path(match.group(1)).exists()
+
+
+# -- operating: recurring jobs, breaking locks --------------------------------------------------
+
+
+def test_recurring_jobs_pause_resume_trigger_and_break(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    runs: list[float] = []
+    with cs.open_store(url, identity="web-1") as store:
+        job = cs.schedule(
+            store, "report", cs.wait_for_interval(timedelta(hours=1)), lambda: runs.append(1.0)
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while (
+                not runs
+                or not run_json(capsys, "--url", url, "jobs", "recurring")[0]["last_outcome"]
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            (listed,) = run_json(capsys, "--url", url, "jobs", "recurring")
+            assert listed["key"] == "report"
+            assert listed["schedule"] == "every 1h"
+            assert listed["last_outcome"] == "ok"
+            assert listed["instances"] == 1
+            assert not listed["paused"]
+            status, out, _ = run(capsys, "--url", url, "jobs", "recurring")
+            assert status == 0
+            assert out.splitlines()[0].split()[:3] == ["KEY", "SCHEDULE", "STATE"]
+            assert run_json(capsys, "--url", url, "jobs", "pause", "report") == {
+                "key": "report",
+                "pause": True,
+            }
+            assert run_json(capsys, "--url", url, "jobs", "recurring")[0]["paused"]
+            status, out, _ = run(capsys, "--url", url, "jobs", "trigger", "report")
+            assert status == 0
+            assert "triggered recurring job 'report'" in out
+            deadline = time.monotonic() + 10
+            while len(runs) < 2:
+                assert time.monotonic() < deadline, "the trigger did not run the job"
+                time.sleep(0.05)
+            status, out, _ = run(capsys, "--url", url, "jobs", "resume", "report")
+            assert status == 0
+            status, _, err = run(capsys, "--url", url, "jobs", "pause", "nope")
+            assert status == 1
+            assert "no recurring job 'nope'" in err
+        finally:
+            job.close(timeout=10)
+        mutex = cs.Mutex(store, "export", ttl=30)
+        assert mutex.acquire()
+        (lock,) = run_json(capsys, "--url", url, "locks")
+        assert lock["identity"] == "web-1"
+        assert run_json(capsys, "--url", url, "locks", "break", "export") == {
+            "name": "export",
+            "broken": True,
+        }
+        assert run_json(capsys, "--url", url, "locks") == []
+        status, _, err = run(capsys, "--url", url, "locks", "break", "export")
+        assert status == 1
+        assert "not held" in err
+        with pytest.raises(cs.LockLostError):
+            mutex.release()

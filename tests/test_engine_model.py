@@ -249,7 +249,7 @@ class EngineComparison(RuleBasedStateMachine):
 
     def _set_finished(self, conn: int, key: str, name: str, owner: str, token: int) -> None:
         now = self.now_us()
-        written = self.both(conn, lambda e: e.set_job_finished(key, name, owner, token))
+        written = self.both(conn, lambda e: e.set_job_finished(key, name, owner, token, "ok", None))
         lease = self.model(conn, name)
         holder = (
             lease is not None

@@ -13,6 +13,7 @@ Stores: ``memory://``, ``sqlite:///path.db`` (default), Redis and PostgreSQL.
 
 from __future__ import annotations
 
+from ._core.info import LockInfo, RecurringJobInfo
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -23,6 +24,14 @@ from ._core.intervals import (
 from ._sync.job import Job, schedule
 from ._sync.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._sync.mutex import Mutex
+from ._sync.operations import (
+    break_lock,
+    list_locks,
+    list_recurring_jobs,
+    pause_recurring_job,
+    resume_recurring_job,
+    trigger_recurring_job,
+)
 from ._sync.store import Store, open_store
 from .exceptions import (
     ClusterSyncError,
@@ -45,17 +54,25 @@ __all__ = [
     "JobOnce",
     "JobOnceMetadata",
     "JobOnceScheduler",
+    "LockInfo",
     "LockLostError",
     "Mutex",
     "NextWaitInterval",
     "NotLockedError",
+    "RecurringJobInfo",
     "SchedulerError",
     "Store",
     "StoreUnavailableError",
     "__version__",
+    "break_lock",
     "get_job_once_scheduler",
+    "list_locks",
+    "list_recurring_jobs",
     "open_store",
+    "pause_recurring_job",
+    "resume_recurring_job",
     "schedule",
+    "trigger_recurring_job",
     "wait_for_cron",
     "wait_for_interval",
     "wait_for_rounded_interval",

@@ -12,7 +12,16 @@ from __future__ import annotations
 from ._async.job import Job, schedule
 from ._async.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._async.mutex import Mutex
+from ._async.operations import (
+    break_lock,
+    list_locks,
+    list_recurring_jobs,
+    pause_recurring_job,
+    resume_recurring_job,
+    trigger_recurring_job,
+)
 from ._async.store import Store, open_store
+from ._core.info import LockInfo, RecurringJobInfo
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -39,16 +48,24 @@ __all__ = [
     "JobOnce",
     "JobOnceMetadata",
     "JobOnceScheduler",
+    "LockInfo",
     "LockLostError",
     "Mutex",
     "NextWaitInterval",
     "NotLockedError",
+    "RecurringJobInfo",
     "SchedulerError",
     "Store",
     "StoreUnavailableError",
+    "break_lock",
     "get_job_once_scheduler",
+    "list_locks",
+    "list_recurring_jobs",
     "open_store",
+    "pause_recurring_job",
+    "resume_recurring_job",
     "schedule",
+    "trigger_recurring_job",
     "wait_for_cron",
     "wait_for_interval",
     "wait_for_rounded_interval",

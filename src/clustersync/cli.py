@@ -4,10 +4,13 @@
 
     clustersync [--url URL] [--namespace NS] demo [--workers 3] [--seconds 15]
     clustersync [--url URL] [--namespace NS] locks [--json]
+    clustersync [--url URL] [--namespace NS] locks break NAME [--json]
     clustersync [--url URL] [--namespace NS] jobs list [--json]
     clustersync [--url URL] [--namespace NS] jobs schedule KEY (--at TIME | --in DURATION)
                                                           [--props JSON] [--json]
     clustersync [--url URL] [--namespace NS] jobs cancel KEY [--json]
+    clustersync [--url URL] [--namespace NS] jobs recurring [--json]
+    clustersync [--url URL] [--namespace NS] jobs pause|resume|trigger KEY [--json]
 
 ``--url`` defaults as :func:`clustersync.open_store` does (``$CLUSTERSYNC_URL``, else
 ``sqlite:///clustersync.db``). Errors print one line, ``clustersync: error: ...``, on
@@ -29,10 +32,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
 from . import __version__
+from ._core.info import RecurringJobInfo, identity_of
 from ._core.validation import validate_name
-from ._sync.job import JOB_PREFIX
 from ._sync.job_once import get_job_once_scheduler
-from ._sync.mutex import MUTEX_PREFIX
+from ._sync.operations import (
+    LEASE_KINDS,
+    break_lock,
+    list_recurring_jobs,
+    pause_recurring_job,
+    resume_recurring_job,
+    trigger_recurring_job,
+)
 from ._sync.store import Store, open_store
 from .exceptions import ClusterSyncError
 from .stores.contract import LeaseInfo
@@ -42,9 +52,6 @@ PROG = "clustersync"
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-#: Internal lease-name prefixes (see docs/architecture.md) and the kind they denote.
-LEASE_KINDS = {MUTEX_PREFIX: "mutex", JOB_PREFIX: "job"}
 
 _PROPS_COLUMN_WIDTH = 60
 
@@ -212,6 +219,8 @@ def _open(args: argparse.Namespace, *, must_exist: bool = False) -> Store:
 
 
 def cmd_locks(args: argparse.Namespace, out: TextIO) -> int:
+    if getattr(args, "locks_command", None) == "break":
+        return cmd_locks_break(args, out)
     with _open(args, must_exist=True) as store:
         leases = store._ops.list_leases()
         where = f"namespace {store.namespace!r} of {store.url}"
@@ -223,6 +232,7 @@ def cmd_locks(args: argparse.Namespace, out: TextIO) -> int:
                 "name": name,
                 "lease": lease.name,
                 "holder": lease.owner,
+                "identity": identity_of(lease.owner),
                 "token": lease.token,
                 "expires_in": round(lease.expires_in, 3),
             }
@@ -233,10 +243,113 @@ def cmd_locks(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"no locks held in {where}\n")
     else:
         rows = [
-            [kind, name, lease.owner, str(lease.token), format_duration(lease.expires_in)]
+            [
+                kind,
+                name,
+                identity_of(lease.owner),
+                str(lease.token),
+                format_duration(lease.expires_in),
+            ]
             for kind, name, lease in named
         ]
         _table(out, ["KIND", "NAME", "HOLDER", "TOKEN", "EXPIRES IN"], rows)
+    return 0
+
+
+def cmd_locks_break(args: argparse.Namespace, out: TextIO) -> int:
+    validate_name(args.name, "mutex name")
+    with _open(args, must_exist=True) as store:
+        broken = break_lock(store, args.name)
+        where = f"namespace {store.namespace!r} of {store.url}"
+    if args.json:
+        _dump_json(out, {"name": args.name, "broken": broken})
+    if not broken:
+        raise CLIError(f"mutex {args.name!r} is not held in {where}")
+    if not args.json:
+        out.write(
+            f"broke mutex {args.name!r}: the next holder gets a higher fencing token; the"
+            " old holder learns it at its next renewal\n"
+        )
+    return 0
+
+
+def cmd_jobs_recurring(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args, must_exist=True) as store:
+        jobs = list_recurring_jobs(store)
+        where = f"namespace {store.namespace!r} of {store.url}"
+    if args.json:
+        _dump_json(out, [_recurring_json(job) for job in jobs])
+    elif not jobs:
+        out.write(f"no recurring jobs in {where}\n")
+    else:
+        now = time.time()
+        rows = [
+            [
+                job.key,
+                job.schedule,
+                "paused" if job.paused else ("running" if job.running_on else "scheduled"),
+                job.running_on or "-",
+                _ago(job.last_finished, now),
+                job.last_outcome or "-",
+                _relative(job.next_run.timestamp() - now) if job.next_run else "-",
+                str(job.instances),
+            ]
+            for job in jobs
+        ]
+        _table(
+            out,
+            ["KEY", "SCHEDULE", "STATE", "RUNNING ON", "LAST RUN", "OUTCOME", "NEXT", "INSTANCES"],
+            rows,
+        )
+        for job in jobs:
+            if job.last_error:
+                out.write(f"{job.key}: last error: {job.last_error}\n")
+    return 0
+
+
+def _recurring_json(job: RecurringJobInfo) -> dict[str, Any]:
+    def moment(value: datetime | None) -> str | None:
+        return None if value is None else format_time(value)
+
+    return {
+        "key": job.key,
+        "schedule": job.schedule,
+        "paused": job.paused,
+        "running_on": job.running_on,
+        "last_started": moment(job.last_started),
+        "last_finished": moment(job.last_finished),
+        "last_outcome": job.last_outcome,
+        "last_error": job.last_error,
+        "next_run": moment(job.next_run),
+        "instances": job.instances,
+    }
+
+
+def _ago(moment: datetime | None, now: float) -> str:
+    if moment is None:
+        return "never"
+    return format_duration(max(0.0, now - moment.timestamp())) + " ago"
+
+
+_CONTROLS = {
+    "pause": (pause_recurring_job, "paused"),
+    "resume": (resume_recurring_job, "resumed"),
+    "trigger": (trigger_recurring_job, "triggered"),
+}
+
+
+def cmd_jobs_control(args: argparse.Namespace, out: TextIO) -> int:
+    control, done = _CONTROLS[args.jobs_command]
+    with _open(args, must_exist=True) as store:
+        try:
+            control(store, args.key)
+        except KeyError:
+            where = f"namespace {store.namespace!r} of {store.url}"
+            raise CLIError(f"no recurring job {args.key!r} was ever scheduled in {where}") from None
+    if args.json:
+        _dump_json(out, {"key": args.key, args.jobs_command: True})
+    else:
+        out.write(f"{done} recurring job {args.key!r} on every instance\n")
     return 0
 
 
@@ -374,6 +487,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     locks.add_argument("--json", action="store_true", help="machine-readable output")
     locks.set_defaults(handler=cmd_locks)
+    locks_commands = locks.add_subparsers(dest="locks_command", metavar="ACTION")
+    locks_break = locks_commands.add_parser(
+        "break",
+        parents=[common],
+        help="force-release a held mutex (its holder is fenced off)",
+        description=(
+            "End the live lease of a mutex, whoever holds it. The next acquisition gets a"
+            " higher fencing token, so the old holder's writes are rejected by a fenced"
+            " resource, and the old holder learns it at its next renewal (on_lost)."
+        ),
+    )
+    locks_break.add_argument("name", metavar="NAME", help="mutex name")
+    locks_break.add_argument("--json", action="store_true", help="machine-readable output")
 
     jobs = commands.add_parser(
         "jobs",
@@ -429,6 +555,26 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cancel.add_argument("key", metavar="KEY", help="job key")
     jobs_cancel.add_argument("--json", action="store_true", help="machine-readable output")
     jobs_cancel.set_defaults(handler=cmd_jobs_cancel)
+
+    jobs_recurring = jobs_commands.add_parser(
+        "recurring",
+        parents=[common],
+        help="list recurring jobs (schedule, state, last run, next run, instances)",
+        description="List the recurring jobs that instances scheduled on this store.",
+    )
+    jobs_recurring.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs_recurring.set_defaults(handler=cmd_jobs_recurring)
+    for action, what in (
+        ("pause", "pause a recurring job on every instance (persistent)"),
+        ("resume", "resume a paused recurring job on every instance"),
+        ("trigger", "run a recurring job once more as soon as possible, on one instance"),
+    ):
+        control = jobs_commands.add_parser(
+            action, parents=[common], help=what, description=what[0].upper() + what[1:] + "."
+        )
+        control.add_argument("key", metavar="KEY", help="recurring job key")
+        control.add_argument("--json", action="store_true", help="machine-readable output")
+        control.set_defaults(handler=cmd_jobs_control)
     return parser
 
 

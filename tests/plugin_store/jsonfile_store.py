@@ -26,6 +26,7 @@ from clustersync.stores import (
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
+    RecurringJobRecord,
     StoredJob,
     StoreKind,
     conflicting_job,
@@ -138,17 +139,101 @@ class JsonFileBackend:
 
     # -- recurring job metadata ------------------------------------------------------------
 
+    @staticmethod
+    def _job(state: dict[str, Any], key: str) -> dict[str, Any]:
+        job: dict[str, Any] = state["meta"].setdefault(
+            key,
+            {
+                "schedule": "",
+                "paused": False,
+                "triggered": False,
+                "started": None,
+                "finished": None,
+                "outcome": None,
+                "error": None,
+                "instances": {},
+            },
+        )
+        return job
+
     def get_job_metadata(self, key: str) -> JobMetadataRecord:
         with self._state() as state:
-            return JobMetadataRecord(state["meta"].get(key), self.now_us())
+            job = state["meta"].get(key)
+            if job is None:
+                return JobMetadataRecord(None, self.now_us())
+            return JobMetadataRecord(
+                job["finished"], self.now_us(), job["paused"], job["triggered"]
+            )
 
-    def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+    def register_recurring_job(
+        self, key: str, instance: str, schedule: str, next_run_us: int | None, ttl: float
+    ) -> None:
+        with self._state() as state:
+            job = self._job(state, key)
+            job["schedule"] = schedule
+            job["instances"][instance] = [next_run_us, self.now_us() + int(ttl * _US)]
+
+    def unregister_recurring_job(self, key: str, instance: str) -> None:
+        with self._state() as state:
+            job = state["meta"].get(key)
+            if job is not None:
+                job["instances"].pop(instance, None)
+
+    def start_job_run(self, key: str, lease_name: str, owner: str, token: int) -> bool:
         with self._state() as state:
             now = self.now_us()
             if not self._owns(state["leases"].get(lease_name), owner, token, now):
                 return False
-            state["meta"][key] = now
+            job = self._job(state, key)
+            if job["paused"] and not job["triggered"]:
+                return False
+            job["triggered"], job["started"] = False, now
             return True
+
+    def set_job_finished(
+        self, key: str, lease_name: str, owner: str, token: int, outcome: str, error: str | None
+    ) -> bool:
+        with self._state() as state:
+            now = self.now_us()
+            if not self._owns(state["leases"].get(lease_name), owner, token, now):
+                return False
+            job = self._job(state, key)
+            job["finished"], job["outcome"], job["error"] = now, outcome, error
+            return True
+
+    def control_recurring_job(self, key: str, action: str) -> bool:
+        with self._state() as state:
+            job = state["meta"].get(key)
+            if job is None:
+                return False
+            if action == "trigger":
+                job["triggered"] = True
+            else:
+                job["paused"] = action == "pause"
+            return True
+
+    def list_recurring_jobs(self) -> list[RecurringJobRecord]:
+        with self._state() as state:
+            now = self.now_us()
+            records = []
+            for key, job in sorted(state["meta"].items()):
+                live = [run for run, expires in job["instances"].values() if expires > now]
+                planned = [run for run in live if run is not None]
+                records.append(
+                    RecurringJobRecord(
+                        key,
+                        job["schedule"],
+                        job["paused"],
+                        job["triggered"],
+                        job["started"],
+                        job["finished"],
+                        job["outcome"],
+                        job["error"],
+                        min(planned) if planned else None,
+                        len(live),
+                    )
+                )
+            return records
 
     # -- one-shot jobs ---------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .info import format_interval
+
 _ZERO = timedelta(0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -28,6 +30,27 @@ class JobMetadata:
 
 
 NextWaitInterval = Callable[[datetime, JobMetadata], timedelta]
+"""``next_wait(now, metadata) -> timedelta``: how long to wait before the next run of a
+recurring job (``timedelta(0)`` or less: run now). See :func:`wait_for_interval`,
+:func:`wait_for_rounded_interval`, :func:`wait_for_cron`, or write your own."""
+
+#: Where the helpers keep their readable description (see :func:`describe_schedule`).
+_SCHEDULE_ATTRIBUTE = "clustersync_schedule"
+
+
+def _described(next_wait: NextWaitInterval, description: str) -> NextWaitInterval:
+    setattr(next_wait, _SCHEDULE_ATTRIBUTE, description)
+    return next_wait
+
+
+def describe_schedule(next_wait: NextWaitInterval) -> str:
+    """A readable description of a ``next_wait``: ``"every 5m"``, ``"every 1h, rounded"``,
+    ``"cron 0 2 * * * Europe/Paris"``, or the name of a function of your own."""
+    described = getattr(next_wait, _SCHEDULE_ATTRIBUTE, None)
+    if isinstance(described, str):
+        return described
+    name = getattr(next_wait, "__qualname__", None) or type(next_wait).__name__
+    return str(name)
 
 
 def _positive_interval(interval: object) -> timedelta:
@@ -54,7 +77,7 @@ def wait_for_interval(interval: timedelta) -> NextWaitInterval:
         except OverflowError:  # beyond timedelta's range: not in this era
             return timedelta.max
 
-    return next_wait
+    return _described(next_wait, f"every {format_interval(step)}")
 
 
 def _floor_to_multiple(moment: datetime, step: timedelta) -> datetime:
@@ -79,7 +102,7 @@ def wait_for_rounded_interval(interval: timedelta) -> NextWaitInterval:
             return timedelta.max
         return max(_ZERO, target - now)
 
-    return next_wait
+    return _described(next_wait, f"every {format_interval(step)}, rounded")
 
 
 def wait_for_cron(expression: str, tz: str = "UTC") -> NextWaitInterval:
@@ -122,4 +145,4 @@ def wait_for_cron(expression: str, tz: str = "UTC") -> NextWaitInterval:
         wait: timedelta = nxt.astimezone(UTC) - now
         return max(_ZERO, wait)
 
-    return next_wait
+    return _described(next_wait, f"cron {expression} {tz}")

@@ -25,6 +25,7 @@ updated, so usually at once).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -33,7 +34,8 @@ from typing import Any
 
 from .._concurrency import threads as shim
 from .._core.backoff import Backoff
-from .._core.intervals import JobMetadata, NextWaitInterval
+from .._core.info import one_line_error
+from .._core.intervals import JobMetadata, NextWaitInterval, describe_schedule
 from .._core.validation import (
     micros_to_datetime,
     validate_join_timeout,
@@ -41,7 +43,8 @@ from .._core.validation import (
     validate_ttl,
 )
 from ..exceptions import LockLostError, StoreUnavailableError
-from .lease import Lease
+from ..stores.contract import job_channel
+from .lease import Lease, new_owner_id
 from .store import Store, require_store
 
 logger = logging.getLogger("clustersync")
@@ -51,6 +54,14 @@ DEFAULT_JOB_TTL = 15.0
 #: longer than ~292 years overflow the threading primitives).
 MAX_SLEEP = 3600.0
 JOB_PREFIX = "j:"  # keeps job leases apart from user mutexes
+#: How often an instance refreshes its registration of the job (the registry counts
+#: the instances whose registration is younger than REGISTRATION_TTL).
+HEARTBEAT = 10.0
+REGISTRATION_TTL = 30.0
+#: Latency wanted from change watchers (SQLite polling) for pause, resume and trigger.
+CONTROL_POLL_INTERVAL = 0.5
+#: The latest next run written to the registry (a wait of centuries is "far away").
+MAX_PLANNED = 100 * 365 * 86400.0
 #: The job whose callback runs in this context (a callback may close its own job).
 _RUNNING: ContextVar[Job | None] = ContextVar("clustersync_running_job", default=None)
 
@@ -70,11 +81,15 @@ class Job:
         self.store = store
         self.key = key
         self._next_wait = next_wait
+        self._schedule = describe_schedule(next_wait)
         self._callback = callback
         self._lease = Lease(store, JOB_PREFIX + key, ttl, description="job")
         self._stop = shim.CancelEvent()
         self._task: shim.Task | None = None
+        self._waker: shim.Waker | None = None
         self._executor: Executor | None = None  # asyncio: the thread of plain callbacks
+        #: This instance's registration in the store's registry of recurring jobs.
+        self._instance = new_owner_id(store.identity)
 
     def __repr__(self) -> str:
         state = "closed" if self._stop.is_set() else "running"
@@ -90,12 +105,32 @@ class Job:
         if self._stop.is_set():
             return
         self._stop = shim.CancelEvent()
+        self._instance = new_owner_id(self.store.identity)
         self._start()
 
     def metadata(self) -> JobMetadata:
         """The job's shared metadata (``last_finished`` of the latest run, or None)."""
         record = self.store._ops.get_job_metadata(self.key)
         return _to_metadata(record.last_finished_us)
+
+    def pause(self) -> None:
+        """Pause the job on every instance, persistently: no run starts until
+        :meth:`resume` (a run in progress finishes; :meth:`trigger` still runs once)."""
+        self._control("pause")
+
+    def resume(self) -> None:
+        """Resume the job on every instance (idempotent)."""
+        self._control("resume")
+
+    def trigger(self) -> None:
+        """Ask for one extra run as soon as possible, on exactly one instance (never two
+        at once, even while paused; the job stays paused); then the cadence goes on."""
+        self._control("trigger")
+
+    def _control(self, action: str) -> None:
+        if not self.store._ops.control_recurring_job(self.key, action):
+            self._register(None)  # called before this instance registered the job
+            self.store._ops.control_recurring_job(self.key, action)
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop the job here, waiting up to ``timeout`` for a running callback.
@@ -106,41 +141,74 @@ class Job:
         """
         seconds = validate_join_timeout(timeout)
         self._stop.set()
+        waker = self._waker
+        if waker is not None:
+            waker.set_threadsafe()
         self.store._jobs.discard(self)
         task = self._task
         if task is None or shim.in_task(task) or _RUNNING.get() is self:
             return True  # called by the job's own callback: it stops when that returns
         return shim.join(task, seconds)
 
-    def _seconds_until_due(self) -> float:
+    def _plan(self) -> tuple[float, int | None]:
+        """Seconds until the job is due (``inf`` while paused, 0 when triggered) and when
+        that is by the store's clock (µs; None while paused)."""
         record = self.store._ops.get_job_metadata(self.key)
+        if record.triggered:
+            return 0.0, record.store_now_us
+        if record.paused:
+            return math.inf, None
         now = micros_to_datetime(record.store_now_us)
         wait = self._next_wait(now, _to_metadata(record.last_finished_us))
         if not isinstance(wait, timedelta):
             raise TypeError(f"next_wait must return a timedelta, not {type(wait).__name__}")
-        return wait.total_seconds()
+        seconds = wait.total_seconds()
+        return seconds, record.store_now_us + int(min(seconds, MAX_PLANNED) * 1_000_000)
+
+    def _register(self, next_run_us: int | None) -> None:
+        self.store._ops.register_recurring_job(
+            self.key, self._instance, self._schedule, next_run_us, REGISTRATION_TTL
+        )
 
     def _run(self) -> None:
+        waker = self._waker = shim.Waker()
         try:
-            self._loop()
+            with self.store._hub.listen(job_channel(self.key), waker, CONTROL_POLL_INTERVAL):
+                self._loop(waker)
         finally:
+            self._waker = None
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
+            if not self.store.closed:
+                try:
+                    self.store._ops.unregister_recurring_job(self.key, self._instance)
+                except StoreUnavailableError as exc:  # its registration just expires
+                    logger.debug("job %r: could not unregister: %s", self.key, exc)
 
-    def _loop(self) -> None:
+    def _loop(self, waker: shim.Waker) -> None:
         backoff = Backoff(cap=5.0)
+        next_heartbeat = -math.inf
+        registered: int | None = None  # the next run this instance last registered
         while not self._stop.is_set():
             try:
-                wait = self._seconds_until_due()
+                # Cleared before reading the store: a pause, resume or trigger committed
+                # after the read began is announced after this point and wakes us.
+                waker.clear()
+                wait, next_run_us = self._plan()
+                if shim.monotonic() >= next_heartbeat or _moved(registered, next_run_us):
+                    self._register(next_run_us)
+                    registered = next_run_us
+                    next_heartbeat = shim.monotonic() + HEARTBEAT
                 if wait > 0:
-                    shim.wait_for_event(self._stop, min(wait, MAX_SLEEP))
+                    heartbeat_in = max(0.0, next_heartbeat - shim.monotonic())
+                    waker.wait(min(wait, MAX_SLEEP, heartbeat_in))
                     continue
                 # Due: take the lease (waiting while another instance runs it), then
                 # recheck under it — the other instance may just have run the job.
                 if not self._lease.acquire(cancel=self._stop):
                     continue
                 try:
-                    if self._seconds_until_due() <= 0:
+                    if (self._plan())[0] <= 0:
                         self._run_once()
                 finally:
                     self._release()
@@ -157,17 +225,27 @@ class Job:
                 shim.wait_for_event(self._stop, delay)
 
     def _run_once(self) -> None:
+        hold = self._lease.hold
+        if hold is None:  # pragma: no cover - the lease is held here
+            return
+        # The last word on pause: a pause committed before this is never missed.
+        if not self.store._ops.start_job_run(
+            self.key, self._lease.name, hold.owner, hold.token
+        ):
+            return
         running = _RUNNING.set(self)
+        outcome, error = "ok", None
         try:
             shim.call_user_blocking(self._callback, executor=self._executor)
-        except Exception:
+        except Exception as exc:
+            outcome, error = "error", one_line_error(exc)
             logger.exception("job %r: callback raised; the run counts as finished", self.key)
         finally:
             _RUNNING.reset(running)
-        if not self._record_finished():
+        if not self._record_finished(outcome, error):
             logger.error("job %r: lease lost during the run; last_finished not recorded", self.key)
 
-    def _record_finished(self) -> bool:
+    def _record_finished(self, outcome: str, error: str | None) -> bool:
         """Write ``last_finished``, retrying store errors for as long as the lease lives
         (a run not recorded would run again at once). The write is idempotent, so a
         retry after an unknown outcome is harmless."""
@@ -178,7 +256,7 @@ class Job:
         while True:
             try:
                 return self.store._ops.set_job_finished(
-                    self.key, self._lease.name, hold.owner, hold.token
+                    self.key, self._lease.name, hold.owner, hold.token, outcome, error
                 )
             except StoreUnavailableError as exc:
                 remaining = hold.deadline - shim.monotonic()
@@ -195,6 +273,14 @@ class Job:
             self._lease.release()
         except LockLostError as exc:
             logger.error("job %r: %s", self.key, exc)
+
+
+def _moved(registered: int | None, planned: int | None) -> bool:
+    """Whether the planned next run moved enough (a run happened, a pause) to tell the
+    registry before the next heartbeat."""
+    if registered is None or planned is None:
+        return registered != planned
+    return abs(planned - registered) > 1_000_000
 
 
 def _to_metadata(last_finished_us: int | None) -> JobMetadata:

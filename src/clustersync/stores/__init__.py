@@ -33,8 +33,10 @@ from .contract import (
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
+    RecurringJobRecord,
     StoredJob,
     conflicting_job,
+    job_channel,
     lease_channel,
 )
 from .contract.aio import Backend as AsyncBackend
@@ -71,9 +73,11 @@ __all__ = [
     "JobMetadataRecord",
     "LeaseInfo",
     "NewJob",
+    "RecurringJobRecord",
     "StoreKind",
     "StoredJob",
     "conflicting_job",
+    "job_channel",
     "kind_for_url",
     "lease_channel",
     "register_store",

@@ -27,8 +27,10 @@ from .contract import (
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
+    RecurringJobRecord,
     StoredJob,
     conflicting_job,
+    job_channel,
     lease_channel,
 )
 from .options import reject_unknown
@@ -65,9 +67,22 @@ class _Job:
 
 
 @dataclass(slots=True)
+class _Recurring:
+    schedule: str = ""
+    paused: bool = False
+    triggered: bool = False
+    last_started_us: int | None = None
+    last_finished_us: int | None = None
+    last_outcome: str | None = None
+    last_error: str | None = None
+    #: instance -> (planned next run µs or None, registration expiry µs)
+    instances: dict[str, tuple[int | None, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Namespace:
     leases: dict[str, _Lease] = field(default_factory=dict)
-    metadata: dict[str, int] = field(default_factory=dict)
+    recurring: dict[str, _Recurring] = field(default_factory=dict)
     jobs: dict[str, _Job] = field(default_factory=dict)
     # (due_us, key) with lazy deletion: an entry is valid only if it matches the row.
     due_heap: list[tuple[int, str]] = field(default_factory=list)
@@ -258,15 +273,91 @@ class MemoryBackend:
     def get_job_metadata(self, key: str) -> JobMetadataRecord:
         now = self.now_us()
         with self._state.lock:
-            return JobMetadataRecord(self._ns.metadata.get(key), now)
+            job = self._ns.recurring.get(key)
+            if job is None:
+                return JobMetadataRecord(None, now)
+            return JobMetadataRecord(job.last_finished_us, now, job.paused, job.triggered)
 
-    def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+    def register_recurring_job(
+        self, key: str, instance: str, schedule: str, next_run_us: int | None, ttl: float
+    ) -> None:
+        now = self.now_us()
+        with self._state.lock:
+            job = self._ns.recurring.setdefault(key, _Recurring())
+            job.schedule = schedule
+            job.instances[instance] = (next_run_us, now + int(ttl * _US))
+
+    def unregister_recurring_job(self, key: str, instance: str) -> None:
+        with self._state.lock:
+            job = self._ns.recurring.get(key)
+            if job is not None:
+                job.instances.pop(instance, None)
+
+    def start_job_run(self, key: str, lease_name: str, owner: str, token: int) -> bool:
         now = self.now_us()
         with self._state.lock:
             if not _owns(self._ns.leases.get(lease_name), owner, token, now):
                 return False
-            self._ns.metadata[key] = now
+            job = self._ns.recurring.setdefault(key, _Recurring())
+            if job.paused and not job.triggered:
+                return False
+            job.triggered = False
+            job.last_started_us = now
             return True
+
+    def set_job_finished(
+        self,
+        key: str,
+        lease_name: str,
+        owner: str,
+        token: int,
+        outcome: str,
+        error: str | None,
+    ) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            if not _owns(self._ns.leases.get(lease_name), owner, token, now):
+                return False
+            job = self._ns.recurring.setdefault(key, _Recurring())
+            job.last_finished_us = now
+            job.last_outcome = outcome
+            job.last_error = error
+            return True
+
+    def control_recurring_job(self, key: str, action: str) -> bool:
+        with self._state.lock:
+            job = self._ns.recurring.get(key)
+            if job is None:
+                return False
+            if action == "trigger":
+                job.triggered = True
+            else:
+                job.paused = action == "pause"
+        self._notify(job_channel(key))
+        return True
+
+    def list_recurring_jobs(self) -> list[RecurringJobRecord]:
+        now = self.now_us()
+        with self._state.lock:
+            records = []
+            for key, job in sorted(self._ns.recurring.items()):
+                live = [run for run, expires in job.instances.values() if expires > now]
+                planned = [run for run in live if run is not None]
+                records.append(
+                    RecurringJobRecord(
+                        key,
+                        job.schedule,
+                        job.paused,
+                        job.triggered,
+                        job.last_started_us,
+                        job.last_finished_us,
+                        job.last_outcome,
+                        job.last_error,
+                        min(planned) if planned else None,
+                        len(live),
+                    )
+                )
+            return records
 
     # -- one-shot jobs -------------------------------------------------------------------
 

@@ -38,8 +38,10 @@ from .contract import (
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
+    RecurringJobRecord,
     StoredJob,
     conflicting_job,
+    job_channel,
     lease_channel,
 )
 from .options import option_seconds, reject_unknown
@@ -48,7 +50,19 @@ from .registry import StoreKind
 logger = logging.getLogger("clustersync.sqlite")
 
 _US = 1_000_000
-SCHEMA_VERSION = 1
+#: How long the registration of an instance that stopped refreshing it is kept (it no
+#: longer counts once expired; this only bounds the rows left by crashed instances).
+_EXPIRED_INSTANCES_KEPT_US = 3600 * _US
+SCHEMA_VERSION = 2
+#: Step by step, from the version before: statements run in the schema's transaction.
+_MIGRATIONS = {
+    # 2: recurring jobs gain a registry (pause, trigger, last outcome, instances).
+    2: [
+        "INSERT OR IGNORE INTO clustersync_recurring (ns, key, last_finished_us)"
+        " SELECT ns, key, last_finished_us FROM clustersync_job_metadata",
+        "DROP TABLE clustersync_job_metadata",
+    ],
+}
 _T = TypeVar("_T")
 
 KIND = StoreKind(
@@ -73,11 +87,25 @@ CREATE TABLE IF NOT EXISTS clustersync_leases (
     expires_us INTEGER NOT NULL,
     PRIMARY KEY (ns, name)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS clustersync_job_metadata (
+CREATE TABLE IF NOT EXISTS clustersync_recurring (
     ns TEXT NOT NULL,
     key TEXT NOT NULL,
-    last_finished_us INTEGER NOT NULL,
+    schedule TEXT NOT NULL DEFAULT '',
+    paused INTEGER NOT NULL DEFAULT 0,
+    triggered INTEGER NOT NULL DEFAULT 0,
+    last_started_us INTEGER,
+    last_finished_us INTEGER,
+    last_outcome TEXT,
+    last_error TEXT,
     PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_recurring_instances (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    next_run_us INTEGER,
+    expires_us INTEGER NOT NULL,
+    PRIMARY KEY (ns, key, instance)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clustersync_jobs (
     ns TEXT NOT NULL,
@@ -224,14 +252,19 @@ class SQLiteBackend:
             raise
         with self._write() as cur:
             row = cur.execute("SELECT max(version) FROM clustersync_schema").fetchone()
-            if row[0] is None:
+            version = row[0]
+            if version is not None and version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"SQLite store {self.path!r} has schema version {version}, newer than this "
+                    f"clustersync understands ({SCHEMA_VERSION}); upgrade clustersync"
+                )
+            if version != SCHEMA_VERSION:
+                # A fresh schema is current; an older one is migrated step by step.
+                for step in range((version or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
+                        cur.execute(statement)
                 cur.execute(
                     "INSERT INTO clustersync_schema (version) VALUES (?)", (SCHEMA_VERSION,)
-                )
-            elif row[0] > SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"SQLite store {self.path!r} has schema version {row[0]}, newer than this "
-                    f"clustersync understands ({SCHEMA_VERSION}); upgrade clustersync"
                 )
 
     @contextlib.contextmanager
@@ -442,27 +475,124 @@ class SQLiteBackend:
         with self._translate("read job metadata"), self._read() as cur:
             now = self.now_us()
             row = cur.execute(
-                "SELECT last_finished_us FROM clustersync_job_metadata WHERE ns = ? AND key = ?",
+                "SELECT last_finished_us, paused, triggered FROM clustersync_recurring"
+                " WHERE ns = ? AND key = ?",
                 (self._ns, key),
             ).fetchone()
-        return JobMetadataRecord(row[0] if row else None, now)
+        if row is None:
+            return JobMetadataRecord(None, now)
+        return JobMetadataRecord(row[0], now, bool(row[1]), bool(row[2]))
 
-    def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
-        with self._translate("write job metadata"), self._write() as cur:
+    def register_recurring_job(
+        self, key: str, instance: str, schedule: str, next_run_us: int | None, ttl: float
+    ) -> None:
+        with self._translate("register a recurring job"), self._write() as cur:
             now = self.now_us()
-            held = cur.execute(
+            cur.execute(
+                "INSERT INTO clustersync_recurring (ns, key, schedule) VALUES (?, ?, ?)"
+                " ON CONFLICT (ns, key) DO UPDATE SET schedule = excluded.schedule",
+                (self._ns, key, schedule),
+            )
+            cur.execute(
+                "INSERT INTO clustersync_recurring_instances"
+                " (ns, key, instance, next_run_us, expires_us) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (ns, key, instance) DO UPDATE SET"
+                " next_run_us = excluded.next_run_us, expires_us = excluded.expires_us",
+                (self._ns, key, instance, next_run_us, now + int(ttl * _US)),
+            )
+            # Registrations that expired long ago: a crashed instance never unregisters.
+            cur.execute(
+                "DELETE FROM clustersync_recurring_instances WHERE ns = ? AND key = ?"
+                " AND expires_us < ?",
+                (self._ns, key, now - _EXPIRED_INSTANCES_KEPT_US),
+            )
+
+    def unregister_recurring_job(self, key: str, instance: str) -> None:
+        with self._translate("unregister a recurring job"), self._write() as cur:
+            cur.execute(
+                "DELETE FROM clustersync_recurring_instances WHERE ns = ? AND key = ?"
+                " AND instance = ?",
+                (self._ns, key, instance),
+            )
+
+    def _holds(self, cur: sqlite3.Cursor, lease_name: str, owner: str, token: int) -> bool:
+        return (
+            cur.execute(
                 "SELECT 1 FROM clustersync_leases WHERE ns = ? AND name = ? AND owner = ?"
                 " AND token = ? AND expires_us > ?",
-                (self._ns, lease_name, owner, token, now),
+                (self._ns, lease_name, owner, token, self.now_us()),
             ).fetchone()
-            if held is None:
+            is not None
+        )
+
+    def start_job_run(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+        with self._translate("start a recurring job's run"), self._write() as cur:
+            if not self._holds(cur, lease_name, owner, token):
                 return False
             cur.execute(
-                "INSERT INTO clustersync_job_metadata (ns, key, last_finished_us) VALUES (?, ?, ?)"
-                " ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us",
-                (self._ns, key, now),
+                "INSERT INTO clustersync_recurring (ns, key) VALUES (?, ?)"
+                " ON CONFLICT (ns, key) DO NOTHING",
+                (self._ns, key),
+            )
+            cur.execute(
+                "UPDATE clustersync_recurring SET last_started_us = ?, triggered = 0"
+                " WHERE ns = ? AND key = ? AND (paused = 0 OR triggered = 1)",
+                (self.now_us(), self._ns, key),
+            )
+            return cur.rowcount == 1
+
+    def set_job_finished(
+        self,
+        key: str,
+        lease_name: str,
+        owner: str,
+        token: int,
+        outcome: str,
+        error: str | None,
+    ) -> bool:
+        with self._translate("write job metadata"), self._write() as cur:
+            if not self._holds(cur, lease_name, owner, token):
+                return False
+            cur.execute(
+                "INSERT INTO clustersync_recurring"
+                " (ns, key, last_finished_us, last_outcome, last_error) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us,"
+                " last_outcome = excluded.last_outcome, last_error = excluded.last_error",
+                (self._ns, key, self.now_us(), outcome, error),
             )
             return True
+
+    def control_recurring_job(self, key: str, action: str) -> bool:
+        column, value = ("triggered", 1) if action == "trigger" else ("paused", action == "pause")
+        with self._translate(f"{action} a recurring job"), self._write() as cur:
+            cur.execute(
+                f"UPDATE clustersync_recurring SET {column} = ? WHERE ns = ? AND key = ?",
+                (int(value), self._ns, key),
+            )
+            found = cur.rowcount == 1
+        if found:
+            self._notify(job_channel(key))
+        return found
+
+    def list_recurring_jobs(self) -> list[RecurringJobRecord]:
+        with self._translate("list recurring jobs"), self._read() as cur:
+            now = self.now_us()
+            rows = cur.execute(
+                "SELECT r.key, r.schedule, r.paused, r.triggered, r.last_started_us,"
+                " r.last_finished_us, r.last_outcome, r.last_error,"
+                " (SELECT min(next_run_us) FROM clustersync_recurring_instances i"
+                "  WHERE i.ns = r.ns AND i.key = r.key AND i.expires_us > ?),"
+                " (SELECT count(*) FROM clustersync_recurring_instances i"
+                "  WHERE i.ns = r.ns AND i.key = r.key AND i.expires_us > ?)"
+                " FROM clustersync_recurring r WHERE r.ns = ? ORDER BY r.key",
+                (now, now, self._ns),
+            ).fetchall()
+        return [
+            RecurringJobRecord(
+                r[0], r[1], bool(r[2]), bool(r[3]), r[4], r[5], r[6], r[7], r[8], r[9]
+            )
+            for r in rows
+        ]
 
     # -- one-shot jobs -------------------------------------------------------------------
 

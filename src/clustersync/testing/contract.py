@@ -54,7 +54,14 @@ from hypothesis.stateful import (
 import clustersync as cs
 from clustersync import aio
 
-from ..stores.contract import CAPABILITIES, REQUIRED_OPERATIONS, ClaimedJob, LeaseInfo, NewJob
+from ..stores.contract import (
+    CAPABILITIES,
+    REQUIRED_OPERATIONS,
+    ClaimedJob,
+    LeaseInfo,
+    NewJob,
+    RecurringJobRecord,
+)
 
 __all__ = ["StoreContract", "StoreModel"]
 
@@ -238,14 +245,71 @@ class StoreContract:
         assert abs(record.store_now_us - opened._ops.now_us()) < 60 * _US
         held = opened._ops.acquire_lease("j:report", "owner", LONG_TTL)
         assert held.token is not None
-        assert not opened._ops.set_job_finished("report", "j:report", "intruder", held.token)
-        assert not opened._ops.set_job_finished("report", "j:other", "owner", held.token)
+        assert not opened._ops.set_job_finished(
+            "report", "j:report", "intruder", held.token, "ok", None
+        )
+        assert not opened._ops.set_job_finished(
+            "report", "j:other", "owner", held.token, "ok", None
+        )
         assert opened._ops.get_job_metadata("report").last_finished_us is None
         before = opened._ops.now_us()
-        assert opened._ops.set_job_finished("report", "j:report", "owner", held.token)
+        assert opened._ops.set_job_finished("report", "j:report", "owner", held.token, "ok", None)
         record = opened._ops.get_job_metadata("report")
         assert record.last_finished_us is not None
         assert before <= record.last_finished_us <= record.store_now_us
+
+    def test_recurring_job_registry(self, opened: cs.Store, sibling: cs.Store) -> None:
+        assert opened._ops.list_recurring_jobs() == []
+        assert not opened._ops.control_recurring_job("report", "pause"), "never registered"
+        opened._ops.register_recurring_job("report", "one", "every 1h", None, LONG_TTL)
+        sibling._ops.register_recurring_job("report", "two", "every 1h", 123, LONG_TTL)
+        opened._ops.register_recurring_job("backup", "one", "cron 0 2 * * * UTC", 7, LONG_TTL)
+        records = opened._ops.list_recurring_jobs()
+        assert [r.key for r in records] == ["backup", "report"], "sorted by key"
+        report = records[1]
+        assert isinstance(report, RecurringJobRecord)
+        assert (report.schedule, report.instances, report.next_run_us) == ("every 1h", 2, 123)
+        assert not report.paused
+        assert not report.triggered
+        assert report.last_started_us is None
+        assert report.last_outcome is None
+        sibling._ops.register_recurring_job("report", "two", "every 1h", 456, SHORT_TTL)
+        time.sleep(EXPIRED)  # "two" stopped refreshing its registration
+        report = opened._ops.list_recurring_jobs()[1]
+        assert (report.instances, report.next_run_us) == (1, None)
+        opened._ops.unregister_recurring_job("report", "one")
+        assert opened._ops.list_recurring_jobs()[1].instances == 0
+
+    def test_recurring_job_runs_pause_and_trigger(self, opened: cs.Store) -> None:
+        opened._ops.register_recurring_job("report", "one", "every 1h", None, LONG_TTL)
+        held = opened._ops.acquire_lease("j:report", "owner", LONG_TTL)
+        assert held.token is not None
+        meta = opened._ops.get_job_metadata("report")
+        assert (meta.paused, meta.triggered) == (False, False)
+        assert not opened._ops.start_job_run("report", "j:report", "intruder", held.token)
+        assert opened._ops.start_job_run("report", "j:report", "owner", held.token)
+        assert opened._ops.set_job_finished(
+            "report", "j:report", "owner", held.token, "error", "ValueError: broken"
+        )
+        (record,) = opened._ops.list_recurring_jobs()
+        assert (record.last_outcome, record.last_error) == ("error", "ValueError: broken")
+        assert record.last_started_us is not None
+        assert record.last_finished_us is not None
+        assert record.last_started_us <= record.last_finished_us
+        assert opened._ops.control_recurring_job("report", "pause")
+        assert opened._ops.get_job_metadata("report").paused
+        assert not opened._ops.start_job_run("report", "j:report", "owner", held.token)
+        assert opened._ops.control_recurring_job("report", "trigger")
+        assert opened._ops.get_job_metadata("report").triggered
+        assert opened._ops.start_job_run("report", "j:report", "owner", held.token)
+        meta = opened._ops.get_job_metadata("report")
+        assert (meta.paused, meta.triggered) == (True, False), "the run consumed the trigger"
+        assert not opened._ops.start_job_run("report", "j:report", "owner", held.token)
+        assert opened._ops.control_recurring_job("report", "resume")
+        assert opened._ops.start_job_run("report", "j:report", "owner", held.token)
+        assert opened._ops.set_job_finished("report", "j:report", "owner", held.token, "ok", None)
+        (record,) = opened._ops.list_recurring_jobs()
+        assert (record.last_outcome, record.last_error, record.paused) == ("ok", None, False)
 
     # -- one-shot jobs --------------------------------------------------------------------
 
@@ -368,7 +432,7 @@ class StoreContract:
         held = opened._ops.acquire_lease("m:a", "owner", LONG_TTL)
         assert held.token is not None
         opened._ops.put_jobs([self._job("a", -1)])
-        assert opened._ops.set_job_finished("a", "m:a", "owner", held.token)
+        assert opened._ops.set_job_finished("a", "m:a", "owner", held.token, "ok", None)
         namespace = f"{opened.namespace}-other"
         with cs.open_store(store_url, namespace=namespace, **store_options) as other:
             assert other._ops.list_leases() == []
@@ -633,8 +697,8 @@ class StoreModel(RuleBasedStateMachine):
 
     @rule(held=held, key=st.sampled_from(META_KEYS))
     def set_job_finished(self, held: _Held, key: str) -> None:
-        ref = self.ref._ops.set_job_finished(key, held.name, held.owner, held.ref_token)
-        sut = self.sut._ops.set_job_finished(key, held.name, held.owner, held.sut_token)
+        ref = self.ref._ops.set_job_finished(key, held.name, held.owner, held.ref_token, "ok", None)
+        sut = self.sut._ops.set_job_finished(key, held.name, held.owner, held.sut_token, "ok", None)
         assert sut == ref, "metadata is written only by the live lease holder"
 
     @rule(key=st.sampled_from(META_KEYS))

@@ -34,6 +34,7 @@ from .records import (
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
+    RecurringJobRecord,
     StoredJob,
 )
 
@@ -84,13 +85,50 @@ class Backend(Protocol):
     # -- recurring job metadata -----------------------------------------------------------
 
     async def get_job_metadata(self, key: str) -> JobMetadataRecord:
-        """``last_finished`` of recurring job ``key`` (None if it never ran) and the
-        store's clock."""
+        """``last_finished`` of recurring job ``key`` (None if it never ran), whether it
+        is paused or triggered, and the store's clock."""
         ...
 
-    async def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
-        """Set ``last_finished`` of ``key`` to the store's clock, only while ``owner`` and
+    async def register_recurring_job(
+        self, key: str, instance: str, schedule: str, next_run_us: int | None, ttl: float
+    ) -> None:
+        """Record for ``ttl`` seconds that ``instance`` schedules recurring job ``key``,
+        described by ``schedule``, and plans its next run at ``next_run_us``: the
+        instance's heartbeat. Creates the job's record (not paused) if it has none."""
+        ...
+
+    async def unregister_recurring_job(self, key: str, instance: str) -> None:
+        """``instance`` no longer schedules ``key`` (its job was closed)."""
+        ...
+
+    async def start_job_run(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+        """Record that a run of ``key`` starts now and consume a pending trigger, only
+        while ``owner`` and ``token`` hold the live lease ``lease_name`` and the job is
+        not paused (or is triggered); False otherwise: the run must not start."""
+        ...
+
+    async def set_job_finished(
+        self,
+        key: str,
+        lease_name: str,
+        owner: str,
+        token: int,
+        outcome: str,
+        error: str | None,
+    ) -> bool:
+        """Set ``last_finished`` of ``key`` to the store's clock with the run's
+        ``outcome`` (``"ok"`` or ``"error"``) and ``error``, only while ``owner`` and
         ``token`` hold the live lease ``lease_name``; False otherwise."""
+        ...
+
+    async def control_recurring_job(self, key: str, action: str) -> bool:
+        """``"pause"``, ``"resume"`` or ``"trigger"`` recurring job ``key`` for every
+        instance, persistently, and wake its instances (``job_channel(key)``). False if
+        no instance ever registered the key."""
+        ...
+
+    async def list_recurring_jobs(self) -> list[RecurringJobRecord]:
+        """Every recurring job registered in the namespace, sorted by key."""
         ...
 
     # -- one-shot jobs --------------------------------------------------------------------

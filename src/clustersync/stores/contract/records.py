@@ -38,6 +38,15 @@ def parse_jobs_due(message: str) -> float | None:
         return None
 
 
+#: Actions of ``control_recurring_job``.
+RECURRING_JOB_ACTIONS = ("pause", "resume", "trigger")
+
+
+def job_channel(key: str) -> str:
+    """The notification channel of one recurring job (paused, resumed or triggered)."""
+    return "job:" + key
+
+
 def lease_channel(lease_name: str) -> str:
     """The notification channel of one lease (released or taken over)."""
     return "lease:" + lease_name
@@ -110,10 +119,36 @@ class ClaimedJob:
 
 @dataclass(frozen=True, slots=True)
 class JobMetadataRecord:
-    """Recurring job metadata plus the store's current time (both µs since the epoch)."""
+    """Recurring job metadata plus the store's current time (both µs since the epoch):
+    what an instance needs to decide whether to run the job now."""
 
     last_finished_us: int | None
     store_now_us: int
+    #: Paused cluster-wide: no run starts, except a triggered one.
+    paused: bool = False
+    #: An extra run was asked for (``trigger``) and has not started yet.
+    triggered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringJobRecord:
+    """A recurring job as registered in the store (times: µs since the epoch)."""
+
+    key: str
+    #: A readable description of its schedule ("every 5m"), as its instances gave it.
+    schedule: str
+    paused: bool
+    triggered: bool
+    last_started_us: int | None
+    last_finished_us: int | None
+    #: ``"ok"`` or ``"error"`` for the last run that finished, else None.
+    last_outcome: str | None
+    #: The one-line error of the last run, if it failed.
+    last_error: str | None
+    #: The earliest next run the live instances plan (None: none plans one).
+    next_run_us: int | None
+    #: How many live instances schedule it (registrations not expired).
+    instances: int
 
 
 def conflicting_job(jobs: Sequence[NewJob], stored: Mapping[str, tuple[int, str]]) -> str | None:

@@ -11,7 +11,7 @@ prepared statements need PgBouncer 1.22+, or the store option
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Serialises concurrent first-time schema creation (transaction-scoped, PgBouncer-safe).
 SCHEMA_LOCK_KEY = 0x636C7573  # "clus"
@@ -30,11 +30,25 @@ SCHEMA = [
         waiters_until_us bigint NOT NULL DEFAULT 0,
         PRIMARY KEY (ns, name)
     )""",
-    """CREATE TABLE IF NOT EXISTS clustersync_job_metadata (
+    """CREATE TABLE IF NOT EXISTS clustersync_recurring (
         ns text NOT NULL,
         key text NOT NULL,
-        last_finished_us bigint NOT NULL,
+        schedule text NOT NULL DEFAULT '',
+        paused boolean NOT NULL DEFAULT false,
+        triggered boolean NOT NULL DEFAULT false,
+        last_started_us bigint,
+        last_finished_us bigint,
+        last_outcome text,
+        last_error text,
         PRIMARY KEY (ns, key)
+    )""",
+    """CREATE TABLE IF NOT EXISTS clustersync_recurring_instances (
+        ns text NOT NULL,
+        key text NOT NULL,
+        instance text NOT NULL,
+        next_run_us bigint,
+        expires_us bigint NOT NULL,
+        PRIMARY KEY (ns, key, instance)
     )""",
     """CREATE TABLE IF NOT EXISTS clustersync_jobs (
         ns text NOT NULL,
@@ -55,6 +69,13 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         "ALTER TABLE clustersync_leases"
         " ADD COLUMN IF NOT EXISTS waiters_until_us bigint NOT NULL DEFAULT 0"
+    ],
+    # Recurring jobs gain a registry (pause, trigger, last outcome, instances).
+    3: [
+        "INSERT INTO clustersync_recurring (ns, key, last_finished_us)"
+        " SELECT ns, key, last_finished_us FROM clustersync_job_metadata"
+        " ON CONFLICT (ns, key) DO NOTHING",
+        "DROP TABLE clustersync_job_metadata",
     ],
 }
 
@@ -137,18 +158,74 @@ WHERE ns = %(ns)s AND owner IS NOT NULL AND expires_us > now.us ORDER BY name
 """
 
 GET_METADATA = f"""
-SELECT (SELECT last_finished_us FROM clustersync_job_metadata WHERE ns = %(ns)s AND key = %(key)s),
-    {_NOW}
+SELECT r.last_finished_us, coalesce(r.paused, false), coalesce(r.triggered, false), {_NOW}
+FROM (SELECT 1) AS one
+LEFT JOIN clustersync_recurring r ON r.ns = %(ns)s AND r.key = %(key)s
+"""
+
+_HELD = f"""EXISTS (
+    SELECT 1 FROM clustersync_leases WHERE ns = %(ns)s AND name = %(lease)s
+        AND owner = %(owner)s AND token = %(token)s AND expires_us > {_NOW}
+)"""
+
+#: Registrations expired this long ago are deleted (crashed instances never unregister).
+EXPIRED_INSTANCES_KEPT_US = 3_600_000_000
+
+REGISTER_RECURRING = f"""
+WITH job AS (
+    INSERT INTO clustersync_recurring (ns, key, schedule) VALUES (%(ns)s, %(key)s, %(schedule)s)
+    ON CONFLICT (ns, key) DO UPDATE SET schedule = excluded.schedule
+),
+purge AS (
+    DELETE FROM clustersync_recurring_instances WHERE ns = %(ns)s AND key = %(key)s
+        AND expires_us < {_NOW} - {EXPIRED_INSTANCES_KEPT_US}
+)
+INSERT INTO clustersync_recurring_instances (ns, key, instance, next_run_us, expires_us)
+VALUES (%(ns)s, %(key)s, %(instance)s, %(next_run_us)s, {_NOW} + %(ttl_us)s)
+ON CONFLICT (ns, key, instance) DO UPDATE
+    SET next_run_us = excluded.next_run_us, expires_us = excluded.expires_us
+"""
+
+UNREGISTER_RECURRING = """
+DELETE FROM clustersync_recurring_instances
+WHERE ns = %(ns)s AND key = %(key)s AND instance = %(instance)s
+"""
+
+START_RUN = f"""
+INSERT INTO clustersync_recurring AS r (ns, key, last_started_us)
+SELECT %(ns)s, %(key)s, {_NOW} WHERE {_HELD}
+ON CONFLICT (ns, key) DO UPDATE SET last_started_us = excluded.last_started_us, triggered = false
+    WHERE NOT r.paused OR r.triggered
 """
 
 SET_FINISHED = f"""
-INSERT INTO clustersync_job_metadata (ns, key, last_finished_us)
-SELECT %(ns)s, %(key)s, {_NOW}
-WHERE EXISTS (
-    SELECT 1 FROM clustersync_leases WHERE ns = %(ns)s AND name = %(lease)s
-        AND owner = %(owner)s AND token = %(token)s AND expires_us > {_NOW}
-)
-ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us
+INSERT INTO clustersync_recurring (ns, key, last_finished_us, last_outcome, last_error)
+SELECT %(ns)s, %(key)s, {_NOW}, %(outcome)s, %(error)s WHERE {_HELD}
+ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us,
+    last_outcome = excluded.last_outcome, last_error = excluded.last_error
+"""
+
+CONTROL_RECURRING = """
+WITH changed AS (
+    UPDATE clustersync_recurring
+    SET paused = CASE WHEN %(action)s = 'trigger' THEN paused ELSE %(action)s = 'pause' END,
+        triggered = triggered OR %(action)s = 'trigger'
+    WHERE ns = %(ns)s AND key = %(key)s
+    RETURNING key
+),
+told AS (SELECT pg_notify(%(channel)s, 'job:' || key) FROM changed)
+SELECT (SELECT count(*) FROM told) FROM changed
+"""
+
+LIST_RECURRING = f"""
+WITH now AS (SELECT {_NOW} AS us)
+SELECT r.key, r.schedule, r.paused, r.triggered, r.last_started_us, r.last_finished_us,
+    r.last_outcome, r.last_error,
+    (SELECT min(i.next_run_us) FROM clustersync_recurring_instances i, now
+        WHERE i.ns = r.ns AND i.key = r.key AND i.expires_us > now.us),
+    (SELECT count(*) FROM clustersync_recurring_instances i, now
+        WHERE i.ns = r.ns AND i.key = r.key AND i.expires_us > now.us)
+FROM clustersync_recurring r WHERE r.ns = %(ns)s ORDER BY r.key COLLATE "C"
 """
 
 # The notification says when the earliest new job is due ("jobs@<µs from now>", see

@@ -58,6 +58,7 @@ from ..contract import (
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
+    RecurringJobRecord,
     StoredJob,
     conflicting_job,
 )
@@ -441,12 +442,73 @@ class PostgresBackend(PushNotifications):
 
     def get_job_metadata(self, key: str) -> JobMetadataRecord:
         rows = self._fetch("read job metadata", q.GET_METADATA, {"ns": self._ns, "key": key})
-        last, now = rows[0]
-        return JobMetadataRecord(None if last is None else int(last), int(now))
+        last, paused, triggered, now = rows[0]
+        return JobMetadataRecord(
+            None if last is None else int(last), int(now), bool(paused), bool(triggered)
+        )
 
-    def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+    def register_recurring_job(
+        self, key: str, instance: str, schedule: str, next_run_us: int | None, ttl: float
+    ) -> None:
+        params = {
+            "ns": self._ns,
+            "key": key,
+            "instance": instance,
+            "schedule": schedule,
+            "next_run_us": next_run_us,
+            "ttl_us": int(ttl * _US),
+        }
+        self._rowcount("register a recurring job", q.REGISTER_RECURRING, params)
+
+    def unregister_recurring_job(self, key: str, instance: str) -> None:
+        params = {"ns": self._ns, "key": key, "instance": instance}
+        self._rowcount("unregister a recurring job", q.UNREGISTER_RECURRING, params)
+
+    def start_job_run(self, key: str, lease_name: str, owner: str, token: int) -> bool:
         params = {"ns": self._ns, "key": key, "lease": lease_name, "owner": owner, "token": token}
+        return self._rowcount("start a recurring job's run", q.START_RUN, params) == 1
+
+    def set_job_finished(
+        self,
+        key: str,
+        lease_name: str,
+        owner: str,
+        token: int,
+        outcome: str,
+        error: str | None,
+    ) -> bool:
+        params = {
+            "ns": self._ns,
+            "key": key,
+            "lease": lease_name,
+            "owner": owner,
+            "token": token,
+            "outcome": outcome,
+            "error": error,
+        }
         return self._rowcount("write job metadata", q.SET_FINISHED, params) == 1
+
+    def control_recurring_job(self, key: str, action: str) -> bool:
+        params = {"ns": self._ns, "key": key, "action": action, "channel": self._channel}
+        return len(self._fetch(f"{action} a recurring job", q.CONTROL_RECURRING, params)) == 1
+
+    def list_recurring_jobs(self) -> list[RecurringJobRecord]:
+        rows = self._fetch("list recurring jobs", q.LIST_RECURRING, {"ns": self._ns})
+        return [
+            RecurringJobRecord(
+                str(r[0]),
+                str(r[1]),
+                bool(r[2]),
+                bool(r[3]),
+                _int_or_none(r[4]),
+                _int_or_none(r[5]),
+                r[6],
+                r[7],
+                _int_or_none(r[8]),
+                int(r[9]),
+            )
+            for r in rows
+        ]
 
     # -- one-shot jobs -------------------------------------------------------------------
 
@@ -522,6 +584,10 @@ class PostgresBackend(PushNotifications):
         rows = self._fetch("find the next due job", q.NEXT_DELAY, {"ns": self._ns})
         delay = rows[0][0]
         return None if delay is None else max(0.0, int(delay) / _US)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def open_backend(url: str, namespace: str, options: dict[str, Any]) -> PostgresBackend:

@@ -231,27 +231,133 @@ return 0
 """
 )
 
+# Recurring jobs. KEYS[1] is always the job's hash "P r:<key>" (fields: d schedule, p
+# paused, t triggered, s last started, f last finished, o outcome, e error); "P ri:<key>"
+# (instance -> registration expiry µs) and "P rn:<key>" (instance -> planned next run µs)
+# are built from ARGV prefix and key, in the namespace's slot like every key.
 GET_METADATA = (
     """
--- KEYS[1] meta hash; ARGV[1] job key
+-- KEYS[1] job hash, KEYS[2] the version 1 "meta" hash; ARGV[1] job key
 """
     + _NOW
     + """
-return {redis.call('HGET', KEYS[1], ARGV[1]) or false, string.format('%d', now)}
+local v = redis.call('HMGET', KEYS[1], 'f', 'p', 't')
+local last = v[1] or redis.call('HGET', KEYS[2], ARGV[1]) or false
+return {last, v[2] == '1' and 1 or 0, v[3] == '1' and 1 or 0, string.format('%d', now)}
 """
 )
 
-SET_FINISHED = (
+#: Registrations expired this long ago are deleted (crashed instances never unregister).
+EXPIRED_INSTANCES_KEPT_US = 3_600_000_000
+
+REGISTER_RECURRING = (
     """
--- KEYS[1] lease, KEYS[2] meta hash; ARGV[1] "token|owner", ARGV[2] job key
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+-- KEYS[1] job hash, KEYS[2] the set of job keys; ARGV[1] prefix, ARGV[2] key,
+-- ARGV[3] instance, ARGV[4] schedule, ARGV[5] next run µs or '', ARGV[6] ttl µs
+"""
+    + _NOW
+    + """
+local instances, runs = ARGV[1] .. 'ri:' .. ARGV[2], ARGV[1] .. 'rn:' .. ARGV[2]
+redis.call('HSET', KEYS[1], 'd', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('ZADD', instances, now + tonumber(ARGV[6]), ARGV[3])
+if ARGV[5] == '' then
+  redis.call('HDEL', runs, ARGV[3])
+else
+  redis.call('HSET', runs, ARGV[3], ARGV[5])
+end
+local stale = redis.call('ZRANGEBYSCORE', instances, '-inf', now - """
+    + str(EXPIRED_INSTANCES_KEPT_US)
+    + """)
+for _, instance in ipairs(stale) do
+  redis.call('ZREM', instances, instance)
+  redis.call('HDEL', runs, instance)
+end
+return 0
+"""
+)
+
+UNREGISTER_RECURRING = """
+-- ARGV[1] prefix, ARGV[2] key, ARGV[3] instance
+redis.call('ZREM', ARGV[1] .. 'ri:' .. ARGV[2], ARGV[3])
+redis.call('HDEL', ARGV[1] .. 'rn:' .. ARGV[2], ARGV[3])
+return 0
+"""
+
+START_RUN = (
+    """
+-- KEYS[1] job hash, KEYS[2] lease, KEYS[3] the set of job keys; ARGV[1] "token|owner",
+-- ARGV[2] key
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+local v = redis.call('HMGET', KEYS[1], 'p', 't')
+if v[1] == '1' and v[2] ~= '1' then
   return 0
 end
 """
     + _NOW
     + """
-redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', now))
+redis.call('HSET', KEYS[1], 's', string.format('%d', now), 't', '0')
+redis.call('SADD', KEYS[3], ARGV[2])
 return 1
+"""
+)
+
+SET_FINISHED = (
+    """
+-- KEYS[1] job hash, KEYS[2] lease, KEYS[3] the set of job keys; ARGV[1] "token|owner",
+-- ARGV[2] key, ARGV[3] outcome, ARGV[4] error or ''
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+"""
+    + _NOW
+    + """
+redis.call('HSET', KEYS[1], 'f', string.format('%d', now), 'o', ARGV[3], 'e', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+)
+
+CONTROL_RECURRING = """
+-- KEYS[1] job hash, KEYS[2] events channel; ARGV[1] key, ARGV[2] pause|resume|trigger
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if ARGV[2] == 'trigger' then
+  redis.call('HSET', KEYS[1], 't', '1')
+else
+  redis.call('HSET', KEYS[1], 'p', ARGV[2] == 'pause' and '1' or '0')
+end
+redis.call('PUBLISH', KEYS[2], 'job:' .. ARGV[1])  -- contract.job_channel(key)
+return 1
+"""
+
+LIST_RECURRING = (
+    """
+-- KEYS[1] the set of job keys; ARGV[1] prefix
+"""
+    + _NOW
+    + """
+local keys = redis.call('SMEMBERS', KEYS[1])
+table.sort(keys)
+local out = {}
+for _, key in ipairs(keys) do
+  local v = redis.call('HMGET', ARGV[1] .. 'r:' .. key, 'd', 'p', 't', 's', 'f', 'o', 'e')
+  local instances = ARGV[1] .. 'ri:' .. key
+  local live = redis.call('ZRANGEBYSCORE', instances, '(' .. string.format('%d', now), '+inf')
+  local next_run = false
+  for _, instance in ipairs(live) do
+    local run = redis.call('HGET', ARGV[1] .. 'rn:' .. key, instance)
+    if run and (not next_run or tonumber(run) < tonumber(next_run)) then
+      next_run = run
+    end
+  end
+  out[#out + 1] = {key, v[1] or '', v[2] or '0', v[3] or '0', v[4] or '', v[5] or '',
+    v[6] or '', v[7] or '', next_run or '', #live}
+end
+return out
 """
 )
 

@@ -37,6 +37,7 @@ from ..contract import (
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
+    RecurringJobRecord,
     StoredJob,
     conflicting_job,
 )
@@ -96,7 +97,8 @@ class RedisBackend(PushNotifications):
         self._events = self._prefix + "events"
         self._due = self._prefix + "due"
         self._runat = self._prefix + "runat"
-        self._meta = self._prefix + "meta"
+        self._meta = self._prefix + "meta"  # last_finished of version 1 (read as a fallback)
+        self._recurring = self._prefix + "rjobs"
         self._closed = False
         self._feed: ChangeFeed[Any] = ChangeFeed(
             what="Redis subscription",
@@ -310,17 +312,78 @@ class RedisBackend(PushNotifications):
     # -- recurring job metadata ----------------------------------------------------------
 
     def get_job_metadata(self, key: str) -> JobMetadataRecord:
-        last, now = self._run("read job metadata", "GET_METADATA", [self._meta], [key])
-        return JobMetadataRecord(int(last) if last else None, int(now))
+        last, paused, triggered, now = self._run(
+            "read job metadata", "GET_METADATA", [self._prefix + "r:" + key, self._meta], [key]
+        )
+        return JobMetadataRecord(
+            int(last) if last else None, int(now), int(paused) == 1, int(triggered) == 1
+        )
 
-    def set_job_finished(self, key: str, lease_name: str, owner: str, token: int) -> bool:
+    def register_recurring_job(
+        self, key: str, instance: str, schedule: str, next_run_us: int | None, ttl: float
+    ) -> None:
+        self._run(
+            "register a recurring job",
+            "REGISTER_RECURRING",
+            [self._prefix + "r:" + key, self._recurring],
+            [
+                self._prefix,
+                key,
+                instance,
+                schedule,
+                "" if next_run_us is None else str(next_run_us),
+                int(ttl * _US),
+            ],
+        )
+
+    def unregister_recurring_job(self, key: str, instance: str) -> None:
+        self._run(
+            "unregister a recurring job",
+            "UNREGISTER_RECURRING",
+            [self._prefix + "ri:" + key],
+            [self._prefix, key, instance],
+        )
+
+    def start_job_run(self, key: str, lease_name: str, owner: str, token: int) -> bool:
         result = self._run(
-            "write job metadata",
-            "SET_FINISHED",
-            [self._prefix + "l:" + lease_name, self._meta],
+            "start a recurring job's run",
+            "START_RUN",
+            [self._prefix + "r:" + key, self._prefix + "l:" + lease_name, self._recurring],
             [f"{token}|{owner}", key],
         )
         return int(result) == 1
+
+    def set_job_finished(
+        self,
+        key: str,
+        lease_name: str,
+        owner: str,
+        token: int,
+        outcome: str,
+        error: str | None,
+    ) -> bool:
+        result = self._run(
+            "write job metadata",
+            "SET_FINISHED",
+            [self._prefix + "r:" + key, self._prefix + "l:" + lease_name, self._recurring],
+            [f"{token}|{owner}", key, outcome, error or ""],
+        )
+        return int(result) == 1
+
+    def control_recurring_job(self, key: str, action: str) -> bool:
+        result = self._run(
+            f"{action} a recurring job",
+            "CONTROL_RECURRING",
+            [self._prefix + "r:" + key, self._events],
+            [key, action],
+        )
+        return int(result) == 1
+
+    def list_recurring_jobs(self) -> list[RecurringJobRecord]:
+        rows = self._run(
+            "list recurring jobs", "LIST_RECURRING", [self._recurring], [self._prefix]
+        )
+        return [_recurring_record(row) for row in rows]
 
     # -- one-shot jobs -------------------------------------------------------------------
 
@@ -468,6 +531,22 @@ def _check_connection_options(pool: Any) -> None:
         option_timeout(options["health_check_interval"], "health_check_interval", allow_zero=True)
     # No I/O: TypeError for an unknown option, RedisError for a bad value (protocol=9).
     pool.connection_class(**options)
+
+
+def _recurring_record(row: Any) -> RecurringJobRecord:
+    key, schedule, paused, triggered, started, finished, outcome, error, next_run, count = row
+    return RecurringJobRecord(
+        str(key),
+        str(schedule),
+        paused == "1",
+        triggered == "1",
+        int(started) if started else None,
+        int(finished) if finished else None,
+        outcome or None,
+        error or None,
+        int(next_run) if next_run else None,
+        int(count),
+    )
 
 
 def _job_args(jobs: Sequence[NewJob]) -> list[str]:

@@ -1,0 +1,94 @@
+"""What operators see: records of the cluster's state and how their fields read.
+
+Pure values and formatting, shared by the threading and asyncio APIs, the CLI and the
+dashboard.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+__all__ = [
+    "LockInfo",
+    "RecurringJobInfo",
+    "format_interval",
+    "identity_of",
+    "one_line_error",
+]
+
+#: Longest ``last_error`` kept (the first line of the exception, then cut).
+MAX_ERROR_CHARS = 500
+
+# An owner id is "<identity>:<12 hex>" (a lease) or "<identity>:<12 hex>:<n>" (the
+# claims of a one-shot scheduler): the identity is what comes before.
+_OWNER_SUFFIX = re.compile(r":[0-9a-f]{12}(?::\d+)?$")
+
+
+def identity_of(owner: str) -> str:
+    """The identity of the instance behind an owner id of a lease or claim."""
+    return _OWNER_SUFFIX.sub("", owner)
+
+
+def one_line_error(error: BaseException) -> str:
+    """``"ValueError: bad input"``: the exception's type and first line, bounded."""
+    text = str(error).strip().splitlines()
+    line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def format_interval(interval: timedelta) -> str:
+    """``timedelta(minutes=90)`` -> ``"1h30m"``; ``timedelta(seconds=0.5)`` -> ``"0.5s"``."""
+    seconds = interval.total_seconds()
+    if seconds < 60 and seconds != int(seconds):
+        return f"{seconds:g}s"
+    parts = []
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts) or "0s"
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringJobInfo:
+    """A recurring job as the cluster sees it (``list_recurring_jobs``).
+
+    - ``schedule``: a readable description (``"every 5m"``, ``"every 1h, rounded"``,
+      ``"cron 0 2 * * * Europe/Paris"``, or the name of a custom ``next_wait``);
+    - ``paused``: no instance starts a run (``trigger`` still runs it once);
+    - ``running_on``: the identity of the instance running it now, or None;
+    - ``last_started`` / ``last_finished``: aware UTC datetimes, or None;
+    - ``last_outcome``: ``"ok"``, ``"error"`` or None (never finished);
+    - ``last_error``: the one-line error of the last run, if it failed;
+    - ``next_run``: when the instances that schedule it plan to run it next;
+    - ``instances``: how many live instances schedule it.
+    """
+
+    key: str
+    schedule: str
+    paused: bool
+    running_on: str | None
+    last_started: datetime | None
+    last_finished: datetime | None
+    last_outcome: str | None
+    last_error: str | None
+    next_run: datetime | None
+    instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """A live lease, as ``clustersync locks`` and the dashboard show it.
+
+    ``kind`` is ``"mutex"`` or ``"job"`` (a recurring job's lease); ``name`` the user's
+    name; ``holder`` the identity of the holding instance; ``expires_in`` seconds.
+    """
+
+    kind: str
+    name: str
+    holder: str
+    token: int
+    expires_in: float
