@@ -122,6 +122,30 @@ def find_postgres_bindir() -> Path:
     )
 
 
+def find_pgbouncer() -> str:
+    """The ``pgbouncer`` binary: PATH first, then ``/usr/sbin`` (Debian installs it there,
+    which is not on a normal user's PATH)."""
+    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if found is None:
+        raise ServerBinaryMissing(
+            f"pgbouncer is not installed (not on PATH nor in /usr/sbin); run {INSTALL_SCRIPT} "
+            "to install it"
+        )
+    return found
+
+
+def unprivileged_account() -> tuple[int, int] | None:
+    """(uid, gid) of ``postgres`` (else ``nobody``) when we are root, else None (ourselves):
+    PostgreSQL and PgBouncer refuse to run as root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+    raise ServerStartError("running as root and neither a postgres nor a nobody user exists")
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` is still running (zombies do not count)."""
     try:
@@ -565,13 +589,7 @@ class PostgresServer(ManagedServer):
     def _account(self) -> tuple[int, int] | None:
         """``postgres`` when we are root (initdb and postgres refuse to run as root), else
         None (ourselves)."""
-        if os.geteuid() != 0:
-            return None
-        for name in ("postgres", "nobody"):
-            with contextlib.suppress(KeyError):
-                entry = pwd.getpwnam(name)
-                return entry.pw_uid, entry.pw_gid
-        raise ServerStartError("running as root and neither a postgres nor a nobody user exists")
+        return unprivileged_account()
 
     def _check_binaries(self) -> None:
         self.bindir = find_postgres_bindir()
@@ -661,6 +679,152 @@ class PostgresServer(ManagedServer):
                     sql.Identifier(self.dbname), sql.Identifier(self.user)
                 )
             )
+
+
+PgBouncerPoolMode = Literal["session", "transaction", "statement"]
+
+
+def _pgbouncer_quote(value: str) -> str:
+    """A value in double quotes for PgBouncer's auth_file (a quote is written twice)."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+class PgBouncerServer(ManagedServer):
+    """A private PgBouncer on 127.0.0.1 in front of ``postgres`` (a :class:`PostgresServer`,
+    started before it), for the test database and user of that server.
+
+    ``pool_mode`` is ``transaction`` by default: a client holds a server connection only
+    for the duration of a transaction, so session state (``SET``, ``LISTEN``, advisory
+    locks, server-side prepared statements) does not follow the client. PgBouncer 1.18
+    (Debian bookworm) does not support protocol-level prepared statements in that mode:
+    psycopg clients must disable them with ``prepare_threshold=None``.
+
+    Clients authenticate with SCRAM-SHA-256 and the test user's password, kept in plain
+    text in the ``auth_file``, which lets PgBouncer log in to PostgreSQL with SCRAM too.
+    ``url`` is ``postgres.url`` with PgBouncer's port; ``admin_url`` the same user on the
+    admin console (database ``pgbouncer``: ``SHOW POOLS``, ``SHOW SERVERS``; simple query
+    protocol only, e.g. ``psycopg.ClientCursor``). ``settings`` adds or overrides lines of
+    the ``[pgbouncer]`` section. Runs as ``postgres`` (or ``nobody``) when we are root, as
+    :class:`PostgresServer` does: PgBouncer refuses to run as root.
+    """
+
+    kind = "pgbouncer"
+
+    def __init__(
+        self,
+        postgres: PostgresServer,
+        *,
+        pool_mode: PgBouncerPoolMode = "transaction",
+        pool_size: int = 5,
+        settings: Mapping[str, str] | None = None,
+        port: int | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        super().__init__(port=port, startup_timeout=startup_timeout)
+        self.postgres = postgres
+        self.pool_mode = pool_mode
+        self.pool_size = pool_size
+        self.settings = dict(settings or {})
+        self.binary = ""
+
+    @property
+    def user(self) -> str:
+        return self.postgres.user
+
+    @property
+    def password(self) -> str:
+        return self.postgres.password
+
+    @property
+    def dbname(self) -> str:
+        return self.postgres.dbname
+
+    @property
+    def url(self) -> str:
+        """The test user's URL through PgBouncer (same user, password and database)."""
+        return self._url(self.dbname)
+
+    @property
+    def admin_url(self) -> str:
+        """The admin console (database ``pgbouncer``), as the test user."""
+        return self._url("pgbouncer")
+
+    @property
+    def ini_path(self) -> Path:
+        return self.base_dir / "pgbouncer.ini"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.base_dir / "userlist.txt"
+
+    def _url(self, dbname: str) -> str:
+        return (
+            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{LOOPBACK}:{self.port}/{quote(dbname, safe='')}"
+        )
+
+    def _account(self) -> tuple[int, int] | None:
+        return unprivileged_account()
+
+    def _check_binaries(self) -> None:
+        self.binary = find_pgbouncer()
+
+    def _prepare(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.dbname):
+            raise ValueError(f"database name {self.dbname!r} is not a plain identifier")
+        options = {
+            "listen_addr": LOOPBACK,
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",  # TCP only: nothing in /tmp
+            "auth_type": "scram-sha-256",
+            "auth_file": str(self.auth_file),
+            "admin_users": self.user,
+            "stats_users": self.user,
+            "pool_mode": self.pool_mode,
+            "default_pool_size": str(self.pool_size),
+            "max_client_conn": "200",
+            "ignore_startup_parameters": "extra_float_digits",
+            "logfile": "",  # stderr: the log file of ManagedServer
+            "pidfile": "",
+            "server_login_retry": "1",
+            **self.settings,
+        }
+        lines = [
+            "[databases]",
+            f"{self.dbname} = host={LOOPBACK} port={self.postgres.port} dbname={self.dbname}",
+            "",
+            "[pgbouncer]",
+            *(f"{name} = {value}" for name, value in options.items()),
+        ]
+        self.ini_path.write_text("\n".join(lines) + "\n")
+        self.auth_file.write_text(
+            f"{_pgbouncer_quote(self.user)} {_pgbouncer_quote(self.password)}\n"
+        )
+        self.auth_file.chmod(0o600)
+        account = self._account()
+        if account is not None:
+            for path in (self.base_dir, self.ini_path, self.auth_file):
+                os.chown(path, *account)
+
+    def _argv(self) -> list[str]:
+        return [self.binary, str(self.ini_path)]
+
+    def _ready(self) -> bool:
+        """The admin console answers with our password: it is our PgBouncer listening (not
+        another process that took the port), whether or not PostgreSQL is up."""
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                self.admin_url,
+                connect_timeout=2,
+                autocommit=True,
+                cursor_factory=psycopg.ClientCursor,
+            ) as conn:
+                conn.execute("SHOW VERSION")
+        except psycopg.OperationalError:
+            return False
+        return True
 
 
 # -- pytest fixtures ----------------------------------------------------------------------
