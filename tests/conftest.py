@@ -13,8 +13,26 @@ from pathlib import Path
 import pytest
 
 from tests.servers import postgres_server, private_server, redis_server
+from tests.topologies import (
+    pgbouncer,
+    postgres_replicated,
+    postgres_sync_replicated,
+    private_topology,
+    redis_cluster,
+    redis_sentinel,
+)
 
-__all__ = ["postgres_server", "private_server", "redis_server"]
+__all__ = [
+    "pgbouncer",
+    "postgres_replicated",
+    "postgres_server",
+    "postgres_sync_replicated",
+    "private_server",
+    "private_topology",
+    "redis_cluster",
+    "redis_sentinel",
+    "redis_server",
+]
 
 ALL_BACKENDS = ("memory", "sqlite", "redis", "postgres", "redis-grant")
 #: Backends whose stores live in a server process (started once per test session).
