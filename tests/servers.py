@@ -58,6 +58,8 @@ STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 #: Where Debian installs the PostgreSQL server binaries (one ``VERSION/bin`` each).
 POSTGRES_LIB_DIR = Path("/usr/lib/postgresql")
+#: Searched for pgbouncer after PATH (Debian installs it in /usr/sbin).
+SBIN_PATH = "/usr/local/sbin:/usr/sbin"
 
 PostgresStopMode = Literal["smart", "fast", "immediate"]
 _PG_STOP_SIGNALS: dict[str, signal.Signals] = {
@@ -123,13 +125,13 @@ def find_postgres_bindir() -> Path:
 
 
 def find_pgbouncer() -> str:
-    """The ``pgbouncer`` binary: PATH first, then ``/usr/sbin`` (Debian installs it there,
-    which is not on a normal user's PATH)."""
-    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    """The ``pgbouncer`` binary: PATH first, then :data:`SBIN_PATH` (Debian installs it in
+    ``/usr/sbin``, which is not on a normal user's PATH)."""
+    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path=SBIN_PATH)
     if found is None:
         raise ServerBinaryMissing(
-            f"pgbouncer is not installed (not on PATH nor in /usr/sbin); run {INSTALL_SCRIPT} "
-            "to install it"
+            f"pgbouncer is not installed (not on PATH nor in {SBIN_PATH}); run "
+            f"{INSTALL_SCRIPT} to install it"
         )
     return found
 

@@ -82,6 +82,10 @@ REPLICATION_USER = "replicator"
 REDIS_NODE_ARGS = (
     "--enable-debug-command", "yes",  # DEBUG SLEEP (Redis 7 disables DEBUG by default)
     "--repl-diskless-sync-delay", "0",  # a replica's full sync starts at once (default 5 s)
+    # The master pings its replicas through the replication stream every second (default
+    # 10 s): their offsets leave 0 at once, and a cluster replica whose offset is still 0
+    # counts as "loading" (left out of CLUSTER SLOTS, health "loading" in CLUSTER SHARDS).
+    "--repl-ping-replica-period", "1",
 )  # fmt: skip
 
 
@@ -263,14 +267,10 @@ def _as_dict(reply: Any) -> dict[str, Any]:
 
 
 def _info(address: Address, section: str) -> dict[str, str]:
-    """``INFO section`` as strings (``name:value`` lines)."""
-    text = str(_command(address, "INFO", section))
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        if ":" in line and not line.startswith("#"):
-            name, _, value = line.partition(":")
-            info[name] = value
-    return info
+    """``INFO section`` (as redis-py parses it), values as strings."""
+    with redis_client(address) as client:
+        info = client.info(section)
+    return {str(name): str(value) for name, value in info.items()}
 
 
 def find_redis_cli() -> str:
@@ -822,6 +822,10 @@ class RedisClusterTopology(Topology):
     * ``cluster-require-full-coverage`` is on (the default): while a killed master's
       replica is not yet promoted (about node timeout + 1-2 s), **every** node answers
       ``CLUSTERDOWN`` to every key, not only to the failed master's slots.
+    * A replica whose replication offset is 0 (no write and no replication ping yet) is
+      left out of ``CLUSTER SLOTS`` and marked ``loading`` in ``CLUSTER SHARDS``; the
+      nodes here ping their replicas every second, and ``wait_for_stable()`` waits until
+      every node is ``online``.
     * After a failover the nodes answer ``MOVED`` for the moved slots; redis-py's
       ``RedisCluster`` refreshes its slot map then. Nodes report their addresses as
       ``127.0.0.1:port`` (``CLUSTER SLOTS``/``SHARDS``/``NODES``).
@@ -985,6 +989,11 @@ class RedisClusterTopology(Topology):
             )
         if len(summaries) != 1:
             return False  # the nodes do not agree yet
+        for node in live:  # every node sees every running node as "online"
+            for shard in map(_as_dict, _command(node.address, "CLUSTER", "SHARDS")):
+                for entry in map(_as_dict, shard["nodes"]):
+                    if int(entry["port"]) in live_ports and entry.get("health") != "online":
+                        return False
         summary = summaries.pop()
         masters = [item for item in summary if item[1] and item[3]]
         if len(masters) != self.master_count:
@@ -1110,7 +1119,7 @@ class RedisClusterTopology(Topology):
         return elapsed
 
     def wait_for_new_master_of(
-        self, key: str, old: ClusterNode, timeout: float | None = None
+        self, key: str, old: RedisNode, timeout: float | None = None
     ) -> float:
         """Wait until a running node that is not frozen reports a master other than
         ``old`` serving ``key``'s slot, answering ``ROLE`` as master."""
@@ -1222,8 +1231,12 @@ class PostgresReplicated(Topology):
     the WAL: a killed primary may take the last commits with it). ``synchronous=True``:
     ``synchronous_commit=on`` and ``synchronous_standby_names`` naming the standby's
     ``application_name``: a commit returns once the standby has flushed its WAL, and
-    **blocks for as long as the standby is away** (a ``statement_timeout`` or a cancel
-    ends the wait with a WARNING, and the transaction *is* committed locally).
+    **blocks for as long as the standby is away**. ``statement_timeout`` does not end that
+    wait (PostgreSQL disarms it before the commit); a cancel request
+    (``conn.cancel_safe()``) or terminating the backend does: the COMMIT then succeeds
+    with the WARNING "canceling wait for synchronous replication due to user request",
+    and the transaction *is* committed locally (visible on the primary, maybe lost in a
+    failover).
 
     ``url`` is ``postgresql://user:pass@127.0.0.1:P1,127.0.0.1:P2/db?target_session_attrs=
     read-write``: libpq (psycopg) tries P1 then P2 and keeps the first server that accepts
