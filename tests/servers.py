@@ -173,6 +173,34 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc; empty where there is none)."""
+    found: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 2 and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is running (a zombie does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+
+
 def _kill_group(pgid: int, timeout: float = 10.0) -> None:
     """SIGKILL every process of group ``pgid`` and wait until none is left running."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -576,6 +604,25 @@ class PostgresServer(ManagedServer):
     @property
     def socket_dir(self) -> Path:
         return self.base_dir
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every one of its children (a crash): each child of
+        the postmaster calls ``setsid()``, so it is not in the postmaster's process group
+        (left alone, the children notice the postmaster's death and exit on their own,
+        a little later)."""
+        proc = self._proc
+        children: list[int] = []
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, signal.SIGSTOP)  # forks no more children
+            children = _children(proc.pid)
+        super().kill()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while any(_process_alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def stop(self, mode: PostgresStopMode = "fast") -> None:
         """Shut down: ``smart`` waits for clients to leave, ``fast`` disconnects them,

@@ -147,7 +147,7 @@ def test_sentinel_kill_master_promotes_the_replica(private_topology: TopologySta
     topology.wait_replicated()
 
     elapsed = topology.kill_master()
-    assert elapsed < 15.0
+    assert elapsed < 25.0  # ~2-3 s; a split vote of the sentinels retries after 6 s
     new = topology.master_address()
     assert new != old
     assert not topology.node_at(old).running
@@ -176,12 +176,12 @@ def test_sentinel_frozen_master_is_replaced_and_loses_its_late_writes(
 ) -> None:
     topology = private_topology(RedisSentinel())
     old = topology.master
-    freeze = topology.freeze_master(3.0)
+    freeze = topology.freeze_master(5.0)
     promoted_after = topology.wait_for_new_master(old.address)
     new = topology.master
     freeze.join()
     woke_after = time.monotonic() - freeze.started_at
-    print(f"\n[sentinel freeze 3 s] new master after {promoted_after:.2f} s")
+    print(f"\n[sentinel freeze 5 s] new master after {promoted_after:.2f} s")
     assert new is not old
 
     # Awake, the old master still believes it is a master and accepts writes, which
@@ -196,7 +196,7 @@ def test_sentinel_frozen_master_is_replaced_and_loses_its_late_writes(
     for node in (old, new):
         with node.client() as client:
             assert client.get("split-brain-write") is None
-    assert woke_after >= 3.0
+    assert woke_after >= 5.0
 
 
 # -- Redis Cluster -----------------------------------------------------------------------
@@ -281,13 +281,13 @@ def test_cluster_frozen_master_is_replaced(private_topology: TopologyStarter) ->
     with _cluster(topology) as client:
         client.set(key, "v")
     topology.wait_replicated()
-    freeze = topology.freeze_master_of(key, 3.0)
+    freeze = topology.freeze_master_of(key, 5.0)
     old = freeze.node
     promoted_after = topology.wait_for_new_master_of(key, old)
     freeze.join()
     settled_after = topology.wait_for_stable()
     print(
-        f"\n[cluster freeze 3 s] new master after {promoted_after:.2f} s, "
+        f"\n[cluster freeze 5 s] new master after {promoted_after:.2f} s, "
         f"old one a replica {settled_after:.2f} s after it woke up"
     )
     assert topology.master_of(key) is not old

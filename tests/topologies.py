@@ -179,8 +179,12 @@ class Topology:
         self.startup_seconds = time.monotonic() - began
 
     def close(self) -> None:
-        """Stop every server and remove their directories (waits for frozen nodes' threads
-        only briefly: their servers are killed anyway)."""
+        """Stop every server and remove their directories. A node still frozen is killed
+        at once (a sleeping Redis handles SIGTERM only when it wakes up)."""
+        for freeze in self._freezes:
+            if not freeze.done:
+                with contextlib.suppress(Exception):
+                    freeze.node.kill()
         for server in reversed(self.servers):
             with contextlib.suppress(Exception):
                 server.close()
@@ -1449,7 +1453,7 @@ class PostgresReplicated(Topology):
     # -- failures ---------------------------------------------------------------------
 
     def kill_primary(self) -> None:
-        """SIGKILL the primary's process group (postmaster and backends: a crash). The
+        """SIGKILL the postmaster and its backends (a crash, see ``PostgresServer.kill``). The
         standby keeps trying to reconnect; nothing accepts writes until
         ``promote_standby()``."""
         primary = self.primary
