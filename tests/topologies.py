@@ -1187,6 +1187,13 @@ class StandbyServer(PostgresServer):
         self.replication_user = replication_user
         self.replication_password = replication_password
 
+    def _check_binaries(self) -> None:
+        super()._check_binaries()
+        if not os.access(self.bindir / "pg_basebackup", os.X_OK):
+            raise ServerBinaryMissing(
+                f"pg_basebackup is not in {self.bindir}; run {INSTALL_SCRIPT} to install it"
+            )
+
     def _prepare(self) -> None:
         if self.data_dir.exists():
             return
