@@ -82,12 +82,37 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+#: Free ports are drawn from here, below the kernel's ephemeral range (see free_port).
+SERVER_PORTS = range(20000, 32768)
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range of local ports for outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
+    """A TCP port on 127.0.0.1 that is free right now, outside the kernel's ephemeral
+    range: no outgoing connection (of this or any process) takes it while its server is
+    down for a restart on the same port. Falls back on a port the OS picks."""
+    ephemeral = _ephemeral_ports()
+    candidates = [port for port in SERVER_PORTS if port not in ephemeral]
+    for _ in range(50 if candidates else 0):
+        port = candidates[secrets.randbelow(len(candidates))]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def find_redis_server() -> str:
@@ -746,7 +771,12 @@ class PgBouncerServer(ManagedServer):
     for the duration of a transaction, so session state (``SET``, ``LISTEN``, advisory
     locks, server-side prepared statements) does not follow the client. PgBouncer 1.18
     (Debian bookworm) does not support protocol-level prepared statements in that mode:
-    psycopg clients must disable them with ``prepare_threshold=None``.
+    psycopg clients must disable them with ``prepare_threshold=None`` (else a statement
+    name such as ``_pg3_0`` may run another client's statement on the server connection
+    the transaction lands on). ``LISTEN`` subscribes the server connection, not the
+    client: a notification arriving while that connection is idle in the pool is dropped
+    (logged "got packet 'A' from server when not linked"), one arriving while another
+    client's transaction holds it goes to that client.
 
     Clients authenticate with SCRAM-SHA-256 and the test user's password, kept in plain
     text in the ``auth_file``, which lets PgBouncer log in to PostgreSQL with SCRAM too.
