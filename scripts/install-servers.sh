@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the Redis and PostgreSQL server binaries used by the test suite are installed,
-# and libfaketime (the clock-skew tests run client processes under `faketime`).
+# redis-cli (creates the Redis Cluster of tests/topologies.py), PgBouncer (the pooler of
+# tests/topologies.py) and libfaketime (the clock-skew tests run clients under `faketime`).
 #   scripts/install-servers.sh
 # Idempotent: installs (Debian: apt-get) only what is missing, never starts the system
 # services (the tests start private instances on free loopback ports, see tests/servers.py),
@@ -35,6 +36,8 @@ find_pg_bindir() {
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 find_pg_bindir >/dev/null || missing+=(postgresql)
 command -v faketime >/dev/null || missing+=(faketime)
 
@@ -70,6 +73,16 @@ if ! pg_bindir="$(find_pg_bindir)"; then
 fi
 echo "redis-server: $("$redis_bin" --version) ($redis_bin)"
 echo "postgresql: $("$pg_bindir/postgres" --version) ($pg_bindir)"
+if ! redis_cli="$(command -v redis-cli)"; then
+  echo "redis-cli still missing after install" >&2
+  exit 1
+fi
+echo "redis-cli: $("$redis_cli" --version) ($redis_cli)"
+if ! pgbouncer_bin="$(command -v pgbouncer)"; then
+  echo "pgbouncer still missing after install" >&2
+  exit 1
+fi
+echo "pgbouncer: $("$pgbouncer_bin" --version | head -n 1) ($pgbouncer_bin)"
 if ! faketime_bin="$(command -v faketime)"; then
   echo "faketime still missing after install" >&2
   exit 1

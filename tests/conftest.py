@@ -18,8 +18,26 @@ import pytest
 
 from clustersync.stores import StoreKind, store_kinds
 from tests.servers import postgres_server, private_server, redis_server
+from tests.topologies import (
+    pgbouncer,
+    postgres_replicated,
+    postgres_sync_replicated,
+    private_topology,
+    redis_cluster,
+    redis_sentinel,
+)
 
-__all__ = ["postgres_server", "private_server", "redis_server"]
+__all__ = [
+    "pgbouncer",
+    "postgres_replicated",
+    "postgres_server",
+    "postgres_sync_replicated",
+    "private_server",
+    "private_topology",
+    "redis_cluster",
+    "redis_sentinel",
+    "redis_server",
+]
 
 pytest.register_assert_rewrite("clustersync.testing.contract")
 

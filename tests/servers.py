@@ -58,6 +58,8 @@ STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 #: Where Debian installs the PostgreSQL server binaries (one ``VERSION/bin`` each).
 POSTGRES_LIB_DIR = Path("/usr/lib/postgresql")
+#: Searched for pgbouncer after PATH (Debian installs it in /usr/sbin).
+SBIN_PATH = "/usr/local/sbin:/usr/sbin"
 
 PostgresStopMode = Literal["smart", "fast", "immediate"]
 _PG_STOP_SIGNALS: dict[str, signal.Signals] = {
@@ -80,12 +82,37 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+#: Free ports are drawn from here, below the kernel's ephemeral range (see free_port).
+SERVER_PORTS = range(20000, 32768)
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range of local ports for outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the OS picks it)."""
+    """A TCP port on 127.0.0.1 that is free right now, outside the kernel's ephemeral
+    range: no outgoing connection (of this or any process) takes it while its server is
+    down for a restart on the same port. Falls back on a port the OS picks."""
+    ephemeral = _ephemeral_ports()
+    candidates = [port for port in SERVER_PORTS if port not in ephemeral]
+    for _ in range(50 if candidates else 0):
+        port = candidates[secrets.randbelow(len(candidates))]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def find_redis_server() -> str:
@@ -122,6 +149,30 @@ def find_postgres_bindir() -> Path:
     )
 
 
+def find_pgbouncer() -> str:
+    """The ``pgbouncer`` binary: PATH first, then :data:`SBIN_PATH` (Debian installs it in
+    ``/usr/sbin``, which is not on a normal user's PATH)."""
+    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path=SBIN_PATH)
+    if found is None:
+        raise ServerBinaryMissing(
+            f"pgbouncer is not installed (not on PATH nor in {SBIN_PATH}); run "
+            f"{INSTALL_SCRIPT} to install it"
+        )
+    return found
+
+
+def unprivileged_account() -> tuple[int, int] | None:
+    """(uid, gid) of ``postgres`` (else ``nobody``) when we are root, else None (ourselves):
+    PostgreSQL and PgBouncer refuse to run as root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return entry.pw_uid, entry.pw_gid
+    raise ServerStartError("running as root and neither a postgres nor a nobody user exists")
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` is still running (zombies do not count)."""
     try:
@@ -145,6 +196,34 @@ def _group_alive(pgid: int) -> bool:
         if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc; empty where there is none)."""
+    found: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 2 and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is running (a zombie does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def _kill_group(pgid: int, timeout: float = 10.0) -> None:
@@ -551,6 +630,25 @@ class PostgresServer(ManagedServer):
     def socket_dir(self) -> Path:
         return self.base_dir
 
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every one of its children (a crash): each child of
+        the postmaster calls ``setsid()``, so it is not in the postmaster's process group
+        (left alone, the children notice the postmaster's death and exit on their own,
+        a little later)."""
+        proc = self._proc
+        children: list[int] = []
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, signal.SIGSTOP)  # forks no more children
+            children = _children(proc.pid)
+        super().kill()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while any(_process_alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def stop(self, mode: PostgresStopMode = "fast") -> None:
         """Shut down: ``smart`` waits for clients to leave, ``fast`` disconnects them,
         ``immediate`` quits without a checkpoint (crash recovery at the next start)."""
@@ -565,13 +663,7 @@ class PostgresServer(ManagedServer):
     def _account(self) -> tuple[int, int] | None:
         """``postgres`` when we are root (initdb and postgres refuse to run as root), else
         None (ourselves)."""
-        if os.geteuid() != 0:
-            return None
-        for name in ("postgres", "nobody"):
-            with contextlib.suppress(KeyError):
-                entry = pwd.getpwnam(name)
-                return entry.pw_uid, entry.pw_gid
-        raise ServerStartError("running as root and neither a postgres nor a nobody user exists")
+        return unprivileged_account()
 
     def _check_binaries(self) -> None:
         self.bindir = find_postgres_bindir()
@@ -661,6 +753,157 @@ class PostgresServer(ManagedServer):
                     sql.Identifier(self.dbname), sql.Identifier(self.user)
                 )
             )
+
+
+PgBouncerPoolMode = Literal["session", "transaction", "statement"]
+
+
+def _pgbouncer_quote(value: str) -> str:
+    """A value in double quotes for PgBouncer's auth_file (a quote is written twice)."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+class PgBouncerServer(ManagedServer):
+    """A private PgBouncer on 127.0.0.1 in front of ``postgres`` (a :class:`PostgresServer`,
+    started before it), for the test database and user of that server.
+
+    ``pool_mode`` is ``transaction`` by default: a client holds a server connection only
+    for the duration of a transaction, so session state (``SET``, ``LISTEN``, advisory
+    locks, server-side prepared statements) does not follow the client. PgBouncer 1.18
+    (Debian bookworm) does not support protocol-level prepared statements in that mode:
+    psycopg clients must disable them with ``prepare_threshold=None`` (else a statement
+    name such as ``_pg3_0`` may run another client's statement on the server connection
+    the transaction lands on). ``LISTEN`` subscribes the server connection, not the
+    client: a notification arriving while that connection is idle in the pool is dropped
+    (logged "got packet 'A' from server when not linked"), one arriving while another
+    client's transaction holds it goes to that client.
+
+    Clients authenticate with SCRAM-SHA-256 and the test user's password, kept in plain
+    text in the ``auth_file``, which lets PgBouncer log in to PostgreSQL with SCRAM too.
+    ``url`` is ``postgres.url`` with PgBouncer's port; ``admin_url`` the same user on the
+    admin console (database ``pgbouncer``: ``SHOW POOLS``, ``SHOW SERVERS``; simple query
+    protocol only, e.g. ``psycopg.ClientCursor``). ``settings`` adds or overrides lines of
+    the ``[pgbouncer]`` section. Runs as ``postgres`` (or ``nobody``) when we are root, as
+    :class:`PostgresServer` does: PgBouncer refuses to run as root.
+    """
+
+    kind = "pgbouncer"
+
+    def __init__(
+        self,
+        postgres: PostgresServer,
+        *,
+        pool_mode: PgBouncerPoolMode = "transaction",
+        pool_size: int = 5,
+        settings: Mapping[str, str] | None = None,
+        port: int | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        super().__init__(port=port, startup_timeout=startup_timeout)
+        self.postgres = postgres
+        self.pool_mode = pool_mode
+        self.pool_size = pool_size
+        self.settings = dict(settings or {})
+        self.binary = ""
+
+    @property
+    def user(self) -> str:
+        return self.postgres.user
+
+    @property
+    def password(self) -> str:
+        return self.postgres.password
+
+    @property
+    def dbname(self) -> str:
+        return self.postgres.dbname
+
+    @property
+    def url(self) -> str:
+        """The test user's URL through PgBouncer (same user, password and database)."""
+        return self._url(self.dbname)
+
+    @property
+    def admin_url(self) -> str:
+        """The admin console (database ``pgbouncer``), as the test user."""
+        return self._url("pgbouncer")
+
+    @property
+    def ini_path(self) -> Path:
+        return self.base_dir / "pgbouncer.ini"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.base_dir / "userlist.txt"
+
+    def _url(self, dbname: str) -> str:
+        return (
+            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{LOOPBACK}:{self.port}/{quote(dbname, safe='')}"
+        )
+
+    def _account(self) -> tuple[int, int] | None:
+        return unprivileged_account()
+
+    def _check_binaries(self) -> None:
+        self.binary = find_pgbouncer()
+
+    def _prepare(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.dbname):
+            raise ValueError(f"database name {self.dbname!r} is not a plain identifier")
+        options = {
+            "listen_addr": LOOPBACK,
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",  # TCP only: nothing in /tmp
+            "auth_type": "scram-sha-256",
+            "auth_file": str(self.auth_file),
+            "admin_users": self.user,
+            "stats_users": self.user,
+            "pool_mode": self.pool_mode,
+            "default_pool_size": str(self.pool_size),
+            "max_client_conn": "200",
+            "ignore_startup_parameters": "extra_float_digits",
+            "logfile": "",  # stderr: the log file of ManagedServer
+            "pidfile": "",
+            "server_login_retry": "1",
+            **self.settings,
+        }
+        lines = [
+            "[databases]",
+            f"{self.dbname} = host={LOOPBACK} port={self.postgres.port} dbname={self.dbname}",
+            "",
+            "[pgbouncer]",
+            *(f"{name} = {value}" for name, value in options.items()),
+        ]
+        self.ini_path.write_text("\n".join(lines) + "\n")
+        self.auth_file.write_text(
+            f"{_pgbouncer_quote(self.user)} {_pgbouncer_quote(self.password)}\n"
+        )
+        self.auth_file.chmod(0o600)
+        account = self._account()
+        if account is not None:
+            for path in (self.base_dir, self.ini_path, self.auth_file):
+                os.chown(path, *account)
+
+    def _argv(self) -> list[str]:
+        return [self.binary, str(self.ini_path)]
+
+    def _ready(self) -> bool:
+        """The admin console answers with our password: it is our PgBouncer listening (not
+        another process that took the port), whether or not PostgreSQL is up."""
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                self.admin_url,
+                connect_timeout=2,
+                autocommit=True,
+                cursor_factory=psycopg.ClientCursor,
+            ) as conn:
+                conn.execute("SHOW VERSION")
+        except psycopg.OperationalError:
+            return False
+        return True
 
 
 # -- pytest fixtures ----------------------------------------------------------------------
