@@ -48,6 +48,10 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
         r"^from collections\.abc import AsyncIterator, Callable$",
         "from collections.abc import Callable, Iterator",
     ),
+    (
+        r"^from collections\.abc import AsyncIterator, Awaitable, Callable, Sequence$",
+        "from collections.abc import Callable, Iterator, Sequence",
+    ),
     (r"\basync for\b", "for"),
     (r"\bAwaitable\[(\w+(?:\[\w+\])?)\]", r"\1"),
     (r"\bAwaitable, ", ""),

@@ -5,6 +5,13 @@ per registered kind, plus one per mode worth testing on its own (``redis-grant``
 with ``handoff="grant"``, for every kind that offers the ``grant`` capability).
 ``CLUSTERSYNC_TEST_BACKENDS`` (comma-separated targets) selects some; the default is
 every target. Each test gets its own namespace.
+
+*Topology targets* run a kind through a deployment of its own (:data:`TOPOLOGY_TARGETS`):
+``postgres-multihost`` (the multi-host URL of a primary and a streaming standby) and
+``postgres-pgbouncer`` (a transaction-pooling PgBouncer, with ``wakeups=poll``). By
+default only the conformance and contract suites run on them (their conftests use
+:func:`suite_backends`); the other suites do when ``CLUSTERSYNC_TEST_BACKENDS`` names
+them.
 """
 
 from __future__ import annotations
@@ -52,6 +59,22 @@ TEST_URLS: dict[str, UrlFactory] = {
 }
 #: Modes tested as targets of their own: capability -> (suffix, URL query).
 MODES = {"grant": ("-grant", "handoff=grant")}
+#: Topology targets: name -> (kind name, URL of the session's deployment).
+TOPOLOGY_TARGETS: dict[str, tuple[str, UrlFactory]] = {
+    # A primary and an asynchronous streaming standby: the libpq multi-host URL with
+    # target_session_attrs=read-write (the store must find the primary itself).
+    "postgres-multihost": (
+        "postgres",
+        lambda tmp, request: str(request.getfixturevalue("postgres_replicated").url),
+    ),
+    # PgBouncer 1.18 in transaction-pooling mode: no LISTEN (wake-ups polled), and no
+    # protocol-level prepared statements (PgBouncer < 1.21 cannot route them).
+    "postgres-pgbouncer": (
+        "postgres",
+        lambda tmp, request: str(request.getfixturevalue("pgbouncer").url)
+        + "?wakeups=poll&prepared_statements=false",
+    ),
+}
 
 
 def _targets() -> dict[str, tuple[StoreKind, str | None]]:
@@ -62,6 +85,10 @@ def _targets() -> dict[str, tuple[StoreKind, str | None]]:
         for capability in sorted(kind.capabilities):
             suffix, query = MODES[capability]
             targets[kind.name + suffix] = (kind, query)
+    kinds = {kind.name: kind for kind in store_kinds()}
+    for name, (kind_name, _) in TOPOLOGY_TARGETS.items():
+        if kind_name in kinds:
+            targets[name] = (kinds[kind_name], None)
     return targets
 
 
@@ -74,13 +101,29 @@ def kind_of(target: str) -> StoreKind:
     return TARGETS[target][0]
 
 
-def selected_backends() -> list[str]:
+def _chosen() -> list[str] | None:
+    """The targets ``CLUSTERSYNC_TEST_BACKENDS`` names (None: not set)."""
     raw = os.environ.get("CLUSTERSYNC_TEST_BACKENDS", "")
-    chosen = [b.strip() for b in raw.split(",") if b.strip()] or list(ALL_BACKENDS)
+    chosen = [b.strip() for b in raw.split(",") if b.strip()]
     unknown = sorted(set(chosen) - set(ALL_BACKENDS))
     if unknown:
         raise pytest.UsageError(f"unknown backends in CLUSTERSYNC_TEST_BACKENDS: {unknown}")
-    return chosen
+    return chosen or None
+
+
+def selected_backends() -> list[str]:
+    """The targets every suite runs on: those chosen, else every store target (the
+    topology targets only when chosen)."""
+    chosen = _chosen()
+    if chosen is not None:
+        return chosen
+    return [b for b in ALL_BACKENDS if b not in TOPOLOGY_TARGETS]
+
+
+def suite_backends() -> list[str]:
+    """The targets of the conformance and contract suites: those chosen, else every
+    target, topology targets included."""
+    return _chosen() or list(ALL_BACKENDS)
 
 
 def shared_backends() -> list[str]:
@@ -91,6 +134,8 @@ def shared_backends() -> list[str]:
 def make_store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """A store URL for the target ``backend``."""
     kind, query = TARGETS[backend]
+    if backend in TOPOLOGY_TARGETS:
+        return TOPOLOGY_TARGETS[backend][1](tmp_path, request)
     factory = TEST_URLS.get(kind.name)
     if factory is None:
         raise pytest.UsageError(

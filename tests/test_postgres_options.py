@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,7 +59,10 @@ _V1_LEASES = """CREATE TABLE clustersync_leases (
 
 def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any) -> None:
     """A store created by schema version 1 (no waiter mark on leases) gets the column on
-    first use by this version, keeps its leases' fencing counters, and works."""
+    first use by this version, keeps its leases' fencing counters, and works. (A new
+    token is max(previous + 1, the server's clock in µs): the old counter is set a day
+    ahead of the clock, so that keeping it shows.)"""
+    ahead = int(time.time() * 1_000_000) + 86_400_000_000
     dbname = f"migrate_{uuid.uuid4().hex[:8]}"
     with postgres_server.socket_connect() as admin:
         admin.execute(f'CREATE DATABASE "{dbname}" OWNER "{postgres_server.user}"')
@@ -70,11 +74,13 @@ def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any
         )
         conn.execute("INSERT INTO clustersync_schema (version) VALUES (1)")
         conn.execute(_V1_LEASES)
-        conn.execute("INSERT INTO clustersync_leases VALUES ('default', 'm:old', NULL, 41, 0)")
+        conn.execute(
+            "INSERT INTO clustersync_leases VALUES ('default', 'm:old', NULL, %s, 0)", (ahead,)
+        )
     with cs.open_store(url) as store:
         mutex = cs.Mutex(store, "old")
         with mutex:
-            assert mutex.token == 42
+            assert mutex.token == ahead + 1
     with psycopg.connect(url, autocommit=True) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM clustersync_schema")]
         assert sorted(versions) == [1, 2]

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ..exceptions import ConfigurationError
 
@@ -204,16 +204,38 @@ def kind_for_url(url: str) -> StoreKind:
     return kind
 
 
+#: Query parameters that carry a secret (libpq's ``?password=…``, ``?sslpassword=…``).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe for logs and errors)."""
+    """The URL with any password replaced by ``***`` (safe for logs and errors).
+
+    The host part is kept as written, so a multi-host URL
+    (``postgresql://u:***@h1:5432,h2:5432/db``) stays readable; a password given as a
+    query parameter (``?password=…``) is hidden too."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        netloc = f"{user}:***@{host}{port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     except ValueError:
         return "<unparseable URL>"
+    # The netloc is split by hand: urlsplit's username/password/port properties parse a
+    # single host:port and raise on "h1:5432,h2:5432".
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = parts.query
+    if query:
+        fields = query.split("&")
+        for index, field_ in enumerate(fields):
+            name, equals, _ = field_.partition("=")
+            if equals and name.lower() in _SECRET_PARAMETERS:
+                fields[index] = f"{name}=***"
+        query = "&".join(fields)
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    # Rebuilt by hand: urlunsplit drops the "//" of an empty host part for schemes it
+    # does not know ("postgresql:///db?password=…").
+    rebuilt = f"{parts.scheme}://{netloc}{parts.path}"
+    rebuilt += f"?{query}" if query else ""
+    return rebuilt + (f"#{parts.fragment}" if parts.fragment else "")

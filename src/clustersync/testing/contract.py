@@ -566,12 +566,15 @@ class StoreModel(RuleBasedStateMachine):
 
     Servers judge time by their own clock, so only outcomes that do not depend on exact
     times are compared: whether a lease was acquired, renewed or released, owner checks,
-    duplicate errors, token *differences* (Redis starts a fresh counter at its clock, the
-    others at 1), which jobs are claimed, listing order, and whether the next due job is
-    due now, later or never. To keep that deterministic, a lease or claim is either long
-    (it never expires during an example) or short (it has expired on every store
-    ``MODEL_SETTLE`` seconds later, and the rule waits that long); one-shot jobs run a day
-    in the past or a day in the future, each key at its own run time.
+    duplicate errors, the *order* of tokens (the contract only promises that they
+    strictly increase per name: Redis and PostgreSQL mint at least their clock in
+    microseconds, the others count from 1; each token of the store under test is
+    matched with the reference's token of the same acquisition), which jobs are claimed,
+    listing order, and whether the next due job is due now, later or never. To keep that
+    deterministic, a lease or claim is either long (it never expires during an example)
+    or short (it has expired on every store ``MODEL_SETTLE`` seconds later, and the rule
+    waits that long); one-shot jobs run a day in the past or a day in the future, each
+    key at its own run time.
 
     Invariants checked after every step, on the store under test: fencing tokens of a
     name strictly increase, at most one live lease per name, and both stores list the
@@ -593,8 +596,8 @@ class StoreModel(RuleBasedStateMachine):
         except BaseException:
             self.ref.close()
             raise
-        # The first token of each name on each store: tokens are compared as differences.
-        self.base: dict[str, tuple[int, int]] = {}
+        # Per name, the token of each acquisition on the reference and on the store.
+        self.tokens: dict[str, dict[int, int]] = {}
         self.last_token: dict[str, int] = {}
         self.last_owner: dict[str, str] = {}
         now = int(time.time() * _US)
@@ -612,18 +615,23 @@ class StoreModel(RuleBasedStateMachine):
         return (self.past_us if past else self.future_us) + JOB_KEYS.index(key) * 1000
 
     def sut_token(self, name: str, ref_token: int) -> int:
-        """The token on the store under test that corresponds to ``ref_token``."""
-        base = self.base.get(name)
-        if base is None:
+        """The token on the store under test that corresponds to ``ref_token``: the one
+        the same acquisition got, else one it never handed out (below its first)."""
+        pairs = self.tokens.get(name)
+        if not pairs:
             return ref_token
-        return base[1] + (ref_token - base[0])
+        if ref_token in pairs:
+            return pairs[ref_token]
+        return min(pairs.values()) - 1 - abs(ref_token)
 
     def lease_view(self, leases: list[LeaseInfo], store: int) -> list[tuple[str, str, int]]:
+        """(name, owner, token) of each lease, the store's tokens as the reference's."""
         view = []
         for lease in leases:
-            base = self.base.get(lease.name)
-            assert base is not None, f"a live lease {lease.name!r} that was never acquired"
-            view.append((lease.name, lease.owner, lease.token - base[store]))
+            pairs = self.tokens.get(lease.name, {})
+            as_ref = {sut: ref for ref, sut in pairs.items()} if store else {r: r for r in pairs}
+            assert lease.token in as_ref, f"a live lease {lease} that was never acquired"
+            view.append((lease.name, lease.owner, as_ref[lease.token]))
             assert 0 < lease.expires_in <= MODEL_LONG_TTL + 1, lease
         return view
 
@@ -664,10 +672,12 @@ class StoreModel(RuleBasedStateMachine):
             assert last is None or sut.token > last, "fencing tokens must strictly increase"
         self.last_token[name] = sut.token
         self.last_owner[name] = owner
-        if name not in self.base:
-            self.base[name] = (ref.token, sut.token)
-        base_ref, base_sut = self.base[name]
-        assert sut.token - base_sut == ref.token - base_ref, "tokens must grow by one"
+        pairs = self.tokens.setdefault(name, {})
+        if ref.token in pairs:  # a retry of the live lease's owner, on the reference
+            assert sut.token == pairs[ref.token], "the live lease's owner keeps its token"
+        else:
+            assert sut.token not in pairs.values(), "a new acquisition got an old token"
+            pairs[ref.token] = sut.token
         return _Held(name, owner, ref.token, sut.token)
 
     @rule(held=held, short=st.booleans(), other_owner=st.booleans())

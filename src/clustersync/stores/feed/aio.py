@@ -1,10 +1,15 @@
-"""Push notifications from a server store (Redis pub/sub, PostgreSQL LISTEN/NOTIFY).
+"""Change notifications from a server store: pushed (Redis pub/sub, PostgreSQL
+LISTEN/NOTIFY) or, where the server cannot push them, polled.
 
 A :class:`ChangeFeed` keeps one connection subscribed to a namespace's change channel and
 hands every message (a channel name such as ``lease:m:x`` or ``jobs``) to the store's
 listener. The first subscription is made before ``open_store`` returns, so nothing
 published after that is missed while connected; when the connection breaks it reconnects
 with capped backoff and wakes every waiter (``*``) because messages may have been missed.
+
+A :class:`ChangePoller` asks the store instead, at the pace the store chooses, and only
+while someone waits (PostgreSQL with ``wakeups="poll"``, e.g. behind a
+transaction-pooling PgBouncer, where LISTEN does not work).
 """
 
 from __future__ import annotations
@@ -132,3 +137,76 @@ class ChangeFeed(Generic[C]):
         if conn is not None:
             with contextlib.suppress(Exception):
                 await self._disconnect(conn)
+
+
+class ChangePoller:
+    """Changes found by polling the store, in a background task (a thread when sync).
+
+    While ``interval()`` returns a number of seconds (None: nobody waits, nothing to
+    poll), ``poll(fresh)`` runs every that many seconds; it reads what changed and tells
+    the store's listener. ``fresh`` is True for the first poll after a pause or an
+    error: that reading is a new baseline, and a change may have landed unseen before
+    it, so the store should wake every waiter once (they just recheck). :meth:`wake`
+    makes the next poll happen at once (call it when ``interval()`` got shorter)."""
+
+    #: How often an idle poller rechecks ``interval()`` without being woken.
+    IDLE_RECHECK = 1.0
+
+    def __init__(
+        self,
+        *,
+        what: str,
+        poll: Callable[[bool], Awaitable[None]],
+        interval: Callable[[], float | None],
+        errors: tuple[type[BaseException], ...],
+    ) -> None:
+        self._what = what
+        self._poll = poll
+        self._interval = interval
+        self._errors = errors
+        self._waker: shim.Waker | None = None
+        self._task: shim.Task | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self._waker = shim.Waker()
+        self._task = shim.spawn(self._run, name=f"clustersync-{self._what}")
+
+    def wake(self) -> None:
+        """Poll now (from any thread): the interval got shorter, or waiting started."""
+        waker = self._waker
+        if waker is not None:
+            waker.set_threadsafe()
+
+    async def _run(self) -> None:
+        waker = self._waker
+        assert waker is not None
+        backoff = Backoff(cap=2.0)
+        fresh = True
+        while not self._closed:
+            waker.clear()
+            every = self._interval()
+            if every is None:
+                fresh = True  # changes while nobody waits are irrelevant: waiters recheck
+                await waker.wait(self.IDLE_RECHECK)
+                continue
+            try:
+                await self._poll(fresh)
+                fresh = False
+                backoff.reset()
+                delay = every
+            except self._errors as exc:
+                if self._closed:
+                    return
+                fresh = True
+                delay = backoff.next_delay()
+                logger.warning("%s failed; retrying in %.2fs: %s", self._what, delay, exc)
+            await waker.wait(delay)
+
+    async def close(self) -> None:
+        self._closed = True
+        self.wake()
+        task = self._task
+        if task is not None and not shim.in_task(task):
+            shim.cancel_task(task)
+            await shim.join(task, self.IDLE_RECHECK + 1)

@@ -10,7 +10,19 @@ advisory lock and versioned in ``clustersync_schema`` for later migrations. See
 
 Wake-ups: releases and job changes ``pg_notify`` a per-namespace channel; each store
 object ``LISTEN``s on a dedicated connection opened before ``open_store`` returns. Every
-waiter also has a deadline, so a lost notification costs latency only.
+waiter also has a deadline, so a lost notification costs latency only. Where LISTEN
+cannot work (a transaction-pooling PgBouncer), ``wakeups="poll"`` replaces it with one
+polling statement per interval while someone waits (:data:`LOCK_POLL` for lock
+waiters, :data:`CHANGE_POLL` for schedulers and recurring jobs).
+
+High availability: a libpq multi-host URL (``postgresql://u:p@h1:5432,h2:5432/db``)
+reaches whichever host accepts read-write sessions (``target_session_attrs=read-write``
+is the default for such URLs). After a failover the pool's connections to the old
+primary are dropped and new ones find the promoted standby (the host that last
+accepted a session is tried first); a statement that meets a read-only session is
+retried on a new connection, and a statement that meets a schema the new primary lost
+(asynchronous replication) re-creates it first. Fencing tokens survive a failover that
+lost the last writes: see :mod:`clustersync.stores.postgres.sql`.
 
 Failure modes: psycopg errors and pool timeouts become ``StoreUnavailableError`` (cause
 kept). Connections come from a small pool of the backend's own (at most
@@ -26,31 +38,40 @@ A server that stops answering on an open connection (hung, or a network partitio
 the kernel's TCP does not notice, e.g. behind a proxy) would leave libpq waiting forever:
 an operation that gets no answer within ``socket_timeout`` (5 s, like the Redis store)
 has its socket shut down by a watchdog, so it fails with ``StoreUnavailableError`` and
-the connection is discarded.
+the connection is discarded. The watchdog first sends a cancel request (waiting up to
+:data:`CANCEL_GRACE` for it): a statement stuck on the server — a commit waiting for a
+synchronous standby that is away, or a row lock held by such a commit — would otherwise
+keep its server backend (and its row locks) after the client gave up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
+import re
 import select
 import socket
+import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import psycopg
-from psycopg import sql
+from psycopg import capabilities, sql
 from psycopg.pq import TransactionStatus
 
 from ..._concurrency import aio as shim
 from ...exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
 from ..contract import (
+    ANY_CHANNEL,
+    JOBS_CHANNEL,
+    JOBS_DUE_PREFIX,
     AcquireResult,
     ClaimedJob,
     JobMetadataRecord,
@@ -59,9 +80,11 @@ from ..contract import (
     RecurringJobRecord,
     StoredJob,
     conflicting_job,
+    job_channel,
+    lease_channel,
     prefix_end,
 )
-from ..feed.aio import POLL, ChangeFeed, PushNotifications
+from ..feed.aio import POLL, ChangeFeed, ChangePoller, PushNotifications
 from ..options import option_count, option_timeout
 from ..registry import redact
 from . import sql as q
@@ -74,6 +97,29 @@ _US = 1_000_000
 _MAX_IDLE = 300.0
 #: Longest wait for an answer on one connection (see the Redis store's).
 DEFAULT_SOCKET_TIMEOUT = 5.0
+#: How long the watchdog waits for its cancel request before it shuts the socket down.
+CANCEL_GRACE = 1.0
+#: How many times a statement that met a read-only session (a standby, or a primary
+#: set read-only) is sent again on a new connection.
+READ_ONLY_RETRIES = 2
+#: ``wakeups`` values: LISTEN/NOTIFY, or polling (no LISTEN: e.g. behind a
+#: transaction-pooling PgBouncer, which does not deliver notifications to its clients).
+WAKEUPS = ("listen", "poll")
+#: Polling pace (``wakeups="poll"``) while a lock waiter of this store waits: a release
+#: elsewhere is seen within this.
+LOCK_POLL = 0.05
+#: Polling pace while only schedulers and recurring jobs wait: a job scheduled elsewhere
+#: (due before the scheduler's next wake-up) or a pause/resume/trigger is seen within this.
+CHANGE_POLL = 0.5
+#: A lease whose acquisition was refused is polled for this long (a waiter asks again
+#: at least every 2 s, which extends it).
+WATCH_REFUSED = 3.0
+#: Store options that may also be given in the URL's query (libpq would reject them).
+_URL_OPTIONS = ("wakeups", "prepared_statements")
+#: ``target_session_attrs`` values that may land on a standby, where nothing works.
+_STANDBY_SESSIONS = ("read-only", "standby", "prefer-standby")
+
+T = TypeVar("T")
 
 
 def notify_channel(namespace: str) -> str:
@@ -96,6 +142,8 @@ class PostgresBackend(PushNotifications):
         pool_timeout: float = 10.0,
         max_connections: int = 10,
         prepared_statements: bool = True,
+        wakeups: str = "listen",
+        hosts: _Hosts | None = None,
     ) -> None:
         self._url = url
         self._prepared_statements = prepared_statements
@@ -104,16 +152,36 @@ class PostgresBackend(PushNotifications):
         self._channel = notify_channel(namespace)
         self._connect_timeout = connect_timeout
         self._socket_timeout = socket_timeout
-        self._feed: ChangeFeed[Any] = ChangeFeed(
-            what="PostgreSQL LISTEN connection",
-            connect=self._listen,
-            receive=self._receive,
-            disconnect=_close_connection,
-            notify=self._notify,
-            errors=(psycopg.Error, StoreUnavailableError, OSError),
-            ping=self._ping_listener,
-            answer_within=socket_timeout,
-        )
+        self._hosts = hosts or _Hosts([], [], [], None)
+        self._feed: ChangeFeed[Any] | None = None
+        self._poller: ChangePoller | None = None
+        #: The wake-up pace the hub asks for (None: nobody waits), and the leases a
+        #: waiter of this store was refused, with until when to poll them (poll mode).
+        self._watch_interval: float | None = None
+        self._watched: dict[str, float] = {}
+        self._watched_lock = threading.Lock()
+        #: What the last poll saw: the earliest due time, paused and triggered jobs.
+        self._seen_due_us: int | None = None
+        self._seen_control: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        self.wakeups = wakeups
+        if wakeups == "poll":
+            self._poller = ChangePoller(
+                what="PostgreSQL change poller",
+                poll=self._poll_changes,
+                interval=self._poll_interval,
+                errors=(StoreUnavailableError,),
+            )
+        else:
+            self._feed = ChangeFeed(
+                what="PostgreSQL LISTEN connection",
+                connect=self._listen,
+                receive=self._receive,
+                disconnect=_close_connection,
+                notify=self._notify,
+                errors=(psycopg.Error, StoreUnavailableError, OSError),
+                ping=self._ping_listener,
+                answer_within=socket_timeout,
+            )
         self._closed = False
         # The connection pool: idle connections with when they were checked in (newest
         # last), how many are open or being opened, and who waits for one when all
@@ -138,11 +206,11 @@ class PostgresBackend(PushNotifications):
             options.pop("pool_timeout", 10.0), "pool_timeout", allow_zero=True
         )
         max_connections = option_count(options.pop("max_connections", 10), "max_connections")
-        prepared = options.pop("prepared_statements", True)
-        if not isinstance(prepared, bool):
-            raise ConfigurationError(
-                f"invalid store option: prepared_statements must be True or False, got {prepared!r}"
-            )
+        url, in_url = _url_options(url)
+        prepared = _bool_option(
+            "prepared_statements", in_url.get("prepared_statements"), options, True
+        )
+        wakeups = _choice_option("wakeups", in_url.get("wakeups"), options, WAKEUPS)
         if options:
             raise ConfigurationError(
                 f"unknown option(s) for the postgres store: {', '.join(sorted(options))}"
@@ -153,7 +221,7 @@ class PostgresBackend(PushNotifications):
             raise ConfigurationError(
                 f"invalid PostgreSQL URL {redact(url)!r}: {str(exc).strip()}"
             ) from exc
-        _check_ports(str(params.get("port") or ""), url)
+        hosts = _Hosts.of(params, url)
         backend = cls(
             url,
             namespace,
@@ -162,11 +230,16 @@ class PostgresBackend(PushNotifications):
             pool_timeout=pool_timeout,
             max_connections=max_connections,
             prepared_statements=prepared,
+            wakeups=wakeups,
+            hosts=hosts,
         )
         try:
-            async with backend._translate("create the schema"), backend._connection() as conn:
-                await backend._create_schema(conn)  # also proves the server is reachable
-            await backend._feed.start()
+            # Also proves the server is reachable.
+            await backend._run("create the schema", backend._create_schema)
+            if backend._feed is not None:
+                await backend._feed.start()
+            if backend._poller is not None:
+                await backend._poller.start()
         except BaseException:
             await backend.close()
             raise
@@ -175,9 +248,12 @@ class PostgresBackend(PushNotifications):
     # -- connection management -----------------------------------------------------------
 
     async def _connect(self) -> Any:
+        # Multi-host: a read-write session, the host that last had one first.
+        params = self._hosts.connect_params()
+        conninfo = psycopg.conninfo.make_conninfo(self._url, **params) if params else self._url
         try:
             conn = await psycopg.AsyncConnection.connect(
-                self._url,
+                conninfo,
                 autocommit=True,
                 connect_timeout=max(1, int(self._connect_timeout)),
                 # psycopg prepares a statement on its 5th use on a connection (-40 % time
@@ -185,11 +261,11 @@ class PostgresBackend(PushNotifications):
                 prepare_threshold=5 if self._prepared_statements else None,
             )
             self._connections.add(conn)
+            self._hosts.connected(conn.info.host, conn.info.port)
             return conn
         except psycopg.OperationalError as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL at {self._safe_url}: {message}"
+                f"cannot connect to PostgreSQL at {self._safe_url}: {_connect_failure(exc)}"
             ) from exc
         except psycopg.Error as exc:
             raise StoreUnavailableError(
@@ -197,7 +273,8 @@ class PostgresBackend(PushNotifications):
             ) from exc
 
     async def _create_schema(self, conn: Any) -> None:
-        async with self._translate("create the schema"), conn.transaction():
+        """Create or migrate the schema (errors are translated by the caller, ``_run``)."""
+        async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (q.SCHEMA_LOCK_KEY,))
             for statement in q.SCHEMA:
                 await conn.execute(statement)
@@ -230,16 +307,59 @@ class PostgresBackend(PushNotifications):
                 f"PostgreSQL at {self._safe_url} failed to {action}: {exc}"
             ) from exc
 
+    async def _run(self, action: str, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``work(conn)`` on a pooled connection, its errors translated (``_translate``).
+
+        Failing over is the one case where a statement that failed is sent again, on a
+        new connection: it met a read-only session (a standby, or a primary set
+        read-only), so it changed nothing; at most :data:`READ_ONLY_RETRIES` times (libpq
+        then picks the read-write host). A statement that found no clustersync table or
+        column (a failover to an asynchronous standby that missed the schema) re-creates
+        the schema once, then runs again."""
+        schema_checked = False
+        for attempt in itertools.count():
+            read_only = False
+            async with self._translate(action), self._connection() as conn:
+                try:
+                    return await work(conn)
+                except psycopg.errors.ReadOnlySqlTransaction:
+                    if attempt >= READ_ONLY_RETRIES:
+                        raise
+                    read_only = True
+                    await conn.close()  # not returned to the pool
+                except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+                    if schema_checked:
+                        raise
+                    schema_checked = True
+                    logger.warning(
+                        "PostgreSQL at %s: the clustersync schema is missing or older"
+                        " (a failover lost it?); creating it again",
+                        self._safe_url,
+                    )
+                    await self._create_schema(conn)
+            if read_only:  # its siblings in the pool are likely on the same host
+                logger.warning(
+                    "PostgreSQL at %s: a session is read-only (a standby, or a demoted"
+                    " primary); retrying on a new connection",
+                    self._safe_url,
+                )
+                await self.drop_idle_connections()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
         """A connection of the pool for one operation (use inside ``_translate``), bounded
-        by ``socket_timeout``."""
+        by ``socket_timeout``. A connection whose operation the watchdog timed out is
+        closed, even if an answer came (the answer to a cancelled commit is not one)."""
         conn = await self._checkout()
         watchdog = self._bounded(conn)
         try:
             with watchdog:
                 yield conn
         finally:
+            if watchdog.expired:
+                with contextlib.suppress(Exception):
+                    await conn.close()
             await self._checkin(conn)
             if watchdog.expired:  # the others may have stopped answering too
                 await self.drop_idle_connections()
@@ -332,14 +452,18 @@ class PostgresBackend(PushNotifications):
                 self._slot_waiters.popleft().set_threadsafe()
 
     async def _fetch(self, action: str, query: str, params: dict[str, Any]) -> list[Any]:
-        async with self._translate(action), self._connection() as conn:
+        async def fetch(conn: Any) -> list[Any]:
             cur = await conn.execute(query, params)
             return list(await cur.fetchall())
 
+        return await self._run(action, fetch)
+
     async def _rowcount(self, action: str, query: str, params: dict[str, Any]) -> int:
-        async with self._translate(action), self._connection() as conn:
+        async def count(conn: Any) -> int:
             cur = await conn.execute(query, params)
             return int(cur.rowcount)
+
+        return await self._run(action, count)
 
     # -- notifications -------------------------------------------------------------------
 
@@ -362,9 +486,76 @@ class PostgresBackend(PushNotifications):
         return payloads, bool(payloads)
 
     async def _ping_listener(self, conn: Any) -> bool:
-        """A round trip on the LISTEN connection, bounded by ``socket_timeout``."""
-        await self._execute_bounded(conn, "SELECT 1")
+        """A round trip on the LISTEN connection, bounded by ``socket_timeout``. A session
+        that has become read-only (its primary was demoted, or set read-only before a
+        switchover) would hear nothing of the new primary's changes: it is replaced."""
+        with self._bounded(conn):
+            cur = await conn.execute(
+                "SELECT pg_is_in_recovery()"
+                " OR current_setting('default_transaction_read_only')::boolean"
+            )
+            row = await cur.fetchone()
+        if row is not None and row[0]:
+            raise StoreUnavailableError(
+                f"PostgreSQL at {self._safe_url}: the LISTEN session is now read-only"
+            )
         return True
+
+    # -- wakeups="poll" ------------------------------------------------------------------
+
+    def set_watch_interval(self, seconds: float | None) -> None:
+        """Poll mode: poll while someone waits (LISTEN mode: nothing to do)."""
+        was = self._watch_interval
+        self._watch_interval = seconds
+        if self._poller is not None and was is None and seconds is not None:
+            self._poller.wake()
+
+    def _poll_interval(self) -> float | None:
+        if self._watch_interval is None:
+            return None
+        return LOCK_POLL if self._watched else CHANGE_POLL
+
+    def _watch_refused(self, name: str) -> None:
+        """Poll mode: a waiter of this store was refused ``name``; watch it for a while."""
+        with self._watched_lock:
+            new = name not in self._watched
+            self._watched[name] = shim.monotonic() + WATCH_REFUSED
+        if new and self._poller is not None:
+            self._poller.wake()  # poll at the lock waiters' pace from now on
+
+    def _local_change(self, channel: str) -> None:
+        """Poll mode: tell this store's own waiters at once (no NOTIFY reaches them)."""
+        if self._poller is not None:
+            self._notify(channel)
+
+    async def _poll_changes(self, fresh: bool) -> None:
+        """One polling statement: tell the waiters of this store what changed since the
+        last poll (every waiter after a pause or an error: ``fresh``)."""
+        now = shim.monotonic()
+        with self._watched_lock:
+            for name, until in list(self._watched.items()):
+                if until < now:
+                    del self._watched[name]
+            names = sorted(self._watched)
+        rows = await self._fetch(
+            "poll for changes", q.POLL_CHANGES, {"ns": self._ns, "names": names}
+        )
+        now_us, due_us, free, paused, triggered = rows[0]
+        control = (frozenset(paused), frozenset(triggered))
+        due_us = None if due_us is None else int(due_us)
+        seen_due, seen_control = self._seen_due_us, self._seen_control
+        self._seen_due_us, self._seen_control = due_us, control
+        if fresh:
+            self._notify(ANY_CHANNEL)
+            return
+        for name in free:
+            self._notify(lease_channel(name))
+        if due_us is not None and due_us != seen_due:
+            self._notify(f"{JOBS_DUE_PREFIX}{due_us - int(now_us)}")
+        elif due_us is None and seen_due is not None:
+            self._notify(JOBS_CHANNEL)
+        for key in sorted((control[0] ^ seen_control[0]) | (control[1] ^ seen_control[1])):
+            self._notify(job_channel(key))
 
     def after_fork(self) -> bool:
         """In a forked child: the connections are shared with the parent. Each socket is
@@ -385,7 +576,10 @@ class PostgresBackend(PushNotifications):
             return
         self._closed = True
         self._listener = None
-        await self._feed.close()
+        if self._feed is not None:
+            await self._feed.close()
+        if self._poller is not None:
+            await self._poller.close()
         async with self._pool_lock:
             idle, self._idle = self._idle, []
             self._opened -= len(idle)
@@ -407,6 +601,8 @@ class PostgresBackend(PushNotifications):
         token, remaining_us = (await self._fetch("acquire a lease", q.ACQUIRE, params))[0]
         if token is not None:
             return AcquireResult(True, token=int(token))
+        if self._poller is not None:
+            self._watch_refused(name)
         return AcquireResult(False, retry_after=max(0, int(remaining_us or 0)) / _US)
 
     async def renew_lease(self, name: str, owner: str, token: int, ttl: float) -> bool:
@@ -427,11 +623,17 @@ class PostgresBackend(PushNotifications):
             "token": token,
             "channel": self._channel,
         }
-        return len(await self._fetch("release a lease", q.RELEASE, params)) == 1
+        released = len(await self._fetch("release a lease", q.RELEASE, params)) == 1
+        if released:
+            self._local_change(lease_channel(name))
+        return released
 
     async def break_lease(self, name: str) -> bool:
         params = {"ns": self._ns, "name": name, "channel": self._channel}
-        return len(await self._fetch("break a lease", q.BREAK, params)) == 1
+        broken = len(await self._fetch("break a lease", q.BREAK, params)) == 1
+        if broken:
+            self._local_change(lease_channel(name))
+        return broken
 
     async def list_leases(self) -> list[LeaseInfo]:
         rows = await self._fetch("list leases", q.LIST_LEASES, {"ns": self._ns})
@@ -489,7 +691,11 @@ class PostgresBackend(PushNotifications):
 
     async def control_recurring_job(self, key: str, action: str) -> bool:
         params = {"ns": self._ns, "key": key, "action": action, "channel": self._channel}
-        return len(await self._fetch(f"{action} a recurring job", q.CONTROL_RECURRING, params)) == 1
+        rows = await self._fetch(f"{action} a recurring job", q.CONTROL_RECURRING, params)
+        found = len(rows) == 1
+        if found:
+            self._local_change(job_channel(key))
+        return found
 
     async def list_recurring_jobs(self) -> list[RecurringJobRecord]:
         rows = await self._fetch("list recurring jobs", q.LIST_RECURRING, {"ns": self._ns})
@@ -528,11 +734,12 @@ class PostgresBackend(PushNotifications):
             params |= {"key": jobs[0].key, "props": jobs[0].props_json}
         else:
             query = q.PUT_JOBS
-        async with self._translate("store one-shot jobs"), self._connection() as conn:
+
+        async def put(conn: Any) -> bool:
             try:
                 # One statement, so all or nothing: a duplicate key stores none.
                 await conn.execute(query, params)
-                return
+                return True
             except psycopg.errors.UniqueViolation:
                 pass
             params["props"] = [job.props_json for job in jobs]
@@ -545,6 +752,10 @@ class PostgresBackend(PushNotifications):
                     raise DuplicateJobError(duplicate)  # rolls the transaction back
                 if inserted:
                     await conn.execute(q.NOTIFY_JOBS, params)
+                return bool(inserted)
+
+        if await self._run("store one-shot jobs", put):
+            self._local_change(JOBS_CHANNEL)
 
     async def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
         params = {"ns": self._ns, "owner": owner, "limit": limit, "ttl_us": int(claim_ttl * _US)}
@@ -573,6 +784,8 @@ class PostgresBackend(PushNotifications):
     async def cancel_job(self, key: str) -> bool:
         params = {"ns": self._ns, "key": key, "channel": self._channel}
         rows = await self._fetch("cancel a job", q.CANCEL, params)
+        if rows:
+            self._local_change(JOBS_CHANNEL)
         return bool(rows and rows[0][0])
 
     async def list_jobs(self) -> list[StoredJob]:
@@ -614,16 +827,25 @@ async def open_backend(url: str, namespace: str, options: dict[str, Any]) -> Pos
 
 class _Watchdog:
     """Bounds the operations of a ``with`` block on one connection: if the block outlives
-    ``seconds``, the connection's socket is shut down, libpq sees the connection closed
-    and the waiting driver call fails (``StoreUnavailableError``) instead of waiting
-    forever for a server that stopped answering. The timer is cancelled (and a shutdown
-    under way completed) when the block ends, before the connection can be closed, so
-    the descriptor shut down is never one reused by another socket."""
+    ``seconds``, a cancel request is sent for the connection's statement and, once it was
+    delivered (or after :data:`CANCEL_GRACE`), the connection's socket is shut down:
+    libpq sees the connection closed and the waiting driver call fails
+    (``StoreUnavailableError``) instead of waiting forever for a server that stopped
+    answering. The block fails even if an answer arrives after the expiry: a commit
+    whose wait for a synchronous standby the cancel ended is committed on the primary
+    alone, which must not count as acknowledged.
 
-    __slots__ = ("_fd", "_seconds", "_timer", "_url", "expired")
+    Why cancel first: a backend waiting for a synchronous standby does not notice that
+    its client left (nor does one queued behind its row locks), so without the cancel
+    every timed-out attempt would leave a server backend behind, holding its locks,
+    until the standby returns. The socket is shut down through a duplicate of its
+    descriptor taken at the expiry, so a later shutdown never hits a descriptor number
+    that the closed connection's socket gave back and another socket reused."""
+
+    __slots__ = ("_conn", "_seconds", "_timer", "_url", "expired")
 
     def __init__(self, conn: Any, seconds: float, url: str) -> None:
-        self._fd: int = conn.pgconn.socket
+        self._conn = conn
         self._seconds = seconds
         self._url = url
         self.expired = False
@@ -638,7 +860,7 @@ class _Watchdog:
         tb: TracebackType | None,
     ) -> None:
         self._timer.cancel()
-        if self.expired and isinstance(exc, psycopg.OperationalError):
+        if self.expired and (exc is None or isinstance(exc, psycopg.Error)):
             raise StoreUnavailableError(
                 f"PostgreSQL at {self._url} did not answer within {self._seconds:g}s"
                 " (socket_timeout); connection dropped"
@@ -646,11 +868,45 @@ class _Watchdog:
 
     def _expire(self) -> None:
         self.expired = True
-        # shutdown() acts on the socket behind every descriptor of it (here a duplicate,
-        # closed at once); libpq's own descriptor stays open until the connection is
-        # closed, so the waiting call wakes up and reads end-of-file.
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._fd)) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
+        pgconn = self._conn.pgconn
+        try:
+            fd = os.dup(pgconn.socket)
+        except (OSError, psycopg.Error):
+            return  # already closed
+        cancel: Callable[[], None] | None = None
+        with contextlib.suppress(psycopg.Error):
+            if capabilities.has_cancel_safe():  # libpq 17+: bounded by connect_timeout
+                cancel = pgconn.cancel_conn().blocking
+            else:
+                cancel = pgconn.get_cancel().cancel
+        threading.Thread(
+            target=_cancel_then_shut_down,
+            args=(cancel, fd),
+            name="clustersync-postgres-watchdog",
+            daemon=True,
+        ).start()
+
+
+def _cancel_then_shut_down(cancel: Callable[[], None] | None, fd: int) -> None:
+    """Send the cancel request (for at most :data:`CANCEL_GRACE`), then shut the socket
+    down: shutdown() acts on the socket behind every descriptor of it (here the
+    duplicate ``fd``, closed afterwards); libpq's own descriptor stays open until the
+    connection is closed, so the waiting call wakes up and reads end-of-file."""
+    if cancel is not None:
+        sender = threading.Thread(
+            target=_quietly, args=(cancel,), name="clustersync-postgres-cancel", daemon=True
+        )
+        sender.start()
+        sender.join(CANCEL_GRACE)
+    with contextlib.suppress(OSError), socket.socket(fileno=fd) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _quietly(call: Callable[[], None]) -> None:
+    try:
+        call()
+    except Exception as exc:  # a server that does not answer, a closed connection
+        logger.debug("PostgreSQL cancel request failed: %s", exc)
 
 
 def _closed_by_server(conn: Any) -> bool:
@@ -670,15 +926,166 @@ def _closed_by_server(conn: Any) -> bool:
         return True
 
 
-def _check_ports(ports: str, url: str) -> None:
-    """libpq only checks ports when connecting; a malformed one is a configuration error."""
-    for raw in unquote(ports).split(","):
-        port = raw.strip()
-        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigurationError(
-                f"invalid PostgreSQL URL {redact(url)!r}: port {port!r} is not a number"
-                " from 1 to 65535"
+class _Hosts:
+    """The hosts of a (multi-host) URL, and which of them to try first.
+
+    libpq tries the hosts in the URL's order, each for up to ``connect_timeout``: after a
+    failover every new connection would first wait for the old primary (a host that is
+    down may not refuse, just stay silent). So the host that last accepted a read-write
+    session is tried first, then the others in the URL's order."""
+
+    def __init__(
+        self, hosts: list[str], ports: list[str], addresses: list[str], sessions: str | None
+    ) -> None:
+        self.hosts = hosts
+        self.ports = ports
+        self.addresses = addresses
+        #: ``target_session_attrs`` to add (multi-host URLs default to read-write).
+        self.sessions = sessions
+        self.first = 0
+
+    @classmethod
+    def of(cls, params: dict[str, Any], url: str) -> _Hosts:
+        """Check the hosts and ports of ``params`` (libpq only checks them when
+        connecting: a malformed one is a configuration error)."""
+
+        def invalid(reason: str) -> ConfigurationError:
+            return ConfigurationError(f"invalid PostgreSQL URL {redact(url)!r}: {reason}")
+
+        hosts = str(params.get("host") or "").split(",")
+        ports = unquote(str(params.get("port") or "")).split(",")
+        addresses = str(params.get("hostaddr") or "").split(",")
+        for raw in ports:
+            port = raw.strip()
+            if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+                raise invalid(f"port {port!r} is not a number from 1 to 65535")
+        if len(ports) not in (1, len(hosts)):
+            raise invalid(f"{len(ports)} ports for {len(hosts)} hosts")
+        sessions = params.get("target_session_attrs")
+        if sessions in _STANDBY_SESSIONS:
+            raise invalid(
+                f"target_session_attrs={sessions} may connect to a standby, where the"
+                " store cannot write; use read-write (the default with several hosts)"
             )
+        if len(hosts) < 2:
+            return cls([], [], [], None)
+        if sessions == "any":
+            raise invalid(
+                "target_session_attrs=any may connect to a standby; with several hosts"
+                " use read-write (the default) or primary"
+            )
+        if len(ports) == 1:
+            ports = ports * len(hosts)
+        if len(addresses) != len(hosts):
+            addresses = []
+        return cls(hosts, ports, addresses, None if sessions else "read-write")
+
+    def connect_params(self) -> dict[str, str]:
+        """Connection parameters overriding the URL's (none for one host)."""
+        params: dict[str, str] = {}
+        if self.sessions:
+            params["target_session_attrs"] = self.sessions
+        if self.first:
+            order = [self.first, *(i for i in range(len(self.hosts)) if i != self.first)]
+            params["host"] = ",".join(self.hosts[i] for i in order)
+            params["port"] = ",".join(self.ports[i] for i in order)
+            if self.addresses:
+                params["hostaddr"] = ",".join(self.addresses[i] for i in order)
+        return params
+
+    def connected(self, host: str, port: int) -> None:
+        """A connection was made to ``host``:``port``: try it first from now on."""
+        for index, (name, number) in enumerate(zip(self.hosts, self.ports, strict=True)):
+            if name == host and number in (str(port), ""):
+                self.first = index
+                return
+
+
+#: One attempt in psycopg's report of a multi-host connection failure.
+_ATTEMPT = re.compile(r"^- host: '([^']*)', port: '([^']*)'.*?: (.*)$")
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """A readable reason for a failed connection: libpq's first line, or with several
+    hosts, each host's (``h1:5432: connection refused; h2:5432: server is in hot
+    standby mode``)."""
+    text = str(exc).strip()
+    if not text:
+        return repr(exc)
+    reasons = []
+    for line in text.splitlines():
+        attempt = _ATTEMPT.match(line.strip())
+        if attempt is not None:
+            host, port, reason = attempt.groups()
+            reason = reason.rsplit(" failed: ", 1)[-1].removeprefix("connection failed: ")
+            reasons.append(f"{host}:{port}: {reason.strip()}")
+    return "; ".join(reasons) if len(reasons) > 1 else text.splitlines()[0]
+
+
+def _url_options(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without the store options of its query (``?wakeups=poll``, which libpq
+    would reject), and those options."""
+    base, question, rest = url.partition("?")
+    if not question:
+        return url, {}
+    query, hash_, fragment = rest.partition("#")
+    kept, found = [], {}
+    for field_ in query.split("&"):
+        name, _, value = field_.partition("=")
+        if unquote(name) in _URL_OPTIONS:
+            if unquote(name) in found:
+                raise ConfigurationError(f"store option {unquote(name)} given twice in the URL")
+            found[unquote(name)] = unquote(value)
+        else:
+            kept.append(field_)
+    if not found:
+        return url, {}
+    rebuilt = base + ("?" + "&".join(kept) if kept else "")
+    return rebuilt + (hash_ + fragment if hash_ else ""), found
+
+
+def _merged_option(name: str, in_url: Any, options: dict[str, Any]) -> list[Any]:
+    values = [] if in_url is None else [in_url]
+    if name in options:
+        values.append(options.pop(name))
+    return values
+
+
+def _bool_option(name: str, in_url: str | None, options: dict[str, Any], default: bool) -> bool:
+    """A True/False store option, also accepted in the URL (``?name=true|false``)."""
+    values: list[Any] = []
+    if in_url is not None:
+        if in_url.lower() not in ("true", "false"):
+            raise ConfigurationError(
+                f"invalid store option: {name} must be true or false in the URL, got {in_url!r}"
+            )
+        values.append(in_url.lower() == "true")
+    values += _merged_option(name, None, options)
+    for value in values:
+        if not isinstance(value, bool):
+            raise ConfigurationError(
+                f"invalid store option: {name} must be True or False, got {value!r}"
+            )
+    if len(set(values)) > 1:
+        raise ConfigurationError(f"conflicting {name} settings in the URL and the options")
+    return bool(values[0]) if values else default
+
+
+def _choice_option(
+    name: str, in_url: str | None, options: dict[str, Any], choices: tuple[str, ...]
+) -> str:
+    """A store option that is one of ``choices`` (the first is the default), also
+    accepted in the URL."""
+    values = _merged_option(name, in_url, options)
+    for value in values:
+        if value not in choices:
+            allowed = " or ".join(repr(choice) for choice in choices)
+            raise ConfigurationError(
+                f"invalid store option: {name} must be {allowed}, got {value!r}"
+            )
+    if len(set(values)) > 1:
+        raise ConfigurationError(f"conflicting {name} settings in the URL and the options")
+    return str(values[0]) if values else choices[0]
 
 
 async def _close_connection(conn: Any) -> None:

@@ -2,7 +2,11 @@
 
 Times are microseconds since the epoch taken from the server's ``clock_timestamp()``, so
 lease expiry never depends on a client clock. Fencing tokens live in the lease row, which
-is kept (owner cleared) on release, so they survive restarts and only ever grow.
+is kept (owner cleared) on release, so they survive restarts and only ever grow. A new
+token is ``max(previous + 1, the server's clock in µs)`` (a hybrid logical clock): after
+a failover to a standby that missed the last acquisitions, the new primary's clock is
+already past the tokens it never saw, so none is handed out twice (see
+docs/choices.md, "PostgreSQL").
 Nothing relies on session state (no session advisory locks, no temp tables, no
 ``SET``), so the store works behind a transaction-pooling PgBouncer (protocol-level
 prepared statements need PgBouncer 1.22+, or the store option
@@ -90,19 +94,21 @@ WAITER_MARGIN_US = 1_000_000
 NOW = f"SELECT {_NOW}"
 
 # The lease is taken if free (ON CONFLICT … WHERE expired); otherwise ``waiting`` marks it
-# as waited for. The row lock taken by ON CONFLICT orders this against a release.
+# as waited for. The row lock taken by ON CONFLICT orders this against a release. Tokens:
+# see the module docstring (a fresh name starts at the clock, as on Redis).
 ACQUIRE = f"""
 WITH now AS (SELECT {_NOW} AS us),
 old AS (SELECT expires_us, owner FROM clustersync_leases WHERE ns = %(ns)s AND name = %(name)s),
 ins AS (
     INSERT INTO clustersync_leases AS l (ns, name, owner, token, expires_us)
-    SELECT %(ns)s, %(name)s, %(owner)s, 1, now.us + %(ttl_us)s FROM now
+    SELECT %(ns)s, %(name)s, %(owner)s, now.us, now.us + %(ttl_us)s FROM now
     ON CONFLICT (ns, name) DO UPDATE
         SET owner = excluded.owner,
-            -- The owner of the live lease retrying its acquisition keeps its token.
+            -- The owner of the live lease retrying its acquisition keeps its token; a
+            -- new token is max(previous + 1, the clock): excluded.token is now.us.
             token = CASE WHEN l.owner = excluded.owner
                 AND l.expires_us > excluded.expires_us - %(ttl_us)s
-                THEN l.token ELSE l.token + 1 END,
+                THEN l.token ELSE GREATEST(l.token + 1, excluded.token) END,
             expires_us = excluded.expires_us
         WHERE l.owner IS NULL OR l.owner = excluded.owner
             OR l.expires_us <= excluded.expires_us - %(ttl_us)s
@@ -332,3 +338,20 @@ ORDER BY key COLLATE "C" LIMIT %(limit)s
 """
 
 COUNT_JOBS = "SELECT count(*) FROM clustersync_jobs WHERE ns = %(ns)s"
+
+# ``wakeups="poll"`` (no LISTEN, e.g. behind a transaction-pooling PgBouncer): one
+# statement reports what waiters of this process may be waiting for — the earliest due
+# time of the jobs (from the (ns, due_us) index), which of the watched leases (names a
+# waiter of this process was refused) are free, and the recurring jobs paused or
+# triggered (few rows: the primary key's range of the namespace).
+POLL_CHANGES = f"""
+WITH now AS (SELECT {_NOW} AS us)
+SELECT now.us,
+    (SELECT due_us FROM clustersync_jobs WHERE ns = %(ns)s ORDER BY due_us LIMIT 1),
+    ARRAY(SELECT name FROM clustersync_leases
+        WHERE ns = %(ns)s AND name = ANY(%(names)s::text[])
+            AND (owner IS NULL OR expires_us <= now.us)),
+    ARRAY(SELECT key FROM clustersync_recurring WHERE ns = %(ns)s AND paused),
+    ARRAY(SELECT key FROM clustersync_recurring WHERE ns = %(ns)s AND triggered)
+FROM now
+"""
