@@ -71,8 +71,10 @@ TOPOLOGY_TARGETS: dict[str, tuple[str, UrlFactory]] = {
     # protocol-level prepared statements (PgBouncer < 1.21 cannot route them).
     "postgres-pgbouncer": (
         "postgres",
-        lambda tmp, request: str(request.getfixturevalue("pgbouncer").url)
-        + "?wakeups=poll&prepared_statements=false",
+        lambda tmp, request: (
+            str(request.getfixturevalue("pgbouncer").url)
+            + "?wakeups=poll&prepared_statements=false"
+        ),
     ),
 }
 
