@@ -214,7 +214,9 @@ def run_failovers(soak: Failovers, synchronous: bool) -> dict[str, Any]:
         "mode": "soak" if soak_mode() else "short",
         "seconds": round(time.monotonic() - began, 1),
         "failovers": len(soak.kills),
-        "kill_to_promoted_s": [round(p - k, 3) for k, p in zip(soak.kills, soak.promotions)],
+        "kill_to_promoted_s": [
+            round(p - k, 3) for k, p in zip(soak.kills, soak.promotions, strict=True)
+        ],
         "rebuild_standby_s": [round(r, 2) for r in rebuilds],
         "unavailable_s": [round(w, 3) for w in windows],
         "unavailable_p50_s": round(statistics.median(windows), 3),
