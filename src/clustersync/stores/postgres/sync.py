@@ -65,7 +65,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import psycopg
-from psycopg import capabilities, sql
+from psycopg import capabilities, pq, sql
 from psycopg.pq import TransactionStatus
 
 from ..._concurrency import threads as shim
@@ -100,7 +100,7 @@ _MAX_IDLE = 300.0
 #: Longest wait for an answer on one connection (see the Redis store's).
 DEFAULT_SOCKET_TIMEOUT = 5.0
 #: How long the watchdog waits for its cancel request before it shuts the socket down.
-CANCEL_GRACE = 1.0
+CANCEL_GRACE = 0.5
 #: How many times a statement that met a read-only session (a standby, or a primary
 #: set read-only) is sent again on a new connection.
 READ_ONLY_RETRIES = 2
@@ -875,12 +875,13 @@ class _Watchdog:
             fd = os.dup(pgconn.socket)
         except (OSError, psycopg.Error):
             return  # already closed
-        cancel: Callable[[], None] | None = None
-        with contextlib.suppress(psycopg.Error):
-            if capabilities.has_cancel_safe():  # libpq 17+: bounded by connect_timeout
-                cancel = pgconn.cancel_conn().blocking
-            else:
-                cancel = pgconn.get_cancel().cancel
+        cancel = None
+        # libpq 17+ only: its cancel connection can be driven without blocking (the
+        # older PQcancel blocks, holding the GIL, for as long as a silent server makes
+        # it wait); with an older libpq the socket is just shut down.
+        if capabilities.has_cancel_safe():
+            with contextlib.suppress(psycopg.Error):
+                cancel = pgconn.cancel_conn()
         threading.Thread(
             target=_cancel_then_shut_down,
             args=(cancel, fd),
@@ -889,26 +890,40 @@ class _Watchdog:
         ).start()
 
 
-def _cancel_then_shut_down(cancel: Callable[[], None] | None, fd: int) -> None:
+def _cancel_then_shut_down(cancel: Any, fd: int) -> None:
     """Send the cancel request (for at most :data:`CANCEL_GRACE`), then shut the socket
     down: shutdown() acts on the socket behind every descriptor of it (here the
     duplicate ``fd``, closed afterwards); libpq's own descriptor stays open until the
     connection is closed, so the waiting call wakes up and reads end-of-file."""
     if cancel is not None:
-        sender = threading.Thread(
-            target=_quietly, args=(cancel,), name="clustersync-postgres-cancel", daemon=True
-        )
-        sender.start()
-        sender.join(CANCEL_GRACE)
+        try:
+            _send_cancel(cancel, shim.monotonic() + CANCEL_GRACE)
+        except (psycopg.Error, OSError, ValueError) as exc:
+            logger.debug("PostgreSQL cancel request failed: %s", exc)
+        finally:
+            cancel.finish()
     with contextlib.suppress(OSError), socket.socket(fileno=fd) as sock:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _quietly(call: Callable[[], None]) -> None:
-    try:
-        call()
-    except Exception as exc:  # a server that does not answer, a closed connection
-        logger.debug("PostgreSQL cancel request failed: %s", exc)
+def _send_cancel(cancel: Any, deadline: float) -> None:
+    """Drive a libpq cancel connection (``PGcancelConn``) until the server took the
+    request or ``deadline`` passed, waiting in ``select`` (which releases the GIL)."""
+    cancel.start()
+    while True:
+        status = cancel.poll()
+        if status == pq.PollingStatus.OK:
+            return
+        if status == pq.PollingStatus.FAILED:
+            raise psycopg.OperationalError(cancel.get_error_message())
+        remaining = deadline - shim.monotonic()
+        if remaining <= 0:
+            return
+        fd = cancel.socket
+        if status == pq.PollingStatus.WRITING:
+            select.select([], [fd], [], remaining)
+        else:
+            select.select([fd], [], [], remaining)
 
 
 def _closed_by_server(conn: Any) -> bool:
