@@ -55,13 +55,17 @@ def test_prepared_statements_must_be_a_bool(
 _V1_LEASES = """CREATE TABLE clustersync_leases (
     ns text NOT NULL, name text NOT NULL, owner text, token bigint NOT NULL,
     expires_us bigint NOT NULL, PRIMARY KEY (ns, name))"""
+_V1_JOB_METADATA = """CREATE TABLE clustersync_job_metadata (
+    ns text NOT NULL, key text NOT NULL, last_finished_us bigint NOT NULL,
+    PRIMARY KEY (ns, key))"""
 
 
 def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any) -> None:
-    """A store created by schema version 1 (no waiter mark on leases) gets the column on
-    first use by this version, keeps its leases' fencing counters, and works. (A new
-    token is max(previous + 1, the server's clock in µs): the old counter is set a day
-    ahead of the clock, so that keeping it shows.)"""
+    """A store created by schema version 1 (no waiter mark on leases, recurring jobs'
+    ``last_finished`` in ``clustersync_job_metadata``) is migrated step by step on first
+    use by this version: it keeps its leases' fencing counters and its recurring jobs'
+    last runs, and works. (A new token is max(previous + 1, the server's clock in µs):
+    the old counter is set a day ahead of the clock, so that keeping it shows.)"""
     ahead = int(time.time() * 1_000_000) + 86_400_000_000
     dbname = f"migrate_{uuid.uuid4().hex[:8]}"
     with postgres_server.socket_connect() as admin:
@@ -74,16 +78,19 @@ def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any
         )
         conn.execute("INSERT INTO clustersync_schema (version) VALUES (1)")
         conn.execute(_V1_LEASES)
+        conn.execute(_V1_JOB_METADATA)
         conn.execute(
             "INSERT INTO clustersync_leases VALUES ('default', 'm:old', NULL, %s, 0)", (ahead,)
         )
+        conn.execute("INSERT INTO clustersync_job_metadata VALUES ('default', 'nightly', 42)")
     with cs.open_store(url) as store:
         mutex = cs.Mutex(store, "old")
         with mutex:
             assert mutex.token == ahead + 1
+        assert store._ops.get_job_metadata("nightly").last_finished_us == 42
     with psycopg.connect(url, autocommit=True) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM clustersync_schema")]
-        assert sorted(versions) == [1, 2]
+        assert sorted(versions) == [1, 3]
         columns = conn.execute(
             "SELECT column_name FROM information_schema.columns"
             " WHERE table_name = 'clustersync_leases'"
