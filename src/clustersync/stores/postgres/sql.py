@@ -9,8 +9,9 @@ already past the tokens it never saw, so none is handed out twice (see
 docs/choices.md, "PostgreSQL").
 Nothing relies on session state (no session advisory locks, no temp tables, no
 ``SET``), so the store works behind a transaction-pooling PgBouncer (protocol-level
-prepared statements need PgBouncer 1.22+, or the store option
-``prepared_statements=False``).
+prepared statements need PgBouncer 1.21+ with ``max_prepared_statements``, or the store
+option ``prepared_statements=False``; LISTEN does not work there: ``wakeups="poll"``
+and :data:`POLL_CHANGES`).
 """
 
 from __future__ import annotations

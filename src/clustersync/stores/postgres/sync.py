@@ -259,7 +259,7 @@ class PostgresBackend(PushNotifications):
                 autocommit=True,
                 connect_timeout=max(1, int(self._connect_timeout)),
                 # psycopg prepares a statement on its 5th use on a connection (-40 % time
-                # per operation here). Off for a transaction-pooling PgBouncer < 1.22.
+                # per operation here). Off for a transaction-pooling PgBouncer < 1.21.
                 prepare_threshold=5 if self._prepared_statements else None,
             )
             self._connections.add(conn)
