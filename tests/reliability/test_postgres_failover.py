@@ -10,7 +10,10 @@ test schedules one-shot jobs due within the next second. Every hold, fenced writ
 firing and recurring run is judged by ``clustersync.testing.checker``.
 
 Each failover is made lossy on purpose: the standby stops receiving WAL :data:`LAG`
-seconds before the primary is killed (as if replication lagged that much at the crash).
+seconds before the primary is killed (as if replication lagged that much at the crash),
+and jobs keep being scheduled meanwhile. With synchronous replication those writes wait
+for the standby and are never acknowledged (their callers retry on the new primary);
+with asynchronous replication they are acknowledged and lost.
 
 - **Synchronous replication** (``synchronous_commit=on`` with the standby in
   ``synchronous_standby_names``): nothing acknowledged is lost, so the checker must find
@@ -36,6 +39,7 @@ import json
 import re
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,6 +92,8 @@ class Failovers(Soak):
     promotions: list[float] = field(default_factory=list)
     #: Wall-clock due time of each job scheduled.
     due: dict[str, float] = field(default_factory=dict)
+    #: The test's own store (it schedules the jobs).
+    store: cs.Store | None = None
 
     def faults_in_turn(self) -> Iterator[str]:
         return itertools.repeat("failover")
@@ -95,12 +101,28 @@ class Failovers(Soak):
     def fault_failover(self) -> None:
         topology = self.topology
         assert topology is not None
+        store = self.store
+        assert store is not None
         detach_standby(topology)
+        # Jobs scheduled while the standby misses everything (from another thread: with
+        # synchronous replication each call waits until the kill, then retries).
+        lagging = threading.Event()
+
+        def schedule() -> None:
+            while not lagging.is_set():
+                self.schedule_job(store)
+                time.sleep(1 / self.budget.job_rate)
+
+        scheduler = threading.Thread(target=schedule, daemon=True)
+        scheduler.start()
         time.sleep(LAG)
+        lagging.set()
         topology.kill_primary()
         self.kills.append(time.monotonic())
         topology.promote_standby()
         self.promotions.append(time.monotonic())
+        scheduler.join(PATIENCE)
+        assert not scheduler.is_alive(), "scheduling did not resume after the failover"
         self.faults["SIGKILL primary + promote standby"] += 1
 
     def schedule_job(self, store: cs.Store) -> None:
@@ -174,6 +196,7 @@ def run_failovers(soak: Failovers, synchronous: bool) -> dict[str, Any]:
 
     rebuilds = []
     with cs.open_store(soak.url, namespace=soak.namespace) as store:
+        soak.store = store
         for _ in range(FAILOVERS):
             work(soak, store, BETWEEN)
             soak.inject("failover")
