@@ -4,6 +4,9 @@
 - :mod:`.aio` — the backend on psycopg 3's asyncio connections (the source);
 - :mod:`.sync` — the same on psycopg's blocking connections, generated from :mod:`.aio`.
 
+A multi-host URL reaches a primary and its standbys and follows a failover; behind a
+transaction-pooling PgBouncer, use ``?wakeups=poll`` (see :mod:`.aio`).
+
 Needs psycopg 3: ``pip install "clustersync[postgres]"``. PostgreSQL 13+.
 """
 
@@ -16,7 +19,10 @@ KIND = StoreKind(
     schemes=("postgresql", "postgres"),
     backend="clustersync.stores.postgres.sync:open_backend",
     async_backend="clustersync.stores.postgres.aio:open_backend",
-    url_forms=("postgresql://user:pass@host:port/db",),
+    url_forms=(
+        "postgresql://user:pass@host:port/db",
+        "postgresql://user:pass@host1:port1,host2:port2/db",
+    ),
     extra="postgres",
     reach="cluster",
     durable=True,
