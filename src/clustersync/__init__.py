@@ -13,7 +13,7 @@ Stores: ``memory://``, ``sqlite:///path.db`` (default), Redis and PostgreSQL.
 
 from __future__ import annotations
 
-from ._core.info import LockInfo, RecurringJobInfo
+from ._core.info import FailedJob, JobContext, LockInfo, RecurringJobInfo, RunInfo
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -21,6 +21,7 @@ from ._core.intervals import (
     wait_for_interval,
     wait_for_rounded_interval,
 )
+from ._core.retry import Retry
 from ._sync.job import Job, schedule
 from ._sync.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._sync.mutex import Mutex
@@ -29,6 +30,7 @@ from ._sync.operations import (
     list_locks,
     list_recurring_jobs,
     pause_recurring_job,
+    recent_runs,
     resume_recurring_job,
     trigger_recurring_job,
 )
@@ -49,7 +51,9 @@ __all__ = [
     "ClusterSyncError",
     "ConfigurationError",
     "DuplicateJobError",
+    "FailedJob",
     "Job",
+    "JobContext",
     "JobMetadata",
     "JobOnce",
     "JobOnceMetadata",
@@ -60,6 +64,8 @@ __all__ = [
     "NextWaitInterval",
     "NotLockedError",
     "RecurringJobInfo",
+    "Retry",
+    "RunInfo",
     "SchedulerError",
     "Store",
     "StoreUnavailableError",
@@ -70,6 +76,7 @@ __all__ = [
     "list_recurring_jobs",
     "open_store",
     "pause_recurring_job",
+    "recent_runs",
     "resume_recurring_job",
     "schedule",
     "trigger_recurring_job",

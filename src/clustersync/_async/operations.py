@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .._core.info import LockInfo, RecurringJobInfo, identity_of
+from .._core.info import LockInfo, RecurringJobInfo, RunInfo, identity_of
 from .._core.validation import micros_to_datetime, validate_name
 from .job import JOB_PREFIX
 from .mutex import MUTEX_PREFIX
@@ -80,6 +80,33 @@ async def _control(store: Store, key: str, action: str, what: str) -> None:
     validate_name(key, "job key")
     if not await store._ops.control_recurring_job(key, action):
         raise KeyError(f"no recurring job {key!r} was ever scheduled in this namespace")
+
+
+async def recent_runs(store: Store, limit: int = 50) -> list[RunInfo]:
+    """The most recent runs of the namespace's jobs (one-shot and recurring), newest first:
+    at most ``limit``, of the last 100 the store remembers."""
+    store = require_store(store, "recent_runs()")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    return [
+        RunInfo(
+            kind=run.kind,
+            key=run.key,
+            due=_moment(run.due_us),
+            started=_moment(run.started_us),
+            finished=micros_to_datetime(run.finished_us),
+            outcome=run.outcome,
+            error=run.error,
+            identity=identity_of(run.owner),
+            attempt=run.attempt,
+            lateness_s=(
+                None
+                if run.due_us is None or run.started_us is None
+                else (run.started_us - run.due_us) / 1_000_000
+            ),
+        )
+        for run in await store._ops.recent_runs(limit)
+    ]
 
 
 async def list_locks(store: Store) -> list[LockInfo]:
