@@ -9,6 +9,10 @@
 
 This module is the threading API; :mod:`clustersync.aio` is the same API for asyncio.
 Stores: ``memory://``, ``sqlite:///path.db`` (default), Redis and PostgreSQL.
+
+Observability: state changes are logged under ``clustersync.`` with structured
+``extra`` fields, :func:`enable_metrics` records Prometheus metrics, and with the
+OpenTelemetry API installed job runs and lock waits make spans.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ._core.intervals import (
     wait_for_rounded_interval,
 )
 from ._core.retry import Retry
+from ._metrics import enable_metrics
 from ._sync.job import Job, schedule
 from ._sync.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._sync.mutex import Mutex
@@ -71,6 +76,7 @@ __all__ = [
     "StoreUnavailableError",
     "__version__",
     "break_lock",
+    "enable_metrics",
     "get_job_once_scheduler",
     "list_locks",
     "list_recurring_jobs",

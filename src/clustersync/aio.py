@@ -31,6 +31,7 @@ from ._core.intervals import (
     wait_for_rounded_interval,
 )
 from ._core.retry import Retry
+from ._metrics import enable_metrics
 from .exceptions import (
     ClusterSyncError,
     ConfigurationError,
@@ -64,6 +65,7 @@ __all__ = [
     "Store",
     "StoreUnavailableError",
     "break_lock",
+    "enable_metrics",
     "get_job_once_scheduler",
     "list_locks",
     "list_recurring_jobs",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .. import _metrics
 from .._concurrency import aio as shim
 from .._core.backoff import Backoff
 from .._core.info import FailedJob, JobContext, one_line_error
@@ -53,7 +55,7 @@ from .._core.validation import (
     validate_name,
     validate_ttl,
 )
-from .._observability import current_trace
+from .._observability import current_trace, job_span, log_event
 from ..exceptions import DuplicateJobError, SchedulerError, StoreUnavailableError
 from ..stores.contract import JOBS_CHANNEL, ClaimedJob, NewJob
 from .lease import new_owner_id
@@ -301,6 +303,7 @@ class JobOnceScheduler:
         backoff = Backoff(cap=2.0)
         renew_every = self.claim_ttl / 3
         next_renewal = shim.monotonic() + renew_every
+        failing = False  # the last round ended with a store error
         try:
             with self.store._hub.listen(
                 JOBS_CHANNEL, waker, SCHEDULER_POLL_INTERVAL, self._wakes_for
@@ -317,12 +320,32 @@ class JobOnceScheduler:
                             await self._renew_claims()
                             next_renewal = shim.monotonic() + renew_every
                         delay = await self._claim_and_start()
+                        await self._count_pending()
+                        if failing:
+                            failing = False
+                            log_event(
+                                logger,
+                                logging.INFO,
+                                "store.recovered",
+                                "one-shot scheduler: the store answers again",
+                                identity=self.store.identity,
+                            )
                         backoff.reset()
                     except StoreUnavailableError as exc:
                         if self.store.closed and self._stopping:
                             break
                         delay = backoff.next_delay()
-                        logger.warning("one-shot scheduler: store error, retrying: %s", exc)
+                        failing = True
+                        log_event(
+                            logger,
+                            logging.WARNING,
+                            "store.error",
+                            "one-shot scheduler: store error, retrying in %.2fs: %s",
+                            delay,
+                            exc,
+                            identity=self.store.identity,
+                            error=str(exc),
+                        )
                     except Exception:  # the loop must not die: started would lie
                         delay = backoff.next_delay()
                         logger.exception(
@@ -336,6 +359,13 @@ class JobOnceScheduler:
             self._waker = None
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
+
+    async def _count_pending(self) -> None:
+        """In Prometheus multi-process mode, where no collector runs at scrape time, count
+        the pending jobs for ``clustersync_jobs_pending`` now and then."""
+        metrics = _metrics.ACTIVE
+        if metrics is not None and metrics.multiprocess and metrics.pending.due(self.store):
+            metrics.pending_counted(self.store, await self.store._ops.count_jobs())
 
     def _wakes_for(self, due_in: float) -> bool:
         """Whether a job added elsewhere, due in ``due_in`` seconds, should wake us now
@@ -414,36 +444,106 @@ class JobOnceScheduler:
         if handler.takes_context:
             context = JobContext(job.attempt, micros_to_datetime(job.due_us), job.scheduled_by)
             args += (context,)
+        # The store's clock said it was due at due_us; this host's clock is close enough.
+        lateness = max(0.0, time.time() - job.due_us / 1_000_000)
+        facts: dict[str, Any] = {
+            "job": job.key,
+            "type": "once",
+            "attempt": job.attempt,
+            "identity": self.store.identity,
+        }
+        log_event(
+            logger,
+            logging.DEBUG,
+            "job.fired",
+            "one-shot job %r: attempt %d fired (%.3fs late)",
+            job.key,
+            job.attempt,
+            lateness,
+            lateness_s=lateness,
+            **facts,
+        )
+        end = _End("complete", outcome="ok")
         firing = _FIRING.set(self)
+        started = shim.monotonic()
         try:
-            await shim.call_user_blocking(handler.callback, *args, executor=self._executor)
-            return _End("complete", outcome="ok")
-        except Exception as exc:
-            error = one_line_error(exc)
-            retry = self.retry
-            if retry is None:
-                logger.exception("one-shot job %r: callback raised; the job is done", job.key)
-                return _End("complete", outcome="error", error=error)
-            if job.attempt < retry.attempts:
-                delay = retry.delay(job.attempt)
-                logger.warning(
-                    "one-shot job %r: attempt %d of %d raised; retrying in %.1fs",
-                    job.key,
-                    job.attempt,
-                    retry.attempts,
-                    delay,
-                    exc_info=True,
-                )
-                return _End("retry", delay=delay, error=error)
-            logger.exception(
-                "one-shot job %r: attempt %d of %d raised; kept as failed",
+            with job_span(job.key, "once", job.attempt, lateness, job.trace) as span:
+                try:
+                    await shim.call_user_blocking(handler.callback, *args, executor=self._executor)
+                except Exception as exc:
+                    span.failed(exc)
+                    end = self._after_error(job, exc, shim.monotonic() - started, facts)
+        finally:
+            _FIRING.reset(firing)
+        duration = shim.monotonic() - started
+        metrics = _metrics.ACTIVE
+        if metrics is not None:
+            metrics.job_run("once", "", end.run_outcome, duration, lateness)
+        if end.run_outcome == "ok":
+            log_event(
+                logger,
+                logging.DEBUG,
+                "job.finished",
+                "one-shot job %r: finished in %.3fs",
+                job.key,
+                duration,
+                duration_s=duration,
+                **facts,
+            )
+        return end
+
+    def _after_error(
+        self, job: ClaimedJob, exc: Exception, duration: float, facts: dict[str, Any]
+    ) -> _End:
+        """Log a callback that raised ``exc``; retry the job, keep it failed, or (without
+        ``retry``) count it done."""
+        error = one_line_error(exc)
+        retry = self.retry
+        if retry is None:
+            log_event(
+                logger,
+                logging.ERROR,
+                "job.failed",
+                "one-shot job %r: callback raised; the job is done",
+                job.key,
+                exc_info=True,
+                duration_s=duration,
+                error=error,
+                **facts,
+            )
+            return _End("complete", outcome="error", error=error)
+        if job.attempt < retry.attempts:
+            delay = retry.delay(job.attempt)
+            log_event(
+                logger,
+                logging.WARNING,
+                "job.retried",
+                "one-shot job %r: attempt %d of %d raised; retrying in %.1fs",
                 job.key,
                 job.attempt,
                 retry.attempts,
+                delay,
+                exc_info=True,
+                duration_s=duration,
+                error=error,
+                retry_in_s=delay,
+                **facts,
             )
-            return _End("fail", error=error)
-        finally:
-            _FIRING.reset(firing)
+            return _End("retry", delay=delay, error=error)
+        log_event(
+            logger,
+            logging.ERROR,
+            "job.failed",
+            "one-shot job %r: attempt %d of %d raised; kept as failed",
+            job.key,
+            job.attempt,
+            retry.attempts,
+            exc_info=True,
+            duration_s=duration,
+            error=error,
+            **facts,
+        )
+        return _End("fail", error=error)
 
     async def _end(self, job: ClaimedJob, owner: str, end: _End) -> None:
         """Complete, retry or fail ``job`` in the store, retrying store errors for as long
@@ -537,6 +637,13 @@ class _End:
     error: str | None = None
     delay: float = 0.0
     count_attempt: bool = True
+
+    @property
+    def run_outcome(self) -> str:
+        """How the run went: ``ok``, ``error`` or ``retry`` (the ``outcome`` label)."""
+        if self.action == "complete":
+            return self.outcome
+        return "retry" if self.action == "retry" else "error"
 
 
 def _takes_context(callback: Callable[..., Any]) -> bool:

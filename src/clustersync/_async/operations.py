@@ -20,6 +20,7 @@ from datetime import datetime
 
 from .._core.info import LockInfo, RecurringJobInfo, RunInfo, identity_of
 from .._core.validation import micros_to_datetime, validate_name
+from ..stores.contract import RecurringJobRecord
 from .job import JOB_PREFIX
 from .mutex import MUTEX_PREFIX
 from .store import Store, require_store
@@ -43,7 +44,9 @@ async def list_recurring_jobs(store: Store) -> list[RecurringJobInfo]:
             key=record.key,
             schedule=record.schedule,
             paused=record.paused,
-            running_on=running.get(record.key),
+            # The lease is also held briefly to recheck whether a run is due: running
+            # only from the start of a run until its end is recorded.
+            running_on=running.get(record.key) if _in_run(record) else None,
             last_started=_moment(record.last_started_us),
             last_finished=_moment(record.last_finished_us),
             last_outcome=record.last_outcome,
@@ -135,6 +138,12 @@ async def break_lock(store: Store, name: str) -> bool:
     store = require_store(store, "break_lock()")
     validate_name(name, "mutex name")
     return await store._ops.break_lease(MUTEX_PREFIX + name)
+
+
+def _in_run(record: RecurringJobRecord) -> bool:
+    """Whether a run of the job started and did not finish (or its instance died)."""
+    started, finished = record.last_started_us, record.last_finished_us
+    return started is not None and (finished is None or started > finished)
 
 
 def _moment(micros: int | None) -> datetime | None:

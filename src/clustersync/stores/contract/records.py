@@ -72,11 +72,14 @@ class GrantResult:
     ``token`` is set when the lease is ours, either taken or handed over by a release;
     it then lives for at least ``valid_for`` seconds counted from *before* the wait was
     sent. Otherwise ``retry_after`` is how long the current lease still has to live.
+    ``handed_over``: the token came from a release while this call waited (not from a
+    free lease).
     """
 
     token: int | None
     valid_for: float = 0.0
     retry_after: float = 0.0
+    handed_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,7 +296,7 @@ class RedisBackend(PushNotifications):
                 )
         if popped is None:
             return GrantResult(None, retry_after=left)
-        return GrantResult(int(popped[1]), valid_for=granted_ms / 1000)
+        return GrantResult(int(popped[1]), valid_for=granted_ms / 1000, handed_over=True)
 
     async def withdraw_waiter(self, name: str, owner: str) -> bool:
         """Leave the grant queue; a grant we never saw goes on as if released. True if
