@@ -156,7 +156,7 @@ def test_jobs_schedule_list_cancel_json(capsys: pytest.CaptureFixture[str], url:
 
     status, out, err = run(capsys, "--url", url, "jobs", "cancel", "later", "--json")
     assert json.loads(out) == {"key": "later", "cancelled": False}
-    assert_one_line_error(status, err, "no pending one-shot job", "'later'")
+    assert_one_line_error(status, err, "no pending or failed one-shot job", "'later'")
 
 
 def test_jobs_human_output(capsys: pytest.CaptureFixture[str], url: str) -> None:
@@ -633,3 +633,65 @@ def test_recurring_jobs_pause_resume_trigger_and_break(
         assert "not held" in err
         with pytest.raises(cs.LockLostError):
             mutex.release()
+
+
+def test_failed_jobs_list_retry_and_cancel(capsys: pytest.CaptureFixture[str], url: str) -> None:
+    attempts: list[int] = []
+    retry = cs.Retry(attempts=2, backoff=timedelta(milliseconds=50))
+    with cs.open_store(url) as store:
+        scheduler = cs.get_job_once_scheduler(store, retry=retry)
+
+        def callback(key: str, props: Any, context: cs.JobContext) -> None:
+            attempts.append(context.attempt)
+            raise ValueError(f"bad invoice {props['n']}")
+
+        scheduler.set_callback(callback)
+        scheduler.schedule_once("invoice:7", datetime.now(UTC), {"n": 7})
+        scheduler.schedule_once("invoice:8", datetime.now(UTC) + timedelta(days=1), {"n": 8})
+        scheduler.start()
+        deadline = time.monotonic() + 10
+        while not scheduler.list_failed_jobs():
+            assert time.monotonic() < deadline, attempts
+            time.sleep(0.02)
+        scheduler.stop()
+    assert attempts == [1, 2]
+
+    (failed,) = run_json(capsys, "--url", url, "jobs", "failed")
+    assert failed["key"] == "invoice:7"
+    assert failed["attempts"] == 2
+    assert failed["last_error"] == "ValueError: bad invoice 7"
+    assert failed["props"] == {"n": 7}
+    assert datetime.fromisoformat(failed["failed_at"]) <= datetime.now(UTC)
+    status, out, _ = run(capsys, "--url", url, "jobs", "failed")
+    assert status == 0
+    assert out.splitlines()[0].split() == ["KEY", "FAILED", "ATTEMPTS", "LAST", "ERROR", "PROPS"]
+    assert "ValueError: bad invoice 7" in out
+    # failed jobs are not pending
+    assert [j["key"] for j in run_json(capsys, "--url", url, "jobs", "list")] == ["invoice:8"]
+
+    status, _, err = run(capsys, "--url", url, "jobs", "retry", "invoice:8")
+    assert_one_line_error(status, err, "no failed one-shot job with key 'invoice:8'")
+    assert run_json(capsys, "--url", url, "jobs", "retry", "invoice:7") == {
+        "key": "invoice:7",
+        "retried": True,
+    }
+    assert run_json(capsys, "--url", url, "jobs", "failed") == []
+    pending = run_json(capsys, "--url", url, "jobs", "list")
+    assert [j["key"] for j in pending] == ["invoice:7", "invoice:8"]
+    assert datetime.fromisoformat(pending[0]["run_at"]) <= datetime.now(UTC)
+
+    # cancel removes a failed job too
+    with cs.open_store(url) as store:
+        scheduler = cs.get_job_once_scheduler(store, retry=retry)
+        scheduler.set_callback(lambda key, props: (_ for _ in ()).throw(ValueError("again")))
+        scheduler.start()
+        deadline = time.monotonic() + 10
+        while not scheduler.list_failed_jobs():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        scheduler.stop()
+    status, out, _ = run(capsys, "--url", url, "jobs", "cancel", "invoice:7")
+    assert status == 0, out
+    assert run_json(capsys, "--url", url, "jobs", "failed") == []
+    status, _, err = run(capsys, "--url", url, "jobs", "cancel", "invoice:7")
+    assert_one_line_error(status, err, "no pending or failed one-shot job")

@@ -160,6 +160,13 @@ class EngineComparison(RuleBasedStateMachine):
         result = self.both(conn, lambda e: e.acquire_lease(name, owner, ttl))
         lease = self.model(conn, name)
         live = lease is not None and lease.owner is not None and lease.expires_us > now
+        if live and lease is not None and lease.owner == owner:
+            # A retry of the owner's own acquisition (its answer was lost): the same lease,
+            # the same token, a fresh expiry.
+            assert result.acquired, "the live owner's retried acquisition was refused"
+            assert result.token == lease.token, "a retried acquisition changed the token"
+            lease.expires_us = now + int(ttl * _US)
+            return multiple()
         if live:
             assert lease is not None
             assert not result.acquired, "two live leases for one name"
@@ -346,11 +353,11 @@ class EngineComparison(RuleBasedStateMachine):
     @rule(claim=claims, other_conn=st.booleans())
     def complete_claim(self, claim: Claim, other_conn: bool) -> None:
         conn = self._sibling(claim.conn) if other_conn else claim.conn
-        self.both(conn, lambda e: e.complete_job(claim.key, claim.owner, claim.claim))
+        self.both(conn, lambda e: e.complete_job(claim.key, claim.owner, claim.claim, "ok", None))
 
     @rule(conn=conns, key=job_keys, owner=owners, claim=tokens)
     def complete_random(self, conn: int, key: str, owner: str, claim: int) -> None:
-        self.both(conn, lambda e: e.complete_job(key, owner, claim))
+        self.both(conn, lambda e: e.complete_job(key, owner, claim, "ok", None))
 
     @rule(conn=conns, key=job_keys)
     def cancel_job(self, conn: int, key: str) -> None:

@@ -9,11 +9,15 @@
 
 This module is the threading API; :mod:`clustersync.aio` is the same API for asyncio.
 Stores: ``memory://``, ``sqlite:///path.db`` (default), Redis and PostgreSQL.
+
+Observability: state changes are logged under ``clustersync.`` with structured
+``extra`` fields, :func:`enable_metrics` records Prometheus metrics, and with the
+OpenTelemetry API installed job runs and lock waits make spans.
 """
 
 from __future__ import annotations
 
-from ._core.info import LockInfo, RecurringJobInfo
+from ._core.info import FailedJob, JobContext, LockInfo, RecurringJobInfo, RunInfo
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -21,6 +25,8 @@ from ._core.intervals import (
     wait_for_interval,
     wait_for_rounded_interval,
 )
+from ._core.retry import Retry
+from ._metrics import enable_metrics
 from ._sync.job import Job, schedule
 from ._sync.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._sync.mutex import Mutex
@@ -29,6 +35,7 @@ from ._sync.operations import (
     list_locks,
     list_recurring_jobs,
     pause_recurring_job,
+    recent_runs,
     resume_recurring_job,
     trigger_recurring_job,
 )
@@ -49,7 +56,9 @@ __all__ = [
     "ClusterSyncError",
     "ConfigurationError",
     "DuplicateJobError",
+    "FailedJob",
     "Job",
+    "JobContext",
     "JobMetadata",
     "JobOnce",
     "JobOnceMetadata",
@@ -60,16 +69,20 @@ __all__ = [
     "NextWaitInterval",
     "NotLockedError",
     "RecurringJobInfo",
+    "Retry",
+    "RunInfo",
     "SchedulerError",
     "Store",
     "StoreUnavailableError",
     "__version__",
     "break_lock",
+    "enable_metrics",
     "get_job_once_scheduler",
     "list_locks",
     "list_recurring_jobs",
     "open_store",
     "pause_recurring_job",
+    "recent_runs",
     "resume_recurring_job",
     "schedule",
     "trigger_recurring_job",

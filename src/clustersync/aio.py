@@ -17,11 +17,12 @@ from ._async.operations import (
     list_locks,
     list_recurring_jobs,
     pause_recurring_job,
+    recent_runs,
     resume_recurring_job,
     trigger_recurring_job,
 )
 from ._async.store import Store, open_store
-from ._core.info import LockInfo, RecurringJobInfo
+from ._core.info import FailedJob, JobContext, LockInfo, RecurringJobInfo, RunInfo
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -29,6 +30,8 @@ from ._core.intervals import (
     wait_for_interval,
     wait_for_rounded_interval,
 )
+from ._core.retry import Retry
+from ._metrics import enable_metrics
 from .exceptions import (
     ClusterSyncError,
     ConfigurationError,
@@ -43,7 +46,9 @@ __all__ = [
     "ClusterSyncError",
     "ConfigurationError",
     "DuplicateJobError",
+    "FailedJob",
     "Job",
+    "JobContext",
     "JobMetadata",
     "JobOnce",
     "JobOnceMetadata",
@@ -54,15 +59,19 @@ __all__ = [
     "NextWaitInterval",
     "NotLockedError",
     "RecurringJobInfo",
+    "Retry",
+    "RunInfo",
     "SchedulerError",
     "Store",
     "StoreUnavailableError",
     "break_lock",
+    "enable_metrics",
     "get_job_once_scheduler",
     "list_locks",
     "list_recurring_jobs",
     "open_store",
     "pause_recurring_job",
+    "recent_runs",
     "resume_recurring_job",
     "schedule",
     "trigger_recurring_job",

@@ -415,9 +415,55 @@ def cmd_jobs_cancel(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _dump_json(out, {"key": args.key, "cancelled": removed})
     if not removed:
-        raise CLIError(f"no pending one-shot job with key {args.key!r} in {where}")
+        raise CLIError(f"no pending or failed one-shot job with key {args.key!r} in {where}")
     if not args.json:
         out.write(f"cancelled one-shot job {args.key!r}\n")
+    return 0
+
+
+def cmd_jobs_failed(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args, must_exist=True) as store:
+        jobs = get_job_once_scheduler(store).list_failed_jobs()
+        where = f"namespace {store.namespace!r} of {store.url}"
+    if args.json:
+        _dump_json(
+            out,
+            [
+                {
+                    "key": j.key,
+                    "run_at": format_time(j.run_at),
+                    "props": j.props,
+                    "attempts": j.attempts,
+                    "last_error": j.last_error,
+                    "failed_at": format_time(j.failed_at),
+                }
+                for j in jobs
+            ],
+        )
+    elif not jobs:
+        out.write(f"no failed one-shot jobs in {where}\n")
+    else:
+        now = time.time()
+        rows = [
+            [j.key, _ago(j.failed_at, now), str(j.attempts), j.last_error, _compact_json(j.props)]
+            for j in jobs
+        ]
+        _table(out, ["KEY", "FAILED", "ATTEMPTS", "LAST ERROR", "PROPS"], rows)
+    return 0
+
+
+def cmd_jobs_retry(args: argparse.Namespace, out: TextIO) -> int:
+    validate_name(args.key, "job key")
+    with _open(args, must_exist=True) as store:
+        try:
+            get_job_once_scheduler(store).retry_failed(args.key)
+        except KeyError:
+            where = f"namespace {store.namespace!r} of {store.url}"
+            raise CLIError(f"no failed one-shot job with key {args.key!r} in {where}") from None
+    if args.json:
+        _dump_json(out, {"key": args.key, "retried": True})
+    else:
+        out.write(f"scheduled failed one-shot job {args.key!r} again now, with fresh attempts\n")
     return 0
 
 
@@ -503,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = commands.add_parser(
         "jobs",
-        help="list, schedule or cancel one-shot jobs",
+        help="list, schedule, cancel or retry one-shot jobs; control recurring jobs",
         description=(
             "Manage persisted one-shot jobs. Jobs fire on a service instance running a "
             "one-shot scheduler (get_job_once_scheduler(store).start()) on this store and "
@@ -550,11 +596,33 @@ def build_parser() -> argparse.ArgumentParser:
         "cancel",
         parents=[common],
         help="cancel a pending one-shot job",
-        description="Remove a pending one-shot job; exits 1 if no such job is pending.",
+        description=("Remove a pending or failed one-shot job; exits 1 if no such job exists."),
     )
     jobs_cancel.add_argument("key", metavar="KEY", help="job key")
     jobs_cancel.add_argument("--json", action="store_true", help="machine-readable output")
     jobs_cancel.set_defaults(handler=cmd_jobs_cancel)
+
+    jobs_failed = jobs_commands.add_parser(
+        "failed",
+        parents=[common],
+        help="list one-shot jobs that used up their attempts (Retry)",
+        description="List the one-shot jobs kept as failed after their last attempt raised.",
+    )
+    jobs_failed.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs_failed.set_defaults(handler=cmd_jobs_failed)
+
+    jobs_retry = jobs_commands.add_parser(
+        "retry",
+        parents=[common],
+        help="schedule a failed one-shot job again now",
+        description=(
+            "Schedule a failed one-shot job again now with a fresh attempt count; exits 1 if"
+            " no failed job has that key."
+        ),
+    )
+    jobs_retry.add_argument("key", metavar="KEY", help="job key")
+    jobs_retry.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs_retry.set_defaults(handler=cmd_jobs_retry)
 
     jobs_recurring = jobs_commands.add_parser(
         "recurring",

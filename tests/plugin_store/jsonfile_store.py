@@ -20,13 +20,16 @@ from typing import Any
 
 from clustersync.exceptions import DuplicateJobError, StoreUnavailableError
 from clustersync.stores import (
+    RECENT_RUNS_KEPT,
     AcquireResult,
     ChangeListener,
     ClaimedJob,
+    FailedJobRecord,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
     RecurringJobRecord,
+    RunRecord,
     StoredJob,
     StoreKind,
     conflicting_job,
@@ -199,6 +202,9 @@ class JsonFileBackend:
                 return False
             job = self._job(state, key)
             job["finished"], job["outcome"], job["error"] = now, outcome, error
+            runs = state.setdefault("runs", [])
+            runs.insert(0, ["recurring", key, None, job["started"], now, outcome, error, owner, 1])
+            del runs[RECENT_RUNS_KEPT:]
             return True
 
     def control_recurring_job(self, key: str, action: str) -> bool:
@@ -239,11 +245,13 @@ class JsonFileBackend:
 
     def put_jobs(self, jobs: Sequence[NewJob]) -> None:
         with self._state() as state:
-            stored = {
+            failed = state.setdefault("failed", {})
+            stored: dict[str, tuple[int, str] | None] = {
                 job.key: (row["run_at"], row["props"])
                 for job in jobs
                 if (row := state["jobs"].get(job.key)) is not None
             }
+            stored.update((job.key, None) for job in jobs if job.key in failed)
             duplicate = conflicting_job(jobs, stored)
             if duplicate is not None:
                 raise DuplicateJobError(duplicate)
@@ -256,6 +264,11 @@ class JsonFileBackend:
                     "due": job.run_at_us,
                     "owner": None,
                     "claim": 0,
+                    "attempts": 0,
+                    "attempt_due": job.run_at_us,
+                    "claimed": None,
+                    "by": job.scheduled_by,
+                    "trace": job.trace,
                 }
 
     def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
@@ -268,8 +281,22 @@ class JsonFileBackend:
             for _, key in due:
                 row = state["jobs"][key]
                 row["owner"], row["claim"] = owner, row["claim"] + 1
+                row["attempts"] += 1
+                row["claimed"] = now
                 row["due"] = now + int(claim_ttl * _US)
-                claimed.append(ClaimedJob(key, row["run_at"], row["props"], row["claim"]))
+                claimed.append(
+                    ClaimedJob(
+                        key,
+                        row["run_at"],
+                        row["props"],
+                        row["claim"],
+                        row["attempts"],
+                        row["attempt_due"],
+                        now,
+                        row["by"],
+                        row["trace"],
+                    )
+                )
             return claimed
 
     def renew_job_claims(
@@ -285,19 +312,116 @@ class JsonFileBackend:
                     renewed.append(key)
             return renewed
 
-    def complete_job(self, key: str, owner: str, claim: int) -> bool:
+    @staticmethod
+    def _claimed(state: dict[str, Any], key: str, owner: str, claim: int) -> Any:
+        row = state["jobs"].get(key)
+        if row is None or row["owner"] != owner or row["claim"] != claim:
+            return None
+        return row
+
+    def _remember(
+        self, state: dict[str, Any], key: str, row: Any, outcome: str, error: str | None
+    ) -> None:
+        runs = state.setdefault("runs", [])
+        runs.insert(
+            0,
+            [
+                "once",
+                key,
+                row["attempt_due"],
+                row["claimed"],
+                self.now_us(),
+                outcome,
+                error,
+                row["owner"],
+                row["attempts"],
+            ],
+        )
+        del runs[RECENT_RUNS_KEPT:]
+
+    def complete_job(
+        self, key: str, owner: str, claim: int, outcome: str, error: str | None
+    ) -> bool:
         with self._state() as state:
-            row = state["jobs"].get(key)
-            if row is None or row["owner"] != owner or row["claim"] != claim:
+            row = self._claimed(state, key, owner, claim)
+            if row is None:
                 return False
+            self._remember(state, key, row, outcome, error)
             del state["jobs"][key]
             return True
+
+    def retry_job(
+        self,
+        key: str,
+        owner: str,
+        claim: int,
+        delay: float,
+        error: str | None,
+        count_attempt: bool,
+    ) -> bool:
+        with self._state() as state:
+            row = self._claimed(state, key, owner, claim)
+            if row is None:
+                return False
+            if count_attempt:
+                self._remember(state, key, row, "retry", error)
+            else:
+                row["attempts"] -= 1
+            row["owner"] = None
+            row["due"] = row["attempt_due"] = self.now_us() + int(delay * _US)
+            return True
+
+    def fail_job(self, key: str, owner: str, claim: int, error: str) -> bool:
+        with self._state() as state:
+            row = self._claimed(state, key, owner, claim)
+            if row is None:
+                return False
+            self._remember(state, key, row, "error", error)
+            del state["jobs"][key]
+            state.setdefault("failed", {})[key] = [
+                row["run_at"],
+                row["props"],
+                row["attempts"],
+                error,
+                self.now_us(),
+            ]
+            return True
+
+    def list_failed_jobs(self) -> list[FailedJobRecord]:
+        with self._state() as state:
+            failed = state.get("failed", {})
+            return [FailedJobRecord(key, *failed[key]) for key in sorted(failed)]
+
+    def retry_failed_job(self, key: str) -> bool:
+        with self._state() as state:
+            failed = state.setdefault("failed", {}).pop(key, None)
+            if failed is None:
+                return False
+            now = self.now_us()
+            state["jobs"][key] = {
+                "run_at": failed[0],
+                "props": failed[1],
+                "due": now,
+                "owner": None,
+                "claim": 0,
+                "attempts": 0,
+                "attempt_due": now,
+                "claimed": None,
+                "by": "",
+                "trace": "",
+            }
+            return True
+
+    def recent_runs(self, limit: int) -> list[RunRecord]:
+        with self._state() as state:
+            return [RunRecord(*run) for run in state.get("runs", [])[:limit]]
 
     def cancel_job(self, key: str) -> bool:
         with self._state() as state:
             row = state["jobs"].pop(key, None)
+            failed = state.setdefault("failed", {}).pop(key, None)
             if row is None:
-                return False
+                return failed is not None
             return bool(row["owner"] is None or row["due"] <= self.now_us())
 
     def list_jobs(self) -> list[StoredJob]:

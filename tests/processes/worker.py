@@ -218,12 +218,47 @@ def hammer(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -> N
         mutex.release()
 
 
+def failing(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -> None:
+    """A one-shot scheduler with ``Retry(attempts=cfg["attempts"], backoff=cfg["backoff"]
+    seconds)`` whose callback reports ``attempt`` (key, attempt number, due time) and then
+    raises, unless the attempt is ``cfg["succeed_at"]``; an attempt listed in
+    ``cfg["block_at"]`` blocks forever instead (the test kills the process)."""
+    succeed_at = cfg.get("succeed_at")
+    block_at = set(cfg.get("block_at", []))
+
+    def callback(key: str, props: Any, context: clustersync.JobContext) -> None:
+        report("attempt", key=key, attempt=context.attempt, due=context.run_at.timestamp())
+        if context.attempt in block_at:
+            threading.Event().wait()  # never returns: the test kills this process
+        if context.attempt != succeed_at:
+            raise RuntimeError(f"attempt {context.attempt} of {key} failed")
+        report("succeeded", key=key, attempt=context.attempt)
+
+    retry = clustersync.Retry(
+        attempts=cfg["attempts"],
+        backoff=timedelta(seconds=cfg["backoff"]),
+        max_backoff=timedelta(seconds=cfg.get("max_backoff", 3600)),
+    )
+    scheduler = clustersync.get_job_once_scheduler(
+        store, claim_ttl=cfg.get("claim_ttl", 30.0), retry=retry
+    )
+    scheduler.set_callback(callback)
+    scheduler.start()
+    for key in cfg.get("keys", []):
+        scheduler.schedule_once(key, datetime.now(UTC), {"key": key})
+    report("ready")
+    wait_for_file(Path(cfg["exit"]), cfg.get("lifetime", 60))
+    scheduler.stop()
+    report("stopped")
+
+
 SCENARIOS = {
     "contend": contend,
     "hold": hold,
     "schedule_once": schedule_once,
     "recurring": recurring,
     "hammer": hammer,
+    "failing": failing,
 }
 
 

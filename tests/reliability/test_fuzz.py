@@ -542,7 +542,7 @@ def test_scheduler_callbacks_and_stop_timeouts(store: cs.Store) -> None:
         before = snapshot(store)
         ok, _ = attempt(lambda: jobs.set_callback(callback))  # type: ignore[arg-type]
         assert not ok, "a non-callable callback was accepted"
-        if jobs._callback is None:
+        if not jobs._handlers:
             ok, error = attempt(jobs.start)
             assert isinstance(error, cs.SchedulerError)
         jobs.set_callback(lambda key, props: fired.append(key))

@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
+from .. import _metrics
 from .._concurrency import aio as shim
 from .._core.backoff import Backoff
 from .._core.info import one_line_error
@@ -40,6 +41,7 @@ from .._core.validation import (
     validate_name,
     validate_ttl,
 )
+from .._observability import job_span, log_event
 from ..exceptions import LockLostError, StoreUnavailableError
 from ..stores.contract import job_channel
 from .lease import Lease, new_owner_id
@@ -81,7 +83,7 @@ class Job:
         self._next_wait = next_wait
         self._schedule = describe_schedule(next_wait)
         self._callback = callback
-        self._lease = Lease(store, JOB_PREFIX + key, ttl, description="job")
+        self._lease = Lease(store, JOB_PREFIX + key, ttl, description="job", label=key)
         self._stop = shim.CancelEvent()
         self._task: shim.Task | None = None
         self._waker: shim.Waker | None = None
@@ -187,12 +189,25 @@ class Job:
         backoff = Backoff(cap=5.0)
         next_heartbeat = -math.inf
         registered: int | None = None  # the next run this instance last registered
+        failing = False  # the last round ended with a store error
         while not self._stop.is_set():
             try:
                 # Cleared before reading the store: a pause, resume or trigger committed
                 # after the read began is announced after this point and wakes us.
                 waker.clear()
                 wait, next_run_us = await self._plan()
+                if failing:
+                    failing = False
+                    log_event(
+                        logger,
+                        logging.INFO,
+                        "store.recovered",
+                        "job %r: the store answers again",
+                        self.key,
+                        job=self.key,
+                        type="recurring",
+                        identity=self.store.identity,
+                    )
                 if shim.monotonic() >= next_heartbeat or _moved(registered, next_run_us):
                     await self._register(next_run_us)
                     registered = next_run_us
@@ -206,8 +221,9 @@ class Job:
                 if not await self._lease.acquire(cancel=self._stop):
                     continue
                 try:
-                    if (await self._plan())[0] <= 0:
-                        await self._run_once()
+                    wait = (await self._plan())[0]
+                    if wait <= 0:
+                        await self._run_once(lateness=-wait)
                 finally:
                     await self._release()
                 backoff.reset()
@@ -215,14 +231,29 @@ class Job:
                 if self.store.closed:
                     return
                 delay = backoff.next_delay()
-                logger.warning("job %r: store error, retrying in %.2fs: %s", self.key, delay, exc)
+                failing = True
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "store.error",
+                    "job %r: store error, retrying in %.2fs: %s",
+                    self.key,
+                    delay,
+                    exc,
+                    job=self.key,
+                    type="recurring",
+                    identity=self.store.identity,
+                    error=str(exc),
+                )
                 await shim.wait_for_event(self._stop, delay)
             except Exception:
                 delay = backoff.next_delay()
                 logger.exception("job %r: next_wait failed; retrying in %.2fs", self.key, delay)
                 await shim.wait_for_event(self._stop, delay)
 
-    async def _run_once(self) -> None:
+    async def _run_once(self, lateness: float) -> None:
+        """Run the callback once (the lease is held); ``lateness``: seconds since it was
+        due (0 for a trigger)."""
         hold = self._lease.hold
         if hold is None:  # pragma: no cover - the lease is held here
             return
@@ -231,15 +262,60 @@ class Job:
             self.key, self._lease.name, hold.owner, hold.token
         ):
             return
+        facts: dict[str, Any] = {
+            "job": self.key,
+            "type": "recurring",
+            "identity": self.store.identity,
+        }
+        log_event(
+            logger,
+            logging.DEBUG,
+            "job.started",
+            "job %r: run started (%.3fs late)",
+            self.key,
+            lateness,
+            token=hold.token,
+            lateness_s=lateness,
+            **facts,
+        )
         running = _RUNNING.set(self)
         outcome, error = "ok", None
+        started = shim.monotonic()
         try:
-            await shim.call_user_blocking(self._callback, executor=self._executor)
-        except Exception as exc:
-            outcome, error = "error", one_line_error(exc)
-            logger.exception("job %r: callback raised; the run counts as finished", self.key)
+            with job_span(self.key, "recurring", 1, lateness) as span:
+                try:
+                    await shim.call_user_blocking(self._callback, executor=self._executor)
+                except Exception as exc:
+                    outcome, error = "error", one_line_error(exc)
+                    span.failed(exc)
+                    log_event(
+                        logger,
+                        logging.ERROR,
+                        "job.failed",
+                        "job %r: callback raised; the run counts as finished",
+                        self.key,
+                        exc_info=True,
+                        duration_s=shim.monotonic() - started,
+                        error=error,
+                        **facts,
+                    )
         finally:
             _RUNNING.reset(running)
+        duration = shim.monotonic() - started
+        metrics = _metrics.ACTIVE
+        if metrics is not None:
+            metrics.job_run("recurring", self.key, outcome, duration, lateness)
+        if outcome == "ok":
+            log_event(
+                logger,
+                logging.DEBUG,
+                "job.finished",
+                "job %r: run finished in %.3fs",
+                self.key,
+                duration,
+                duration_s=duration,
+                **facts,
+            )
         if not await self._record_finished(outcome, error):
             logger.error("job %r: lease lost during the run; last_finished not recorded", self.key)
 

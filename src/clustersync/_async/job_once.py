@@ -21,13 +21,17 @@ Guarantees:
   cannot deadlock; cancelling then re-scheduling a key fires once, at the new time.
 
 Failure modes: store errors in the scheduler loop are logged and retried with capped
-backoff; a callback that raises is logged and the job is done (no retry).
+backoff. A callback that raises is logged; without ``retry`` the job is then done, with
+``Retry`` it runs again later (on any instance) until it succeeds or uses up its attempts,
+and is then kept as failed (``list_failed_jobs``, ``retry_failed``).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -35,8 +39,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .. import _metrics
 from .._concurrency import aio as shim
 from .._core.backoff import Backoff
+from .._core.info import FailedJob, JobContext, one_line_error
+from .._core.retry import Retry
 from .._core.validation import (
     DEFAULT_MAX_PROPS_BYTES,
     datetime_to_micros,
@@ -48,6 +55,7 @@ from .._core.validation import (
     validate_name,
     validate_ttl,
 )
+from .._observability import current_trace, job_span, log_event
 from ..exceptions import DuplicateJobError, SchedulerError, StoreUnavailableError
 from ..stores.contract import JOBS_CHANNEL, ClaimedJob, NewJob
 from .lease import new_owner_id
@@ -64,6 +72,8 @@ MAX_IDLE = 5.0
 #: A ``jobs@<due>`` message is judged late by its delivery time; a job announced as due
 #: less than this after our planned wake-up still wakes us (covers delivery delay).
 DUE_HINT_SLACK = 0.05
+#: After how long a job that no handler here matched is claimed again.
+NO_HANDLER_DELAY = 30.0
 #: The scheduler whose callback runs in this context (a callback may stop its scheduler).
 _FIRING: ContextVar[JobOnceScheduler | None] = ContextVar(
     "clustersync_firing_scheduler", default=None
@@ -119,9 +129,14 @@ class JobOnceScheduler:
         claim_ttl: float = DEFAULT_CLAIM_TTL,
         max_running: int = DEFAULT_MAX_RUNNING,
         max_props_bytes: int = DEFAULT_MAX_PROPS_BYTES,
+        retry: Retry | None = None,
     ) -> None:
         self.store = store
         self.claim_ttl = validate_ttl(claim_ttl, "claim_ttl")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry must be a Retry or None, not {type(retry).__name__}")
+        #: How callbacks that raise are retried (None: not retried, the job is done).
+        self.retry = retry
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
             raise ValueError("max_running must be a positive int")
         if isinstance(max_props_bytes, bool) or not isinstance(max_props_bytes, int):
@@ -131,7 +146,8 @@ class JobOnceScheduler:
         self.max_running = max_running
         self.max_props_bytes = max_props_bytes
         self._owner = new_owner_id(self.store.identity)
-        self._callback: Callable[[str, Any], Any] | None = None
+        #: Handlers by key prefix (None: the handler of every other key).
+        self._handlers: dict[str | None, _Handler] = {}
         self._task: shim.Task | None = None
         self._stopping = False
         self._waker: shim.Waker | None = None
@@ -146,14 +162,30 @@ class JobOnceScheduler:
     def started(self) -> bool:
         return self._task is not None
 
-    def set_callback(self, callback: Callable[[str, Any], Any]) -> None:
-        """Set the function called as ``callback(key, props)``; the last one set wins.
+    def set_callback(self, callback: Callable[..., Any], *, prefix: str | None = None) -> None:
+        """Set the function called as ``callback(key, props)`` for the jobs whose key
+        starts with ``prefix`` (the longest matching prefix wins), or without a prefix for
+        every other key; setting the same prefix again replaces its handler. Independent
+        modules of one app can each handle their own keys.
 
-        Coroutine functions are awaited in asyncio; plain functions run in a worker thread.
+        A callback that takes a third parameter is called as ``callback(key, props,
+        context)`` with a :class:`~clustersync.JobContext` (attempt, run_at,
+        scheduled_by). Coroutine functions are awaited in asyncio; plain functions run in
+        a worker thread. A job whose key no handler matches is logged and left pending.
         """
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-        self._callback = callback
+        if prefix is not None:
+            validate_name(prefix, "callback prefix")
+        self._handlers[prefix] = _Handler(callback, _takes_context(callback))
+
+    def _handler_for(self, key: str) -> _Handler | None:
+        best: str | None = None
+        for prefix in self._handlers:
+            matches = prefix is not None and key.startswith(prefix)
+            if matches and (best is None or len(prefix) > len(best)):  # type: ignore[arg-type]
+                best = prefix
+        return self._handlers.get(best) if best is not None else self._handlers.get(None)
 
     async def start(self) -> None:
         """Start firing jobs on this instance (including those already due).
@@ -162,7 +194,7 @@ class JobOnceScheduler:
         is already started, and :class:`~clustersync.StoreUnavailableError` if the store
         cannot be reached.
         """
-        if self._callback is None:
+        if not self._handlers:
             raise SchedulerError("set a callback with set_callback() before start()")
         if self._task is not None:
             raise SchedulerError("the scheduler has already been started")
@@ -214,7 +246,9 @@ class JobOnceScheduler:
         validate_name(key, "job key")
         when = require_aware(run_at, "run_at")
         props_json = encode_props(props, self.max_props_bytes)
-        new = NewJob(key, datetime_to_micros(when), props_json)
+        new = NewJob(
+            key, datetime_to_micros(when), props_json, self.store.identity, current_trace()
+        )
         return new, JobOnce(key, when, decode_props(props_json), self)
 
     async def schedule_once(self, key: str, run_at: datetime, props: Any = None) -> JobOnce:
@@ -269,6 +303,7 @@ class JobOnceScheduler:
         backoff = Backoff(cap=2.0)
         renew_every = self.claim_ttl / 3
         next_renewal = shim.monotonic() + renew_every
+        failing = False  # the last round ended with a store error
         try:
             with self.store._hub.listen(
                 JOBS_CHANNEL, waker, SCHEDULER_POLL_INTERVAL, self._wakes_for
@@ -285,12 +320,32 @@ class JobOnceScheduler:
                             await self._renew_claims()
                             next_renewal = shim.monotonic() + renew_every
                         delay = await self._claim_and_start()
+                        await self._count_pending()
+                        if failing:
+                            failing = False
+                            log_event(
+                                logger,
+                                logging.INFO,
+                                "store.recovered",
+                                "one-shot scheduler: the store answers again",
+                                identity=self.store.identity,
+                            )
                         backoff.reset()
                     except StoreUnavailableError as exc:
                         if self.store.closed and self._stopping:
                             break
                         delay = backoff.next_delay()
-                        logger.warning("one-shot scheduler: store error, retrying: %s", exc)
+                        failing = True
+                        log_event(
+                            logger,
+                            logging.WARNING,
+                            "store.error",
+                            "one-shot scheduler: store error, retrying in %.2fs: %s",
+                            delay,
+                            exc,
+                            identity=self.store.identity,
+                            error=str(exc),
+                        )
                     except Exception:  # the loop must not die: started would lie
                         delay = backoff.next_delay()
                         logger.exception(
@@ -304,6 +359,13 @@ class JobOnceScheduler:
             self._waker = None
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
+
+    async def _count_pending(self) -> None:
+        """In Prometheus multi-process mode, where no collector runs at scrape time, count
+        the pending jobs for ``clustersync_jobs_pending`` now and then."""
+        metrics = _metrics.ACTIVE
+        if metrics is not None and metrics.multiprocess and metrics.pending.due(self.store):
+            metrics.pending_counted(self.store, await self.store._ops.count_jobs())
 
     def _wakes_for(self, due_in: float) -> bool:
         """Whether a job added elsewhere, due in ``due_in`` seconds, should wake us now
@@ -357,27 +419,149 @@ class JobOnceScheduler:
 
     async def _fire(self, running: _Running) -> None:
         job = running.job
-        callback = self._callback
-        firing = _FIRING.set(self)
+        handler = self._handler_for(job.key)
+        end: _End
+        if handler is None:
+            logger.warning(
+                "one-shot job %r: no callback handles this key here; left pending (retried"
+                " in %.0fs, or by an instance that handles it)",
+                job.key,
+                NO_HANDLER_DELAY,
+            )
+            end = _End("retry", delay=NO_HANDLER_DELAY, count_attempt=False)
+        else:
+            end = await self._run_handler(handler, job)
         try:
-            if callback is not None:
-                await shim.call_user_blocking(
-                    callback, job.key, decode_props(job.props_json), executor=self._executor
-                )
-        except Exception:
-            logger.exception("one-shot job %r: callback raised; the job is done", job.key)
+            await self._end(job, running.owner, end)
         finally:
-            _FIRING.reset(firing)
-            await self._complete(job, running.owner)
             self._running.discard(running)
             self._wake()
 
-    async def _complete(self, job: ClaimedJob, owner: str) -> None:
+    async def _run_handler(self, handler: _Handler, job: ClaimedJob) -> _End:
+        """Run the callback of ``job``; what to do with the job afterwards."""
+        props = decode_props(job.props_json)
+        args: tuple[Any, ...] = (job.key, props)
+        if handler.takes_context:
+            context = JobContext(job.attempt, micros_to_datetime(job.due_us), job.scheduled_by)
+            args += (context,)
+        # The store's clock said it was due at due_us; this host's clock is close enough.
+        lateness = max(0.0, time.time() - job.due_us / 1_000_000)
+        facts: dict[str, Any] = {
+            "job": job.key,
+            "type": "once",
+            "attempt": job.attempt,
+            "identity": self.store.identity,
+        }
+        log_event(
+            logger,
+            logging.DEBUG,
+            "job.fired",
+            "one-shot job %r: attempt %d fired (%.3fs late)",
+            job.key,
+            job.attempt,
+            lateness,
+            lateness_s=lateness,
+            **facts,
+        )
+        end = _End("complete", outcome="ok")
+        firing = _FIRING.set(self)
+        started = shim.monotonic()
+        try:
+            with job_span(job.key, "once", job.attempt, lateness, job.trace) as span:
+                try:
+                    await shim.call_user_blocking(handler.callback, *args, executor=self._executor)
+                except Exception as exc:
+                    span.failed(exc)
+                    end = self._after_error(job, exc, shim.monotonic() - started, facts)
+        finally:
+            _FIRING.reset(firing)
+        duration = shim.monotonic() - started
+        metrics = _metrics.ACTIVE
+        if metrics is not None:
+            metrics.job_run("once", "", end.run_outcome, duration, lateness)
+        if end.run_outcome == "ok":
+            log_event(
+                logger,
+                logging.DEBUG,
+                "job.finished",
+                "one-shot job %r: finished in %.3fs",
+                job.key,
+                duration,
+                duration_s=duration,
+                **facts,
+            )
+        return end
+
+    def _after_error(
+        self, job: ClaimedJob, exc: Exception, duration: float, facts: dict[str, Any]
+    ) -> _End:
+        """Log a callback that raised ``exc``; retry the job, keep it failed, or (without
+        ``retry``) count it done."""
+        error = one_line_error(exc)
+        retry = self.retry
+        if retry is None:
+            log_event(
+                logger,
+                logging.ERROR,
+                "job.failed",
+                "one-shot job %r: callback raised; the job is done",
+                job.key,
+                exc_info=True,
+                duration_s=duration,
+                error=error,
+                **facts,
+            )
+            return _End("complete", outcome="error", error=error)
+        if job.attempt < retry.attempts:
+            delay = retry.delay(job.attempt)
+            log_event(
+                logger,
+                logging.WARNING,
+                "job.retried",
+                "one-shot job %r: attempt %d of %d raised; retrying in %.1fs",
+                job.key,
+                job.attempt,
+                retry.attempts,
+                delay,
+                exc_info=True,
+                duration_s=duration,
+                error=error,
+                retry_in_s=delay,
+                **facts,
+            )
+            return _End("retry", delay=delay, error=error)
+        log_event(
+            logger,
+            logging.ERROR,
+            "job.failed",
+            "one-shot job %r: attempt %d of %d raised; kept as failed",
+            job.key,
+            job.attempt,
+            retry.attempts,
+            exc_info=True,
+            duration_s=duration,
+            error=error,
+            **facts,
+        )
+        return _End("fail", error=error)
+
+    async def _end(self, job: ClaimedJob, owner: str, end: _End) -> None:
+        """Complete, retry or fail ``job`` in the store, retrying store errors for as long
+        as the claim would live (a run not recorded runs again)."""
         backoff = Backoff()
         deadline = shim.monotonic() + self.claim_ttl
         while True:
             try:
-                await self.store._ops.complete_job(job.key, owner, job.claim)
+                if end.action == "complete":
+                    await self.store._ops.complete_job(
+                        job.key, owner, job.claim, end.outcome, end.error
+                    )
+                elif end.action == "retry":
+                    await self.store._ops.retry_job(
+                        job.key, owner, job.claim, end.delay, end.error, end.count_attempt
+                    )
+                else:
+                    await self.store._ops.fail_job(job.key, owner, job.claim, end.error or "")
                 return
             except StoreUnavailableError as exc:
                 if shim.monotonic() >= deadline or self.store.closed:
@@ -388,6 +572,93 @@ class JobOnceScheduler:
                     )
                     return
                 await shim.sleep(backoff.next_delay())
+
+    # -- failed jobs ---------------------------------------------------------------------
+
+    async def list_failed_jobs(self) -> list[FailedJob]:
+        """The jobs that used up their attempts (see ``retry``), sorted by key. They
+        never fire by themselves and are not in :meth:`list_scheduled_jobs`."""
+        return [
+            FailedJob(
+                record.key,
+                micros_to_datetime(record.run_at_us),
+                decode_props(record.props_json),
+                record.attempts,
+                record.last_error,
+                micros_to_datetime(record.failed_at_us),
+            )
+            for record in await self.store._ops.list_failed_jobs()
+        ]
+
+    async def retry_failed(self, key: str) -> None:
+        """Schedule the failed job ``key`` again, due now, with a fresh attempt count.
+        Raises ``KeyError`` if no failed job has that key. (``cancel(key)`` removes a
+        failed job.)"""
+        validate_name(key, "job key")
+        if not await self.store._ops.retry_failed_job(key):
+            raise KeyError(f"no failed one-shot job with key {key!r}")
+
+    async def count_jobs(self) -> int:
+        """How many one-shot jobs are stored, pending or running (cheap)."""
+        return await self.store._ops.count_jobs()
+
+    async def list_scheduled_jobs_page(
+        self, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> tuple[list[JobOnceMetadata], str | None]:
+        """A page of the pending jobs whose key starts with ``prefix``, in key order,
+        after the key ``after``, from an index (cheap with a million jobs); and the
+        cursor of the next page, None at the end."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        jobs, cursor = await self.store._ops.list_jobs_page(prefix, after, limit)
+        page = [
+            JobOnceMetadata(
+                job.key, micros_to_datetime(job.run_at_us), decode_props(job.props_json)
+            )
+            for job in jobs
+        ]
+        return page, cursor
+
+
+@dataclass(frozen=True, slots=True)
+class _Handler:
+    callback: Callable[..., Any]
+    takes_context: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """What becomes of a job after its run: completed, retried later, or failed."""
+
+    action: str  # "complete", "retry" or "fail"
+    outcome: str = "ok"
+    error: str | None = None
+    delay: float = 0.0
+    count_attempt: bool = True
+
+    @property
+    def run_outcome(self) -> str:
+        """How the run went: ``ok``, ``error`` or ``retry`` (the ``outcome`` label)."""
+        if self.action == "complete":
+            return self.outcome
+        return "retry" if self.action == "retry" else "error"
+
+
+def _takes_context(callback: Callable[..., Any]) -> bool:
+    """Whether ``callback`` accepts a third positional argument (the JobContext)."""
+    try:
+        parameters = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the two-argument form
+        return False
+    positional = 0
+    for parameter in parameters:
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 3
 
 
 def _as_triple(entry: Any) -> tuple[str, datetime, Any]:

@@ -28,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _metrics
 from .._concurrency import aio as shim
 from .._core.backoff import Backoff
 from .._core.validation import validate_timeout
+from .._observability import LockWaitSpan, log_event, now_ns
 from ..exceptions import LockLostError, NotLockedError, StoreUnavailableError
 from ..stores.contract import GRANT_LEASE_MS, AcquireResult, lease_channel
 from .store import Store
@@ -87,6 +89,8 @@ class Hold:
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.05, cap=1.0))
     #: The renewer's timer that declares the hold lost at its deadline (shim.call_later).
     expiry: Any = None
+    #: When it was acquired (monotonic), for the hold time.
+    acquired_at: float = field(default_factory=shim.monotonic)
 
 
 class Lease:
@@ -100,12 +104,16 @@ class Lease:
         on_lost: Callable[[], Any] | None = None,
         *,
         description: str = "lease",
+        label: str | None = None,
     ) -> None:
         self.store = store
         self.name = name
         self.ttl = ttl
         self.on_lost = on_lost
+        #: What holds the lease ("mutex", "job", ...): the ``kind`` of its metrics and logs.
         self.description = description
+        #: The name the user gave (``name`` without the prefix of its kind).
+        self.label = name if label is None else label
         #: The hold of the last acquisition, until ``release()`` acknowledges it (a lost
         #: hold stays here, lost, so that its holder keeps seeing it lost).
         self.hold: Hold | None = None
@@ -124,16 +132,48 @@ class Lease:
         seconds = validate_timeout(timeout)
         if not blocking and seconds is not None:
             raise ValueError("can't specify a timeout for a non-blocking acquire")
-        deadline = None if seconds is None else shim.monotonic() + seconds
-        if not await self._gate.enter(blocking, seconds, cancel):
-            return False
-        acquired = False
+        started = shim.monotonic()
+        deadline = None if seconds is None else started + seconds
+        result = "error"
         try:
-            acquired = await self._acquire_in_store(blocking, deadline, cancel)
+            acquired = False
+            if await self._gate.enter(blocking, seconds, cancel):
+                try:
+                    acquired = await self._acquire_in_store(blocking, deadline, cancel)
+                finally:
+                    if not acquired:
+                        self._gate.leave()
+            result = _result(acquired, cancel)
+            return acquired
+        except BaseException as exc:
+            result = "error" if isinstance(exc, Exception) else "cancelled"
+            raise
         finally:
-            if not acquired:
-                self._gate.leave()
-        return acquired
+            self._acquisition_ended(result, started)
+
+    def _acquisition_ended(self, result: str, started: float) -> None:
+        """Metrics and the log record of an acquisition that ended with ``result``."""
+        metrics = _metrics.ACTIVE
+        if metrics is not None:
+            metrics.lock_acquisition(
+                self.description, self.label, result, shim.monotonic() - started
+            )
+        hold = self.hold
+        if result == "acquired" and hold is not None and logger.isEnabledFor(logging.DEBUG):
+            log_event(
+                logger,
+                logging.DEBUG,
+                "lock.acquired",
+                "acquired %s %r (token %d)",
+                self.description,
+                self.label,
+                hold.token,
+                lock=self.label,
+                kind=self.description,
+                token=hold.token,
+                identity=self.store.identity,
+                duration_s=shim.monotonic() - started,
+            )
 
     async def _acquire_in_store(
         self, blocking: bool, deadline: float | None, cancel: shim.CancelEvent | None
@@ -141,8 +181,16 @@ class Lease:
         # One owner id for the whole acquisition: a retry after an unknown outcome (a
         # store error) finds the lease the first attempt may have taken, never orphans it.
         owner = new_owner_id(self.store.identity)
+        started_ns = now_ns()
         if blocking and cancel is None and self.store._grants:
-            return await self._wait_for_grant(owner, deadline)
+            span = LockWaitSpan(self.label, self.description, started_ns)
+            outcome = "error"
+            try:
+                acquired = await self._wait_for_grant(owner, deadline, span)
+                outcome = _result(acquired, cancel)
+                return acquired
+            finally:
+                span.end(outcome)
         result = await self._attempt_or_error(owner, cancel)
         if isinstance(result, bool):
             return result
@@ -150,6 +198,27 @@ class Lease:
             if isinstance(result, StoreUnavailableError):
                 raise result
             return False
+        # Held elsewhere (or the store failed): this acquisition waits.
+        span = LockWaitSpan(self.label, self.description, started_ns)
+        span.waiting()
+        outcome = "error"
+        try:
+            acquired = await self._wait(owner, result, deadline, cancel)
+            outcome = _result(acquired, cancel)
+            return acquired
+        finally:
+            span.end(outcome)
+
+    async def _wait(
+        self,
+        owner: str,
+        result: float | StoreUnavailableError,
+        deadline: float | None,
+        cancel: shim.CancelEvent | None,
+    ) -> bool:
+        """Wait for the lease held elsewhere (``result``: how long it still lives, or the
+        store error of the first attempt), retrying until acquired, the deadline or
+        cancellation."""
         waker = shim.Waker()
         backoff = Backoff()
         # Registered from here on, so a release wakes us; the first retry is immediate in
@@ -183,7 +252,7 @@ class Lease:
                     return attempt
                 result = attempt
 
-    async def _wait_for_grant(self, owner: str, deadline: float | None) -> bool:
+    async def _wait_for_grant(self, owner: str, deadline: float | None, span: LockWaitSpan) -> bool:
         """Blocking acquire through the store's grant queue (``handoff="grant"``).
 
         Each round takes the lease if it is free, else queues up (keeping our place) and
@@ -218,6 +287,7 @@ class Lease:
                     if self.store.closed:
                         raise
                     error = exc
+                    span.waiting()
                     delay = backoff.next_delay()
                     if deadline is not None:
                         delay = min(delay, max(0.0, deadline - shim.monotonic()))
@@ -226,6 +296,8 @@ class Lease:
                     continue
                 error = None
                 backoff.reset()
+                if grant.token is None or grant.handed_over:
+                    span.waiting()
                 if grant.token is None:
                     continue
                 deadline_of_grant = local_deadline(sent, grant.valid_for)
@@ -247,12 +319,19 @@ class Lease:
                 await shim.shielded(self._withdraw(owner))
 
     def _warn_retry(self, delay: float, error: StoreUnavailableError) -> None:
-        logger.warning(
+        log_event(
+            logger,
+            logging.WARNING,
+            "store.error",
             "store error while waiting for %s %r; retrying in %.2fs: %s",
             self.description,
-            self.name,
+            self.label,
             delay,
             error,
+            lock=self.label,
+            kind=self.description,
+            identity=self.store.identity,
+            error=str(error),
         )
 
     async def _withdraw(self, owner: str) -> bool:
@@ -342,6 +421,8 @@ class Lease:
             )
 
     async def release(self) -> None:
+        """Release the hold (see :class:`~clustersync.Mutex`): ``LockLostError`` if it was
+        lost meanwhile."""
         hold = self.hold
         if hold is None:
             raise NotLockedError(f"{self.description} {self.name!r} is not held by this object")
@@ -359,6 +440,27 @@ class Lease:
             hold.expiry.cancel()
         lost = hold.lost or shim.monotonic() >= hold.deadline
         released = await self._release_in_store(hold)
+        if not hold.lost:  # a lost hold was counted when it was lost
+            held = shim.monotonic() - hold.acquired_at
+            metrics = _metrics.ACTIVE
+            if metrics is not None:
+                metrics.lock_held(self.description, self.label, held)
+            if logger.isEnabledFor(logging.DEBUG):
+                log_event(
+                    logger,
+                    logging.DEBUG,
+                    "lock.released",
+                    "released %s %r (token %d) after %.3fs",
+                    self.description,
+                    self.label,
+                    hold.token,
+                    held,
+                    lock=self.label,
+                    kind=self.description,
+                    token=hold.token,
+                    identity=self.store.identity,
+                    duration_s=held,
+                )
         if lost or not released:
             raise LockLostError(
                 f"{self.description} {self.name!r} (token {hold.token}) was lost before release;"
@@ -394,6 +496,13 @@ class Lease:
                     )
                     return True
                 await shim.sleep(min(backoff.next_delay(), remaining))
+
+
+def _result(acquired: bool, cancel: shim.CancelEvent | None) -> str:
+    """The ``result`` label of an acquisition that returned ``acquired``."""
+    if acquired:
+        return "acquired"
+    return "cancelled" if cancel is not None and cancel.is_set() else "timeout"
 
 
 async def _release_quietly(store: Store, name: str, owner: str, token: int) -> None:

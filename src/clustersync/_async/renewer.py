@@ -22,7 +22,9 @@ import math
 import threading
 from typing import TYPE_CHECKING
 
+from .. import _metrics
 from .._concurrency import aio as shim
+from .._observability import log_event
 from ..exceptions import StoreUnavailableError
 from .lease import local_deadline
 
@@ -172,13 +174,21 @@ class Renewer:
                 self._lose(lease, hold, f"it could not be renewed before it expired ({exc})")
                 return None
             delay = min(hold.backoff.next_delay(), remaining)
-            logger.warning(
+            log_event(
+                logger,
+                logging.WARNING,
+                "lock.renewal_failed",
                 "could not renew %s %r (%.2fs left); retrying in %.2fs: %s",
                 lease.description,
-                lease.name,
+                lease.label,
                 remaining,
                 delay,
                 exc,
+                lock=lease.label,
+                kind=lease.description,
+                token=hold.token,
+                identity=self._store.identity,
+                error=str(exc),
             )
             return delay
         if hold.released:
@@ -201,8 +211,26 @@ class Renewer:
             if hold.lost:
                 return
             hold.lost = True
-        logger.log(
-            level, "lost %s %r (token %d): %s", lease.description, lease.name, hold.token, why
+        held = shim.monotonic() - hold.acquired_at
+        metrics = _metrics.ACTIVE
+        if metrics is not None:
+            metrics.lock_lost(lease.description, lease.label)
+            metrics.lock_held(lease.description, lease.label, held)
+        log_event(
+            logger,
+            level,
+            "lock.lost",
+            "lost %s %r (token %d): %s",
+            lease.description,
+            lease.label,
+            hold.token,
+            why,
+            lock=lease.label,
+            kind=lease.description,
+            token=hold.token,
+            identity=self._store.identity,
+            duration_s=held,
+            error=why,
         )
         if lease.on_lost is not None:
             shim.spawn(lease.call_on_lost, name=f"clustersync-on-lost:{lease.name}")

@@ -35,6 +35,14 @@ Task = asyncio.Task[Any]
 IS_ASYNC = True
 
 
+def event_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop (an asyncio store belongs to it), or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def monotonic() -> float:
     return time.monotonic()
 

@@ -16,6 +16,8 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ..stores.contract import sync as sync_contract
     from ..stores.registry import StoreKind
 
@@ -30,6 +32,11 @@ IS_ASYNC = False
 # With a cancel event, a thread cannot wait on two events at once; it checks the cancel
 # event this often while waiting.
 _CANCEL_POLL = 0.01
+
+
+def event_loop() -> asyncio.AbstractEventLoop | None:
+    """No event loop: a threading store belongs to no loop."""
+    return None
 
 
 def monotonic() -> float:

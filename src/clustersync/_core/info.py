@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 __all__ = [
+    "FailedJob",
+    "JobContext",
     "LockInfo",
     "RecurringJobInfo",
+    "RunInfo",
     "format_interval",
     "identity_of",
     "one_line_error",
@@ -92,3 +95,51 @@ class LockInfo:
     holder: str
     token: int
     expires_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a one-shot callback that takes a third parameter receives:
+    ``callback(key, props, context)``.
+
+    - ``attempt`` counts from 1 (a run cut short by a crash counts);
+    - ``run_at``: when this attempt was due (the job's ``run_at`` for the first, the
+      retry time after), aware UTC;
+    - ``scheduled_by``: the identity of the instance that called ``schedule_once``.
+    """
+
+    attempt: int
+    run_at: datetime
+    scheduled_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """A one-shot job that used up its attempts (``Retry``): kept, never fired by itself,
+    not in ``list_scheduled_jobs()``. ``run_at`` is as originally scheduled;
+    ``last_error`` the one-line error of the last attempt; ``failed_at`` aware UTC."""
+
+    key: str
+    run_at: datetime
+    props: object
+    attempts: int
+    last_error: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One recent run (``recent_runs``): ``kind`` ``"once"`` or ``"recurring"``,
+    ``outcome`` ``"ok"``, ``"error"`` or ``"retry"``, ``identity`` of the instance it
+    ran on, ``lateness_s`` how late it started after it was due (one-shot only)."""
+
+    kind: str
+    key: str
+    due: datetime | None
+    started: datetime | None
+    finished: datetime
+    outcome: str
+    error: str | None
+    identity: str
+    attempt: int
+    lateness_s: float | None

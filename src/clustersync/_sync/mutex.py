@@ -62,7 +62,9 @@ class Mutex:
         if on_lost is not None and not callable(on_lost):
             raise TypeError("on_lost must be callable or None")
         self.store = store
-        self._lease = Lease(store, MUTEX_PREFIX + name, self.ttl, on_lost, description="mutex")
+        self._lease = Lease(
+            store, MUTEX_PREFIX + name, self.ttl, on_lost, description="mutex", label=name
+        )
 
     def __repr__(self) -> str:
         state = f"held token={self.token}" if self._lease.hold else "unlocked"

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .._core.info import LockInfo, RecurringJobInfo, identity_of
+from .._core.info import LockInfo, RecurringJobInfo, RunInfo, identity_of
 from .._core.validation import micros_to_datetime, validate_name
+from ..stores.contract import RecurringJobRecord
 from .job import JOB_PREFIX
 from .mutex import MUTEX_PREFIX
 from .store import Store, require_store
@@ -45,7 +46,9 @@ def list_recurring_jobs(store: Store) -> list[RecurringJobInfo]:
             key=record.key,
             schedule=record.schedule,
             paused=record.paused,
-            running_on=running.get(record.key),
+            # The lease is also held briefly to recheck whether a run is due: running
+            # only from the start of a run until its end is recorded.
+            running_on=running.get(record.key) if _in_run(record) else None,
             last_started=_moment(record.last_started_us),
             last_finished=_moment(record.last_finished_us),
             last_outcome=record.last_outcome,
@@ -84,6 +87,33 @@ def _control(store: Store, key: str, action: str, what: str) -> None:
         raise KeyError(f"no recurring job {key!r} was ever scheduled in this namespace")
 
 
+def recent_runs(store: Store, limit: int = 50) -> list[RunInfo]:
+    """The most recent runs of the namespace's jobs (one-shot and recurring), newest first:
+    at most ``limit``, of the last 100 the store remembers."""
+    store = require_store(store, "recent_runs()")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    return [
+        RunInfo(
+            kind=run.kind,
+            key=run.key,
+            due=_moment(run.due_us),
+            started=_moment(run.started_us),
+            finished=micros_to_datetime(run.finished_us),
+            outcome=run.outcome,
+            error=run.error,
+            identity=identity_of(run.owner),
+            attempt=run.attempt,
+            lateness_s=(
+                None
+                if run.due_us is None or run.started_us is None
+                else (run.started_us - run.due_us) / 1_000_000
+            ),
+        )
+        for run in store._ops.recent_runs(limit)
+    ]
+
+
 def list_locks(store: Store) -> list[LockInfo]:
     """The live leases of the namespace: mutexes and the recurring jobs running now,
     sorted by kind then name."""
@@ -110,6 +140,12 @@ def break_lock(store: Store, name: str) -> bool:
     store = require_store(store, "break_lock()")
     validate_name(name, "mutex name")
     return store._ops.break_lease(MUTEX_PREFIX + name)
+
+
+def _in_run(record: RecurringJobRecord) -> bool:
+    """Whether a run of the job started and did not finish (or its instance died)."""
+    started, finished = record.last_started_us, record.last_finished_us
+    return started is not None and (finished is None or started > finished)
 
 
 def _moment(micros: int | None) -> datetime | None:

@@ -33,6 +33,7 @@ import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+from .. import _metrics
 from .._concurrency import threads as shim
 from .._core.validation import validate_name
 from .._notify import ChangeHub
@@ -89,6 +90,9 @@ class Store:
         self.identity = identity or default_identity()
         self._default_identity = not identity  # "<host>:<pid>" follows a fork
         self._backend: Backend | None = backend
+        self._timed: Any = None  # the backend with timed operations, while metrics are on
+        #: The event loop of an asyncio store (None for a threading one).
+        self._loop = shim.event_loop()
         # How to open the backend again (in a forked child).
         self._full_url = url
         self._kind = kind
@@ -162,7 +166,13 @@ class Store:
         backend = self._backend
         if backend is None:
             backend = self._reopen()
-        return backend
+        metrics = _metrics.ACTIVE
+        if metrics is None:  # the default: no cost beyond this check
+            return backend
+        timed = self._timed
+        if timed is None or timed._backend is not backend or timed._metrics is not metrics:
+            timed = self._timed = metrics.instrument(backend)
+        return cast(Backend, timed)
 
     @property
     def _grant_ops(self) -> GrantHandoff:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import os
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +22,16 @@ from ..exceptions import DuplicateJobError
 from .contract import (
     ANY_CHANNEL,
     JOBS_CHANNEL,
+    RECENT_RUNS_KEPT,
     AcquireResult,
     ChangeListener,
     ClaimedJob,
+    FailedJobRecord,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
     RecurringJobRecord,
+    RunRecord,
     StoredJob,
     conflicting_job,
     job_channel,
@@ -64,6 +68,11 @@ class _Job:
     due_us: int  # run_at while pending; claim expiry while claimed
     owner: str | None = None
     claim: int = 0
+    attempts: int = 0  # claims since stored (or retried from the failed jobs)
+    attempt_due_us: int = 0  # when the current (or next) attempt is due
+    claimed_us: int | None = None
+    scheduled_by: str = ""
+    trace: str = ""
 
 
 @dataclass(slots=True)
@@ -83,6 +92,8 @@ class _Recurring:
 class _Namespace:
     leases: dict[str, _Lease] = field(default_factory=dict)
     recurring: dict[str, _Recurring] = field(default_factory=dict)
+    failed: dict[str, FailedJobRecord] = field(default_factory=dict)
+    runs: deque[RunRecord] = field(default_factory=lambda: deque(maxlen=RECENT_RUNS_KEPT))
     jobs: dict[str, _Job] = field(default_factory=dict)
     # (due_us, key) with lazy deletion: an entry is valid only if it matches the row.
     due_heap: list[tuple[int, str]] = field(default_factory=list)
@@ -322,6 +333,11 @@ class MemoryBackend:
             job.last_finished_us = now
             job.last_outcome = outcome
             job.last_error = error
+            self._ns.runs.append(
+                RunRecord(
+                    "recurring", key, None, job.last_started_us, now, outcome, error, owner, 1
+                )
+            )
             return True
 
     def control_recurring_job(self, key: str, action: str) -> bool:
@@ -363,18 +379,26 @@ class MemoryBackend:
 
     def put_jobs(self, jobs: Sequence[NewJob]) -> None:
         with self._state.lock:
-            stored = {
+            stored: dict[str, tuple[int, str] | None] = {
                 job.key: (row.run_at_us, row.props_json)
                 for job in jobs
                 if (row := self._ns.jobs.get(job.key)) is not None
             }
+            stored.update((job.key, None) for job in jobs if job.key in self._ns.failed)
             duplicate = conflicting_job(jobs, stored)
             if duplicate is not None:
                 raise DuplicateJobError(duplicate)
             for job in jobs:
                 if job.key in stored:
                     continue  # stored identically already
-                row = _Job(job.run_at_us, job.props_json, job.run_at_us)
+                row = _Job(
+                    job.run_at_us,
+                    job.props_json,
+                    job.run_at_us,
+                    attempt_due_us=job.run_at_us,
+                    scheduled_by=job.scheduled_by,
+                    trace=job.trace,
+                )
                 self._ns.jobs[job.key] = row
                 self._ns.push_due(job.key, row)
         if jobs:
@@ -401,9 +425,23 @@ class MemoryBackend:
             for key, row in rows:
                 row.owner = owner
                 row.claim += 1
+                row.attempts += 1
+                row.claimed_us = now
                 row.due_us = now + int(claim_ttl * _US)
                 self._ns.push_due(key, row)
-                claimed.append(ClaimedJob(key, row.run_at_us, row.props_json, row.claim))
+                claimed.append(
+                    ClaimedJob(
+                        key,
+                        row.run_at_us,
+                        row.props_json,
+                        row.claim,
+                        row.attempts,
+                        row.attempt_due_us,
+                        now,
+                        row.scheduled_by,
+                        row.trace,
+                    )
+                )
         return claimed
 
     def renew_job_claims(
@@ -421,20 +459,103 @@ class MemoryBackend:
                 renewed.append(key)
         return renewed
 
-    def complete_job(self, key: str, owner: str, claim: int) -> bool:
+    def _claimed(self, key: str, owner: str, claim: int) -> _Job | None:
+        row = self._ns.jobs.get(key)
+        if row is None or row.owner != owner or row.claim != claim:
+            return None
+        return row
+
+    def _remember(self, key: str, row: _Job, now: int, outcome: str, error: str | None) -> None:
+        self._ns.runs.append(
+            RunRecord(
+                "once",
+                key,
+                row.attempt_due_us,
+                row.claimed_us,
+                now,
+                outcome,
+                error,
+                row.owner or "",
+                row.attempts,
+            )
+        )
+
+    def complete_job(
+        self, key: str, owner: str, claim: int, outcome: str, error: str | None
+    ) -> bool:
+        now = self.now_us()
         with self._state.lock:
-            row = self._ns.jobs.get(key)
-            if row is None or row.owner != owner or row.claim != claim:
+            row = self._claimed(key, owner, claim)
+            if row is None:
                 return False
             del self._ns.jobs[key]
+            self._remember(key, row, now, outcome, error)
             return True
+
+    def retry_job(
+        self,
+        key: str,
+        owner: str,
+        claim: int,
+        delay: float,
+        error: str | None,
+        count_attempt: bool,
+    ) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            row = self._claimed(key, owner, claim)
+            if row is None:
+                return False
+            if count_attempt:
+                self._remember(key, row, now, "retry", error)
+            else:
+                row.attempts -= 1
+            row.owner = None
+            row.due_us = row.attempt_due_us = now + int(delay * _US)
+            self._ns.push_due(key, row)
+        self._notify(JOBS_CHANNEL)
+        return True
+
+    def fail_job(self, key: str, owner: str, claim: int, error: str) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            row = self._claimed(key, owner, claim)
+            if row is None:
+                return False
+            del self._ns.jobs[key]
+            self._remember(key, row, now, "error", error)
+            self._ns.failed[key] = FailedJobRecord(
+                key, row.run_at_us, row.props_json, row.attempts, error, now
+            )
+            return True
+
+    def list_failed_jobs(self) -> list[FailedJobRecord]:
+        with self._state.lock:
+            return [self._ns.failed[key] for key in sorted(self._ns.failed)]
+
+    def retry_failed_job(self, key: str) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            failed = self._ns.failed.pop(key, None)
+            if failed is None:
+                return False
+            row = _Job(failed.run_at_us, failed.props_json, now, attempt_due_us=now)
+            self._ns.jobs[key] = row
+            self._ns.push_due(key, row)
+        self._notify(JOBS_CHANNEL)
+        return True
+
+    def recent_runs(self, limit: int) -> list[RunRecord]:
+        with self._state.lock:
+            return list(reversed(self._ns.runs))[:limit]
 
     def cancel_job(self, key: str) -> bool:
         now = self.now_us()
         with self._state.lock:
             row = self._ns.jobs.pop(key, None)
+            failed = self._ns.failed.pop(key, None)
         if row is None:
-            return False
+            return failed is not None
         self._notify(JOBS_CHANNEL)
         # A job whose callback is running (live claim) was no longer pending.
         return row.owner is None or row.due_us <= now

@@ -32,13 +32,16 @@ from ..exceptions import ConfigurationError, DuplicateJobError, StoreUnavailable
 from .contract import (
     ANY_CHANNEL,
     JOBS_CHANNEL,
+    RECENT_RUNS_KEPT,
     AcquireResult,
     ChangeListener,
     ClaimedJob,
+    FailedJobRecord,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
     RecurringJobRecord,
+    RunRecord,
     StoredJob,
     conflicting_job,
     job_channel,
@@ -54,7 +57,7 @@ _US = 1_000_000
 #: How long the registration of an instance that stopped refreshing it is kept (it no
 #: longer counts once expired; this only bounds the rows left by crashed instances).
 _EXPIRED_INSTANCES_KEPT_US = 3600 * _US
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Step by step, from the version before: statements run in the schema's transaction.
 _MIGRATIONS = {
     # 2: recurring jobs gain a registry (pause, trigger, last outcome, instances).
@@ -62,6 +65,15 @@ _MIGRATIONS = {
         "INSERT OR IGNORE INTO clustersync_recurring (ns, key, last_finished_us)"
         " SELECT ns, key, last_finished_us FROM clustersync_job_metadata",
         "DROP TABLE clustersync_job_metadata",
+    ],
+    # 3: one-shot jobs count their attempts, keep who scheduled them and their trace
+    # context; failed jobs and the recent runs get tables of their own.
+    3: [
+        "ALTER TABLE clustersync_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE clustersync_jobs ADD COLUMN attempt_due_us INTEGER",
+        "ALTER TABLE clustersync_jobs ADD COLUMN claimed_us INTEGER",
+        "ALTER TABLE clustersync_jobs ADD COLUMN scheduled_by TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE clustersync_jobs ADD COLUMN trace TEXT NOT NULL DEFAULT ''",
     ],
 }
 _T = TypeVar("_T")
@@ -116,8 +128,37 @@ CREATE TABLE IF NOT EXISTS clustersync_jobs (
     due_us INTEGER NOT NULL,
     owner TEXT,
     claim INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    attempt_due_us INTEGER,
+    claimed_us INTEGER,
+    scheduled_by TEXT NOT NULL DEFAULT '',
+    trace TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (ns, key)
 );
+CREATE TABLE IF NOT EXISTS clustersync_failed_jobs (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    run_at_us INTEGER NOT NULL,
+    props TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    failed_at_us INTEGER NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ns TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    due_us INTEGER,
+    started_us INTEGER,
+    finished_us INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    owner TEXT NOT NULL,
+    attempt INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS clustersync_runs_ns ON clustersync_runs (ns, id);
 CREATE INDEX IF NOT EXISTS clustersync_jobs_due ON clustersync_jobs (ns, due_us);
 CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_at_us, key);
 """
@@ -554,13 +595,16 @@ class SQLiteBackend:
         with self._translate("write job metadata"), self._write() as cur:
             if not self._holds(cur, lease_name, owner, token):
                 return False
-            cur.execute(
+            now = self.now_us()
+            started = cur.execute(
                 "INSERT INTO clustersync_recurring"
                 " (ns, key, last_finished_us, last_outcome, last_error) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us,"
-                " last_outcome = excluded.last_outcome, last_error = excluded.last_error",
-                (self._ns, key, self.now_us(), outcome, error),
-            )
+                " last_outcome = excluded.last_outcome, last_error = excluded.last_error"
+                " RETURNING last_started_us",
+                (self._ns, key, now, outcome, error),
+            ).fetchone()[0]
+            self._remember(cur, ("recurring", key, None, started, now, outcome, error, owner, 1))
             return True
 
     def control_recurring_job(self, key: str, action: str) -> bool:
@@ -602,17 +646,49 @@ class SQLiteBackend:
             return
         with self._translate("store one-shot jobs"), self._write() as cur:
             cur.executemany(
-                "INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (ns, key) DO NOTHING",
-                [(self._ns, j.key, j.run_at_us, j.props_json, j.run_at_us) for j in jobs],
+                "INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us,"
+                " attempt_due_us, scheduled_by, trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (ns, key) DO NOTHING",
+                [
+                    (
+                        self._ns,
+                        j.key,
+                        j.run_at_us,
+                        j.props_json,
+                        j.run_at_us,
+                        j.run_at_us,
+                        j.scheduled_by,
+                        j.trace,
+                    )
+                    for j in jobs
+                ],
             )
             inserted = cur.rowcount
-            if inserted != len(jobs):  # some keys were stored already (or repeat)
-                duplicate = conflicting_job(jobs, self._stored(cur, [j.key for j in jobs]))
+            keys = [j.key for j in jobs]
+            failed = self._failed_among(cur, keys)
+            if inserted != len(jobs) or failed:  # some keys were stored already (or repeat)
+                stored: dict[str, tuple[int, str] | None] = dict(self._stored(cur, keys))
+                stored.update(dict.fromkeys(failed))
+                duplicate = conflicting_job(jobs, stored)
                 if duplicate is not None:
                     raise DuplicateJobError(duplicate)  # rolls the transaction back
         if inserted:
             self._notify(JOBS_CHANNEL)
+
+    def _failed_among(self, cur: sqlite3.Cursor, keys: Sequence[str]) -> list[str]:
+        """The keys among ``keys`` of failed jobs."""
+        found: list[str] = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            found += [
+                row[0]
+                for row in cur.execute(
+                    "SELECT key FROM clustersync_failed_jobs WHERE ns = ?"
+                    f" AND key IN ({', '.join('?' * len(chunk))})",
+                    (self._ns, *chunk),
+                )
+            ]
+        return found
 
     def _stored(self, cur: sqlite3.Cursor, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
         """``(run_at_us, props)`` of the stored jobs among ``keys``."""
@@ -631,19 +707,23 @@ class SQLiteBackend:
         with self._translate("claim due jobs"), self._write() as cur:
             now = self.now_us()
             rows = cur.execute(
-                "SELECT key, run_at_us, props, claim FROM clustersync_jobs"
-                " WHERE ns = ? AND due_us <= ? ORDER BY due_us, key LIMIT ?",
+                "SELECT key, run_at_us, props, claim, attempts, attempt_due_us, scheduled_by,"
+                " trace FROM clustersync_jobs WHERE ns = ? AND due_us <= ?"
+                " ORDER BY due_us, key LIMIT ?",
                 (self._ns, now, limit),
             ).fetchall()
             if not rows:
                 return []
             until = now + int(claim_ttl * _US)
             cur.executemany(
-                "UPDATE clustersync_jobs SET owner = ?, claim = ?, due_us = ?"
-                " WHERE ns = ? AND key = ?",
-                [(owner, r[3] + 1, until, self._ns, r[0]) for r in rows],
+                "UPDATE clustersync_jobs SET owner = ?, claim = ?, attempts = ?, due_us = ?,"
+                " claimed_us = ? WHERE ns = ? AND key = ?",
+                [(owner, r[3] + 1, r[4] + 1, until, now, self._ns, r[0]) for r in rows],
             )
-        return [ClaimedJob(r[0], r[1], r[2], r[3] + 1) for r in rows]
+        return [
+            ClaimedJob(r[0], r[1], r[2], r[3] + 1, r[4] + 1, r[5] or r[1], now, r[6], r[7])
+            for r in rows
+        ]
 
     def renew_job_claims(
         self, owner: str, claims: Sequence[tuple[str, int]], claim_ttl: float
@@ -661,13 +741,126 @@ class SQLiteBackend:
                     renewed.append(key)
         return renewed
 
-    def complete_job(self, key: str, owner: str, claim: int) -> bool:
+    def _claimed(
+        self, cur: sqlite3.Cursor, key: str, owner: str, claim: int
+    ) -> tuple[Any, ...] | None:
+        """The row of job ``key`` if ``owner`` holds claim ``claim`` of it."""
+        row: tuple[Any, ...] | None = cur.execute(
+            "SELECT run_at_us, props, attempts, attempt_due_us, claimed_us"
+            " FROM clustersync_jobs WHERE ns = ? AND key = ? AND owner = ? AND claim = ?",
+            (self._ns, key, owner, claim),
+        ).fetchone()
+        return row
+
+    def _remember(
+        self,
+        cur: sqlite3.Cursor,
+        run: tuple[str, str, int | None, int | None, int, str, str | None, str, int],
+    ) -> None:
+        """Add a run to the namespace's recent runs (the last RECENT_RUNS_KEPT)."""
+        cur.execute(
+            "INSERT INTO clustersync_runs (ns, kind, key, due_us, started_us, finished_us,"
+            " outcome, error, owner, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self._ns, *run),
+        )
+        newest = cur.lastrowid or 0
+        cur.execute(
+            "DELETE FROM clustersync_runs WHERE ns = ? AND id <= ("
+            " SELECT id FROM clustersync_runs WHERE ns = ? AND id <= ?"
+            " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (self._ns, self._ns, newest, RECENT_RUNS_KEPT),
+        )
+
+    def complete_job(
+        self, key: str, owner: str, claim: int, outcome: str, error: str | None
+    ) -> bool:
         with self._translate("complete a job"), self._write() as cur:
-            cur.execute(
-                "DELETE FROM clustersync_jobs WHERE ns = ? AND key = ? AND owner = ? AND claim = ?",
-                (self._ns, key, owner, claim),
+            row = self._claimed(cur, key, owner, claim)
+            if row is None:
+                return False
+            cur.execute("DELETE FROM clustersync_jobs WHERE ns = ? AND key = ?", (self._ns, key))
+            self._remember(
+                cur, ("once", key, row[3], row[4], self.now_us(), outcome, error, owner, row[2])
             )
-            return cur.rowcount == 1
+            return True
+
+    def retry_job(
+        self,
+        key: str,
+        owner: str,
+        claim: int,
+        delay: float,
+        error: str | None,
+        count_attempt: bool,
+    ) -> bool:
+        with self._translate("retry a job"), self._write() as cur:
+            row = self._claimed(cur, key, owner, claim)
+            if row is None:
+                return False
+            now = self.now_us()
+            due = now + int(delay * _US)
+            if count_attempt:
+                self._remember(
+                    cur, ("once", key, row[3], row[4], now, "retry", error, owner, row[2])
+                )
+            cur.execute(
+                "UPDATE clustersync_jobs SET owner = NULL, due_us = ?, attempt_due_us = ?,"
+                " attempts = ? WHERE ns = ? AND key = ?",
+                (due, due, row[2] if count_attempt else row[2] - 1, self._ns, key),
+            )
+        self._notify(JOBS_CHANNEL)
+        return True
+
+    def fail_job(self, key: str, owner: str, claim: int, error: str) -> bool:
+        with self._translate("fail a job"), self._write() as cur:
+            row = self._claimed(cur, key, owner, claim)
+            if row is None:
+                return False
+            now = self.now_us()
+            cur.execute("DELETE FROM clustersync_jobs WHERE ns = ? AND key = ?", (self._ns, key))
+            cur.execute(
+                "INSERT INTO clustersync_failed_jobs (ns, key, run_at_us, props, attempts,"
+                " last_error, failed_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self._ns, key, row[0], row[1], row[2], error, now),
+            )
+            self._remember(cur, ("once", key, row[3], row[4], now, "error", error, owner, row[2]))
+            return True
+
+    def list_failed_jobs(self) -> list[FailedJobRecord]:
+        with self._translate("list failed jobs"), self._read() as cur:
+            rows = cur.execute(
+                "SELECT key, run_at_us, props, attempts, last_error, failed_at_us"
+                " FROM clustersync_failed_jobs WHERE ns = ? ORDER BY key",
+                (self._ns,),
+            ).fetchall()
+        return [FailedJobRecord(*row) for row in rows]
+
+    def retry_failed_job(self, key: str) -> bool:
+        with self._translate("retry a failed job"), self._write() as cur:
+            row = cur.execute(
+                "DELETE FROM clustersync_failed_jobs WHERE ns = ? AND key = ?"
+                " RETURNING run_at_us, props",
+                (self._ns, key),
+            ).fetchone()
+            if row is None:
+                return False
+            now = self.now_us()
+            cur.execute(
+                "INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us, attempt_due_us)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (self._ns, key, row[0], row[1], now, now),
+            )
+        self._notify(JOBS_CHANNEL)
+        return True
+
+    def recent_runs(self, limit: int) -> list[RunRecord]:
+        with self._translate("list recent runs"), self._read() as cur:
+            rows = cur.execute(
+                "SELECT kind, key, due_us, started_us, finished_us, outcome, error, owner, attempt"
+                " FROM clustersync_runs WHERE ns = ? ORDER BY id DESC LIMIT ?",
+                (self._ns, limit),
+            ).fetchall()
+        return [RunRecord(*row) for row in rows]
 
     def cancel_job(self, key: str) -> bool:
         with self._translate("cancel a job"), self._write() as cur:
@@ -676,8 +869,11 @@ class SQLiteBackend:
                 "DELETE FROM clustersync_jobs WHERE ns = ? AND key = ? RETURNING owner, due_us",
                 (self._ns, key),
             ).fetchone()
+            failed = cur.execute(
+                "DELETE FROM clustersync_failed_jobs WHERE ns = ? AND key = ?", (self._ns, key)
+            ).rowcount
         if row is None:
-            return False
+            return failed == 1
         self._notify(JOBS_CHANNEL)
         # A job whose callback is running (live claim) was no longer pending.
         return bool(row[0] is None or row[1] <= now)

@@ -413,10 +413,12 @@ class StoreContract:
             "c"
         ]
         assert opened._ops.renew_job_claims("two", [(claim_c.key, claim_c.claim)], LONG_TTL) == []
-        assert not opened._ops.complete_job("c", "two", claim_c.claim)
-        assert not opened._ops.complete_job("c", "one", claim_c.claim + 1)
-        assert opened._ops.complete_job("c", "one", claim_c.claim)
-        assert not opened._ops.complete_job("c", "one", claim_c.claim), "completed twice"
+        assert not opened._ops.complete_job("c", "two", claim_c.claim, "ok", None)
+        assert not opened._ops.complete_job("c", "one", claim_c.claim + 1, "ok", None)
+        assert opened._ops.complete_job("c", "one", claim_c.claim, "ok", None)
+        assert not opened._ops.complete_job("c", "one", claim_c.claim, "ok", None), (
+            "completed twice"
+        )
 
     def test_an_expired_claim_is_claimed_again_with_a_new_number(
         self, opened: cs.Store, sibling: cs.Store
@@ -433,8 +435,83 @@ class StoreContract:
         )
         assert second.claim != first.claim
         assert opened._ops.renew_job_claims("one", [("a", first.claim)], LONG_TTL) == []
-        assert not opened._ops.complete_job("a", "one", first.claim)
-        assert sibling._ops.complete_job("a", "two", second.claim)
+        assert not opened._ops.complete_job("a", "one", first.claim, "ok", None)
+        assert sibling._ops.complete_job("a", "two", second.claim, "ok", None)
+
+    def test_attempts_retries_and_failed_jobs(self, opened: cs.Store) -> None:
+        now = int(time.time()) * _US
+        opened._ops.put_jobs([NewJob("job", now - _US, '{"n":1}', "web-1", "00-trace-01")])
+        (first,) = opened._ops.claim_due_jobs("one", 5, LONG_TTL)
+        assert (first.attempt, first.due_us, first.scheduled_by, first.trace) == (
+            1,
+            now - _US,
+            "web-1",
+            "00-trace-01",
+        )
+        assert first.claimed_us >= now - _US
+        assert not opened._ops.retry_job("job", "two", first.claim, 0.0, "boom", True)
+        assert opened._ops.retry_job("job", "one", first.claim, SHORT_TTL, "ValueError: x", True)
+        assert [job.key for job in opened._ops.list_jobs()] == ["job"], "pending again"
+        assert opened._ops.claim_due_jobs("two", 5, LONG_TTL) == [], "not before the delay"
+        time.sleep(EXPIRED)
+        (second,) = opened._ops.claim_due_jobs("two", 5, LONG_TTL)
+        assert second.attempt == 2
+        assert second.due_us > first.claimed_us, "the retry's due time, not run_at"
+        assert second.run_at_us == now - _US
+        # A claim given back without running (no handler) does not count.
+        assert opened._ops.retry_job("job", "two", second.claim, 0.0, None, False)
+        (third,) = opened._ops.claim_due_jobs("three", 5, LONG_TTL)
+        assert third.attempt == 2
+        assert not opened._ops.fail_job("job", "two", third.claim, "stale owner")
+        assert opened._ops.fail_job("job", "three", third.claim, "ValueError: for good")
+        assert opened._ops.list_jobs() == []
+        assert opened._ops.next_job_delay() is None
+        assert opened._ops.count_jobs() == 0
+        (failed,) = opened._ops.list_failed_jobs()
+        assert (failed.key, failed.run_at_us, failed.props_json, failed.attempts) == (
+            "job",
+            now - _US,
+            '{"n":1}',
+            2,
+        )
+        assert failed.last_error == "ValueError: for good"
+        with pytest.raises(cs.DuplicateJobError):
+            opened._ops.put_jobs([NewJob("job", now - _US, '{"n":1}')])  # even identical
+        assert opened._ops.retry_failed_job("job")
+        assert not opened._ops.retry_failed_job("job")
+        assert opened._ops.list_failed_jobs() == []
+        (again,) = opened._ops.claim_due_jobs("four", 5, LONG_TTL)
+        assert again.attempt == 1, "a fresh attempt count"
+        assert opened._ops.fail_job("job", "four", again.claim, "once more")
+        assert opened._ops.cancel_job("job"), "cancel removes a failed job"
+        assert opened._ops.list_failed_jobs() == []
+        assert not opened._ops.cancel_job("job")
+
+    def test_recent_runs(self, opened: cs.Store) -> None:
+        now = int(time.time()) * _US
+        opened._ops.put_jobs([NewJob(f"k{n}", now - _US, "null") for n in range(3)])
+        claims = {job.key: job for job in opened._ops.claim_due_jobs("one", 5, LONG_TTL)}
+        assert opened._ops.complete_job("k0", "one", claims["k0"].claim, "ok", None)
+        assert opened._ops.retry_job("k1", "one", claims["k1"].claim, 60.0, "E: retry", True)
+        assert opened._ops.complete_job("k2", "one", claims["k2"].claim, "error", "E: done")
+        held = opened._ops.acquire_lease("j:tick", "lease-owner", LONG_TTL)
+        assert held.token is not None
+        assert opened._ops.start_job_run("tick", "j:tick", "lease-owner", held.token)
+        assert opened._ops.set_job_finished("tick", "j:tick", "lease-owner", held.token, "ok", None)
+        runs = opened._ops.recent_runs(10)
+        assert [(r.kind, r.key, r.outcome, r.error) for r in runs] == [
+            ("recurring", "tick", "ok", None),
+            ("once", "k2", "error", "E: done"),
+            ("once", "k1", "retry", "E: retry"),
+            ("once", "k0", "ok", None),
+        ], "newest first"
+        once = runs[-1]
+        assert (once.due_us, once.owner, once.attempt) == (now - _US, "one", 1)
+        assert once.started_us is not None
+        assert once.started_us <= once.finished_us
+        assert runs[0].started_us is not None
+        assert runs[0].due_us is None
+        assert len(opened._ops.recent_runs(2)) == 2
 
     def test_cancel(self, opened: cs.Store) -> None:
         opened._ops.put_jobs([self._job("pending", 60), self._job("running", -1)])
@@ -801,8 +878,8 @@ class StoreModel(RuleBasedStateMachine):
     @rule(claim=claims, other_owner=st.booleans())
     def complete_claim(self, claim: _Claim, other_owner: bool) -> None:
         owner = "intruder" if other_owner else claim.owner
-        ref = self.ref._ops.complete_job(claim.key, owner, claim.ref_claim)
-        sut = self.sut._ops.complete_job(claim.key, owner, claim.sut_claim)
+        ref = self.ref._ops.complete_job(claim.key, owner, claim.ref_claim, "ok", None)
+        sut = self.sut._ops.complete_job(claim.key, owner, claim.sut_claim, "ok", None)
         assert sut == ref
         if other_owner:
             assert not sut, "completed by someone else than the claim owner"

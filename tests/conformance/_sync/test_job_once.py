@@ -1004,7 +1004,9 @@ def test_job_of_a_crashed_claimer_runs_once_after_the_claim_expires(
         timed.advance_to(claim_expires)  # past the dead claim
         wait_until(lambda: recorder.count("crashed") == 1, "the crashed job re-ran")
         # The dead claimer's late completion cannot remove the job now claimed by us.
-        assert store._ops.complete_job("crashed", "dead-owner", claim.claim) is False
+        assert (
+            store._ops.complete_job("crashed", "dead-owner", claim.claim, "ok", None) is False
+        )
         assert store._ops.next_job_delay() is not None
     finally:
         recorder.release.set()

@@ -30,11 +30,13 @@ from .records import (
     AcquireResult,
     ChangeListener,
     ClaimedJob,
+    FailedJobRecord,
     GrantResult,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
     RecurringJobRecord,
+    RunRecord,
     StoredJob,
 )
 
@@ -155,13 +157,51 @@ class Backend(Protocol):
         from now; return the keys renewed (the others were lost)."""
         ...
 
-    async def complete_job(self, key: str, owner: str, claim: int) -> bool:
-        """Delete job ``key`` only if ``owner`` holds claim ``claim`` of it."""
+    async def complete_job(
+        self, key: str, owner: str, claim: int, outcome: str, error: str | None
+    ) -> bool:
+        """Delete job ``key`` (its run is done: ``outcome`` ``"ok"``, or ``"error"`` with
+        no retry), only if ``owner`` holds claim ``claim`` of it; remember the run."""
+        ...
+
+    async def retry_job(
+        self,
+        key: str,
+        owner: str,
+        claim: int,
+        delay: float,
+        error: str | None,
+        count_attempt: bool,
+    ) -> bool:
+        """Make job ``key`` pending again, due ``delay`` seconds from now, only if
+        ``owner`` holds claim ``claim`` of it: a failed attempt to run again
+        (``count_attempt``; remembered as a run with outcome ``"retry"``), or a claim
+        given back without running (no handler here: the attempt does not count)."""
+        ...
+
+    async def fail_job(self, key: str, owner: str, claim: int, error: str) -> bool:
+        """Keep job ``key`` as failed (its attempts are used up), only if ``owner`` holds
+        claim ``claim`` of it: it never fires by itself again, and is no longer pending.
+        Remembers the run (outcome ``"error"``)."""
+        ...
+
+    async def list_failed_jobs(self) -> list[FailedJobRecord]:
+        """The failed jobs, sorted by key."""
+        ...
+
+    async def retry_failed_job(self, key: str) -> bool:
+        """Make the failed job ``key`` pending again, due now, with a fresh attempt
+        count; False if there is no failed job with that key. Wakes the schedulers."""
+        ...
+
+    async def recent_runs(self, limit: int) -> list[RunRecord]:
+        """The last ``limit`` runs remembered (at most ``RECENT_RUNS_KEPT``), newest
+        first: one-shot runs completed, retried or failed, and recurring runs finished."""
         ...
 
     async def cancel_job(self, key: str) -> bool:
-        """Delete job ``key``; True if it was pending (not under a live claim). Wakes the
-        schedulers of the namespace."""
+        """Delete job ``key``; True if it was pending (not under a live claim) or failed.
+        Wakes the schedulers of the namespace."""
         ...
 
     async def list_jobs(self) -> list[StoredJob]:

@@ -72,11 +72,14 @@ class GrantResult:
     ``token`` is set when the lease is ours, either taken or handed over by a release;
     it then lives for at least ``valid_for`` seconds counted from *before* the wait was
     sent. Otherwise ``retry_after`` is how long the current lease still has to live.
+    ``handed_over``: the token came from a release while this call waited (not from a
+    free lease).
     """
 
     token: int | None
     valid_for: float = 0.0
     retry_after: float = 0.0
+    handed_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +94,15 @@ class LeaseInfo:
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A one-shot job to store: key, run time (µs since the epoch) and JSON props."""
+    """A one-shot job to store: key, run time (µs since the epoch) and JSON props, with
+    the identity of the instance that scheduled it and its trace context (a W3C
+    ``traceparent``, or ``""``)."""
 
     key: str
     run_at_us: int
     props_json: str
+    scheduled_by: str = ""
+    trace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +116,54 @@ class StoredJob:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
-    """A due job leased to one scheduler; ``claim`` identifies this claim for completion."""
+    """A due job leased to one scheduler; ``claim`` identifies this claim for completion.
+
+    ``attempt`` counts the claims of the job since it was stored (or retried from the
+    failed jobs), this one included: a run cut short by a crash counts. ``due_us`` is when
+    this attempt was due (``run_at_us`` for the first, the retry time after), and
+    ``claimed_us`` the store's clock when it was claimed."""
 
     key: str
     run_at_us: int
     props_json: str
     claim: int
+    attempt: int = 1
+    due_us: int = 0
+    claimed_us: int = 0
+    scheduled_by: str = ""
+    trace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJobRecord:
+    """A one-shot job that used up its attempts: kept, never fired again by itself."""
+
+    key: str
+    run_at_us: int
+    props_json: str
+    attempts: int
+    last_error: str
+    failed_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run, as the store remembers the most recent ones (``recent_runs``).
+
+    ``kind`` is ``"once"`` or ``"recurring"``; ``outcome`` ``"ok"``, ``"error"`` (done,
+    or failed for good) or ``"retry"`` (a retry is scheduled); ``owner`` the owner id of
+    the claim or lease it ran under. Times are µs since the epoch (store clock); ``due_us``
+    is None for a recurring job."""
+
+    kind: str
+    key: str
+    due_us: int | None
+    started_us: int | None
+    finished_us: int
+    outcome: str
+    error: str | None
+    owner: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,21 +200,27 @@ class RecurringJobRecord:
     instances: int
 
 
-def conflicting_job(jobs: Sequence[NewJob], stored: Mapping[str, tuple[int, str]]) -> str | None:
+#: How many runs ``recent_runs`` remembers per namespace.
+RECENT_RUNS_KEPT = 100
+
+
+def conflicting_job(
+    jobs: Sequence[NewJob], stored: Mapping[str, tuple[int, str] | None]
+) -> str | None:
     """The first key of ``jobs`` that makes storing them a duplicate, or None.
 
     ``stored`` maps the keys of ``jobs`` already in the store to their ``(run_at_us,
-    props_json)``. A key repeated within ``jobs`` is a duplicate; a stored key is one
-    unless the stored job is identical (same run time and props): storing an identical
-    job again is a retry of the same call, and succeeds without storing anything.
+    props_json)`` (None for a failed job, which is never identical). A key repeated within
+    ``jobs`` is a duplicate; a stored key is one unless the stored job is identical (same
+    run time and props): storing an identical job again is a retry of the same call, and
+    succeeds without storing anything.
     """
     seen: set[str] = set()
     for job in jobs:
         if job.key in seen:
             return job.key
         seen.add(job.key)
-        existing = stored.get(job.key)
-        if existing is not None and existing != (job.run_at_us, job.props_json):
+        if job.key in stored and stored[job.key] != (job.run_at_us, job.props_json):
             return job.key
     return None
 

@@ -16,7 +16,9 @@ and :data:`POLL_CHANGES`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+from ..contract.records import RECENT_RUNS_KEPT
+
+SCHEMA_VERSION = 4
 
 #: Serialises concurrent first-time schema creation (transaction-scoped, PgBouncer-safe).
 SCHEMA_LOCK_KEY = 0x636C7573  # "clus"
@@ -63,8 +65,37 @@ SCHEMA = [
         due_us bigint NOT NULL,
         owner text,
         claim bigint NOT NULL DEFAULT 0,
+        attempts integer NOT NULL DEFAULT 0,
+        attempt_due_us bigint,
+        claimed_us bigint,
+        scheduled_by text NOT NULL DEFAULT '',
+        trace text NOT NULL DEFAULT '',
         PRIMARY KEY (ns, key)
     )""",
+    """CREATE TABLE IF NOT EXISTS clustersync_failed_jobs (
+        ns text NOT NULL,
+        key text NOT NULL,
+        run_at_us bigint NOT NULL,
+        props text NOT NULL,
+        attempts integer NOT NULL,
+        last_error text NOT NULL,
+        failed_at_us bigint NOT NULL,
+        PRIMARY KEY (ns, key)
+    )""",
+    """CREATE TABLE IF NOT EXISTS clustersync_runs (
+        id bigserial PRIMARY KEY,
+        ns text NOT NULL,
+        kind text NOT NULL,
+        key text NOT NULL,
+        due_us bigint,
+        started_us bigint,
+        finished_us bigint NOT NULL,
+        outcome text NOT NULL,
+        error text,
+        owner text NOT NULL,
+        attempt integer NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS clustersync_runs_ns ON clustersync_runs (ns, id)",
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_due ON clustersync_jobs (ns, due_us)",
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_at_us, key)",
 ]
@@ -82,6 +113,16 @@ MIGRATIONS: dict[int, list[str]] = {
         " ON CONFLICT (ns, key) DO NOTHING",
         "DROP TABLE clustersync_job_metadata",
     ],
+    # One-shot jobs count their attempts, keep who scheduled them and their trace context
+    # (the tables of failed jobs and recent runs are created by SCHEMA).
+    4: [
+        "ALTER TABLE clustersync_jobs ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0",
+        "ALTER TABLE clustersync_jobs ADD COLUMN IF NOT EXISTS attempt_due_us bigint",
+        "ALTER TABLE clustersync_jobs ADD COLUMN IF NOT EXISTS claimed_us bigint",
+        "ALTER TABLE clustersync_jobs ADD COLUMN IF NOT EXISTS scheduled_by text NOT NULL"
+        " DEFAULT ''",
+        "ALTER TABLE clustersync_jobs ADD COLUMN IF NOT EXISTS trace text NOT NULL DEFAULT ''",
+    ],
 }
 
 _NOW = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
@@ -93,6 +134,14 @@ WAITER_GRACE_US = 5_000_000
 WAITER_MARGIN_US = 1_000_000
 
 NOW = f"SELECT {_NOW}"
+
+# The recent runs: each run adds a row; rows beyond the newest RECENT_RUNS_KEPT of the
+# namespace (as the statement started) are deleted by the same statement.
+_TRIM_RUNS = f"""trimmed AS (
+    DELETE FROM clustersync_runs WHERE ns = %(ns)s AND id <= (
+        SELECT id FROM clustersync_runs WHERE ns = %(ns)s ORDER BY id DESC
+        LIMIT 1 OFFSET {RECENT_RUNS_KEPT - 1})
+)"""
 
 # The lease is taken if free (ON CONFLICT … WHERE expired); otherwise ``waiting`` marks it
 # as waited for. The row lock taken by ON CONFLICT orders this against a release. Tokens:
@@ -206,10 +255,21 @@ ON CONFLICT (ns, key) DO UPDATE SET last_started_us = excluded.last_started_us, 
 """
 
 SET_FINISHED = f"""
-INSERT INTO clustersync_recurring (ns, key, last_finished_us, last_outcome, last_error)
-SELECT %(ns)s, %(key)s, {_NOW}, %(outcome)s, %(error)s WHERE {_HELD}
-ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us,
-    last_outcome = excluded.last_outcome, last_error = excluded.last_error
+WITH finished AS (
+    INSERT INTO clustersync_recurring (ns, key, last_finished_us, last_outcome, last_error)
+    SELECT %(ns)s, %(key)s, {_NOW}, %(outcome)s, %(error)s WHERE {_HELD}
+    ON CONFLICT (ns, key) DO UPDATE SET last_finished_us = excluded.last_finished_us,
+        last_outcome = excluded.last_outcome, last_error = excluded.last_error
+    RETURNING last_started_us, last_finished_us
+),
+run AS (
+    INSERT INTO clustersync_runs
+        (ns, kind, key, due_us, started_us, finished_us, outcome, error, owner, attempt)
+    SELECT %(ns)s, 'recurring', %(key)s, NULL, last_started_us, last_finished_us,
+        %(outcome)s, %(error)s, %(owner)s, 1 FROM finished
+),
+{_TRIM_RUNS}
+SELECT count(*) FROM finished
 """
 
 CONTROL_RECURRING = """
@@ -241,36 +301,58 @@ _JOBS_DUE = f"'jobs@' || (%(first_us)s - {_NOW})"
 
 # A plain INSERT (no ON CONFLICT): one duplicate makes the whole statement fail, so a
 # batch is stored all or nothing in one round trip. The notification is sent on commit.
+_FAILED_AMONG = """blocked AS (
+    SELECT 1 FROM clustersync_failed_jobs WHERE ns = %(ns)s AND key = ANY(%(keys)s::text[])
+    LIMIT 1
+)"""
+
 PUT_JOBS = f"""
-WITH new AS (
-    INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)
-    SELECT %(ns)s, k, r, p, r
-    FROM unnest(%(keys)s::text[], %(run_ats)s::bigint[], %(props)s::text[]) AS t(k, r, p)
+WITH {_FAILED_AMONG},
+new AS (
+    INSERT INTO clustersync_jobs
+        (ns, key, run_at_us, props, due_us, attempt_due_us, scheduled_by, trace)
+    SELECT %(ns)s, k, r, p, r, r, b, t
+    FROM unnest(%(keys)s::text[], %(run_ats)s::bigint[], %(props)s::text[], %(bys)s::text[],
+        %(traces)s::text[]) AS u(k, r, p, b, t)
+    WHERE NOT EXISTS (SELECT 1 FROM blocked)
+    RETURNING 1
 )
-SELECT pg_notify(%(channel)s, {_JOBS_DUE})
+SELECT count(*), (SELECT pg_notify(%(channel)s, {_JOBS_DUE}) WHERE EXISTS (SELECT 1 FROM new))
+FROM new
 """
 
 # One job: VALUES plans and runs faster than unnest of one-element arrays.
 PUT_JOB = f"""
-WITH new AS (
-    INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)
-    VALUES (%(ns)s, %(key)s, %(first_us)s, %(props)s, %(first_us)s)
+WITH {_FAILED_AMONG},
+new AS (
+    INSERT INTO clustersync_jobs
+        (ns, key, run_at_us, props, due_us, attempt_due_us, scheduled_by, trace)
+    SELECT %(ns)s, %(key)s, %(first_us)s, %(prop)s, %(first_us)s, %(first_us)s, %(by)s,
+        %(trace)s
+    WHERE NOT EXISTS (SELECT 1 FROM blocked)
+    RETURNING 1
 )
-SELECT pg_notify(%(channel)s, {_JOBS_DUE})
+SELECT count(*), (SELECT pg_notify(%(channel)s, {_JOBS_DUE}) WHERE EXISTS (SELECT 1 FROM new))
+FROM new
 """
 
-# The slow path of storing jobs, after a plain INSERT met a duplicate key: in one
-# transaction, store the jobs whose keys are free, then read every key of the batch; the
-# caller rolls back unless each stored job is identical to the batch's (a retry).
+# The slow path of storing jobs, after a plain INSERT met a duplicate key (or a failed
+# job): in one transaction, store the jobs whose keys are free, then read every key of the
+# batch; the caller rolls back unless each stored job is identical to the batch's (a retry).
 PUT_JOBS_IF_ABSENT = """
-INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us)
-SELECT %(ns)s, k, r, p, r
-FROM unnest(%(keys)s::text[], %(run_ats)s::bigint[], %(props)s::text[]) AS t(k, r, p)
+INSERT INTO clustersync_jobs
+    (ns, key, run_at_us, props, due_us, attempt_due_us, scheduled_by, trace)
+SELECT %(ns)s, k, r, p, r, r, b, t
+FROM unnest(%(keys)s::text[], %(run_ats)s::bigint[], %(props)s::text[], %(bys)s::text[],
+    %(traces)s::text[]) AS u(k, r, p, b, t)
 ON CONFLICT (ns, key) DO NOTHING
 """
 STORED_JOBS = """
 SELECT key, run_at_us, props FROM clustersync_jobs
 WHERE ns = %(ns)s AND key = ANY(%(keys)s::text[])
+"""
+FAILED_AMONG = """
+SELECT key FROM clustersync_failed_jobs WHERE ns = %(ns)s AND key = ANY(%(keys)s::text[])
 """
 NOTIFY_JOBS = f"SELECT pg_notify(%(channel)s, {_JOBS_DUE})"
 
@@ -287,11 +369,14 @@ due AS (
 ),
 claimed AS (
     UPDATE clustersync_jobs AS j
-    SET owner = %(owner)s, claim = j.claim + 1, due_us = (SELECT us FROM now) + %(ttl_us)s
+    SET owner = %(owner)s, claim = j.claim + 1, attempts = j.attempts + 1,
+        claimed_us = (SELECT us FROM now), due_us = (SELECT us FROM now) + %(ttl_us)s
     WHERE j.ctid = ANY(ARRAY(SELECT ctid FROM due))
-    RETURNING j.key, j.run_at_us, j.props, j.claim
+    RETURNING j.key, j.run_at_us, j.props, j.claim, j.attempts,
+        coalesce(j.attempt_due_us, j.run_at_us), j.claimed_us, j.scheduled_by, j.trace
 )
-SELECT key, run_at_us, props, claim FROM claimed ORDER BY run_at_us, key
+SELECT key, run_at_us, props, claim, attempts, coalesce, claimed_us, scheduled_by, trace
+FROM claimed ORDER BY run_at_us, key
 """
 
 RENEW_CLAIMS = f"""
@@ -302,17 +387,103 @@ WHERE j.ns = %(ns)s AND j.key = t.k AND j.claim = t.c AND j.owner = %(owner)s
 RETURNING j.key
 """
 
-COMPLETE = """
-DELETE FROM clustersync_jobs
-WHERE ns = %(ns)s AND key = %(key)s AND owner = %(owner)s AND claim = %(claim)s
+_CLAIMED = """claimed AS (
+    SELECT * FROM clustersync_jobs
+    WHERE ns = %(ns)s AND key = %(key)s AND owner = %(owner)s AND claim = %(claim)s
+    FOR UPDATE
+)"""
+
+COMPLETE = f"""
+WITH {_CLAIMED},
+done AS (
+    DELETE FROM clustersync_jobs j USING claimed c WHERE j.ns = c.ns AND j.key = c.key
+    RETURNING c.attempt_due_us, c.claimed_us, c.attempts
+),
+run AS (
+    INSERT INTO clustersync_runs
+        (ns, kind, key, due_us, started_us, finished_us, outcome, error, owner, attempt)
+    SELECT %(ns)s, 'once', %(key)s, attempt_due_us, claimed_us, {_NOW}, %(outcome)s,
+        %(error)s, %(owner)s, attempts FROM done
+),
+{_TRIM_RUNS}
+SELECT count(*) FROM done
+"""
+
+RETRY_JOB = f"""
+WITH {_CLAIMED},
+again AS (
+    UPDATE clustersync_jobs j SET owner = NULL, due_us = {_NOW} + %(delay_us)s,
+        attempt_due_us = {_NOW} + %(delay_us)s,
+        attempts = j.attempts - CASE WHEN %(count)s THEN 0 ELSE 1 END
+    FROM claimed c WHERE j.ns = c.ns AND j.key = c.key
+    RETURNING c.attempt_due_us, c.claimed_us, c.attempts
+),
+run AS (
+    INSERT INTO clustersync_runs
+        (ns, kind, key, due_us, started_us, finished_us, outcome, error, owner, attempt)
+    SELECT %(ns)s, 'once', %(key)s, attempt_due_us, claimed_us, {_NOW}, 'retry', %(error)s,
+        %(owner)s, attempts FROM again WHERE %(count)s
+),
+{_TRIM_RUNS},
+told AS (SELECT pg_notify(%(channel)s, 'jobs') FROM again)
+SELECT count(*), (SELECT count(*) FROM told) FROM again
+"""
+
+FAIL_JOB = f"""
+WITH {_CLAIMED},
+done AS (
+    DELETE FROM clustersync_jobs j USING claimed c WHERE j.ns = c.ns AND j.key = c.key
+    RETURNING c.run_at_us, c.props, c.attempt_due_us, c.claimed_us, c.attempts
+),
+failed AS (
+    INSERT INTO clustersync_failed_jobs
+        (ns, key, run_at_us, props, attempts, last_error, failed_at_us)
+    SELECT %(ns)s, %(key)s, run_at_us, props, attempts, %(error)s, {_NOW} FROM done
+),
+run AS (
+    INSERT INTO clustersync_runs
+        (ns, kind, key, due_us, started_us, finished_us, outcome, error, owner, attempt)
+    SELECT %(ns)s, 'once', %(key)s, attempt_due_us, claimed_us, {_NOW}, 'error', %(error)s,
+        %(owner)s, attempts FROM done
+),
+{_TRIM_RUNS}
+SELECT count(*) FROM done
+"""
+
+LIST_FAILED = """
+SELECT key, run_at_us, props, attempts, last_error, failed_at_us FROM clustersync_failed_jobs
+WHERE ns = %(ns)s ORDER BY key COLLATE "C"
+"""
+
+RETRY_FAILED = f"""
+WITH gone AS (
+    DELETE FROM clustersync_failed_jobs WHERE ns = %(ns)s AND key = %(key)s
+    RETURNING run_at_us, props
+),
+back AS (
+    INSERT INTO clustersync_jobs (ns, key, run_at_us, props, due_us, attempt_due_us)
+    SELECT %(ns)s, %(key)s, run_at_us, props, {_NOW}, {_NOW} FROM gone
+),
+told AS (SELECT pg_notify(%(channel)s, 'jobs') FROM gone)
+SELECT count(*), (SELECT count(*) FROM told) FROM gone
+"""
+
+RECENT_RUNS = """
+SELECT kind, key, due_us, started_us, finished_us, outcome, error, owner, attempt
+FROM clustersync_runs WHERE ns = %(ns)s ORDER BY id DESC LIMIT %(limit)s
 """
 
 CANCEL = f"""
 WITH gone AS (
     DELETE FROM clustersync_jobs WHERE ns = %(ns)s AND key = %(key)s RETURNING owner, due_us
 ),
+failed AS (
+    DELETE FROM clustersync_failed_jobs WHERE ns = %(ns)s AND key = %(key)s RETURNING 1
+),
 told AS (SELECT pg_notify(%(channel)s, 'jobs') FROM gone)
-SELECT gone.owner IS NULL OR gone.due_us <= {_NOW}, (SELECT count(*) FROM told) FROM gone
+SELECT coalesce((SELECT owner IS NULL OR due_us <= {_NOW} FROM gone), false)
+    OR EXISTS (SELECT 1 FROM failed),
+    (SELECT count(*) FROM told)
 """
 
 LIST_JOBS = f"""

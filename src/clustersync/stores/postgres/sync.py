@@ -76,10 +76,12 @@ from ..contract import (
     JOBS_DUE_PREFIX,
     AcquireResult,
     ClaimedJob,
+    FailedJobRecord,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
     RecurringJobRecord,
+    RunRecord,
     StoredJob,
     conflicting_job,
     job_channel,
@@ -222,6 +224,10 @@ class PostgresBackend(PushNotifications):
         except psycopg.ProgrammingError as exc:
             raise ConfigurationError(
                 f"invalid PostgreSQL URL {redact(url)!r}: {str(exc).strip()}"
+            ) from exc
+        except UnicodeError as exc:  # percent-escapes that are not UTF-8 (%ED%A0%80)
+            raise ConfigurationError(
+                f"invalid PostgreSQL URL {redact(url)!r}: an escaped part is not UTF-8"
             ) from exc
         hosts = _Hosts.of(params, url)
         backend = cls(
@@ -689,7 +695,7 @@ class PostgresBackend(PushNotifications):
             "outcome": outcome,
             "error": error,
         }
-        return self._rowcount("write job metadata", q.SET_FINISHED, params) == 1
+        return int((self._fetch("write job metadata", q.SET_FINISHED, params))[0][0]) == 1
 
     def control_recurring_job(self, key: str, action: str) -> bool:
         params = {"ns": self._ns, "key": key, "action": action, "channel": self._channel}
@@ -730,25 +736,37 @@ class PostgresBackend(PushNotifications):
             "keys": keys,
             "run_ats": [job.run_at_us for job in jobs],
             "props": [job.props_json for job in jobs],
+            "bys": [job.scheduled_by for job in jobs],
+            "traces": [job.trace for job in jobs],
         }
         if len(jobs) == 1:
             query = q.PUT_JOB
-            params |= {"key": jobs[0].key, "props": jobs[0].props_json}
+            params |= {
+                "key": jobs[0].key,
+                "prop": jobs[0].props_json,
+                "by": jobs[0].scheduled_by,
+                "trace": jobs[0].trace,
+            }
         else:
             query = q.PUT_JOBS
 
         def put(conn: Any) -> bool:
             try:
-                # One statement, so all or nothing: a duplicate key stores none.
-                conn.execute(query, params)
-                return True
+                # One statement, so all or nothing: a duplicate key (or a failed job's
+                # key) stores none.
+                row = (conn.execute(query, params)).fetchone()
+                if row is not None and int(row[0]) == len(jobs):
+                    return True
             except psycopg.errors.UniqueViolation:
                 pass
-            params["props"] = [job.props_json for job in jobs]
             with conn.transaction():
                 inserted = (conn.execute(q.PUT_JOBS_IF_ABSENT, params)).rowcount
                 rows = (conn.execute(q.STORED_JOBS, params)).fetchall()
-                stored = {str(r[0]): (int(r[1]), str(r[2])) for r in rows}
+                stored: dict[str, tuple[int, str] | None] = {
+                    str(r[0]): (int(r[1]), str(r[2])) for r in rows
+                }
+                failed = (conn.execute(q.FAILED_AMONG, params)).fetchall()
+                stored.update((str(r[0]), None) for r in failed)
                 duplicate = conflicting_job(jobs, stored)
                 if duplicate is not None:
                     raise DuplicateJobError(duplicate)  # rolls the transaction back
@@ -762,7 +780,20 @@ class PostgresBackend(PushNotifications):
     def claim_due_jobs(self, owner: str, limit: int, claim_ttl: float) -> list[ClaimedJob]:
         params = {"ns": self._ns, "owner": owner, "limit": limit, "ttl_us": int(claim_ttl * _US)}
         rows = self._fetch("claim due jobs", q.CLAIM_DUE, params)
-        return [ClaimedJob(str(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in rows]
+        return [
+            ClaimedJob(
+                str(r[0]),
+                int(r[1]),
+                str(r[2]),
+                int(r[3]),
+                int(r[4]),
+                int(r[5]),
+                int(r[6]),
+                str(r[7]),
+                str(r[8]),
+            )
+            for r in rows
+        ]
 
     def renew_job_claims(
         self, owner: str, claims: Sequence[tuple[str, int]], claim_ttl: float
@@ -779,9 +810,80 @@ class PostgresBackend(PushNotifications):
         rows = self._fetch("renew job claims", q.RENEW_CLAIMS, params)
         return [str(r[0]) for r in rows]
 
-    def complete_job(self, key: str, owner: str, claim: int) -> bool:
-        params = {"ns": self._ns, "key": key, "owner": owner, "claim": claim}
-        return self._rowcount("complete a job", q.COMPLETE, params) == 1
+    def complete_job(
+        self, key: str, owner: str, claim: int, outcome: str, error: str | None
+    ) -> bool:
+        params = {
+            "ns": self._ns,
+            "key": key,
+            "owner": owner,
+            "claim": claim,
+            "outcome": outcome,
+            "error": error,
+        }
+        return int((self._fetch("complete a job", q.COMPLETE, params))[0][0]) == 1
+
+    def retry_job(
+        self,
+        key: str,
+        owner: str,
+        claim: int,
+        delay: float,
+        error: str | None,
+        count_attempt: bool,
+    ) -> bool:
+        params = {
+            "ns": self._ns,
+            "key": key,
+            "owner": owner,
+            "claim": claim,
+            "delay_us": int(delay * _US),
+            "error": error,
+            "count": count_attempt,
+            "channel": self._channel,
+        }
+        retried = int((self._fetch("retry a job", q.RETRY_JOB, params))[0][0]) == 1
+        if retried:
+            self._local_change(JOBS_CHANNEL)
+        return retried
+
+    def fail_job(self, key: str, owner: str, claim: int, error: str) -> bool:
+        params = {"ns": self._ns, "key": key, "owner": owner, "claim": claim, "error": error}
+        return int((self._fetch("fail a job", q.FAIL_JOB, params))[0][0]) == 1
+
+    def list_failed_jobs(self) -> list[FailedJobRecord]:
+        rows = self._fetch("list failed jobs", q.LIST_FAILED, {"ns": self._ns})
+        return [
+            FailedJobRecord(str(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]), int(r[5]))
+            for r in rows
+        ]
+
+    def retry_failed_job(self, key: str) -> bool:
+        params = {"ns": self._ns, "key": key, "channel": self._channel}
+        rows = self._fetch("retry a failed job", q.RETRY_FAILED, params)
+        retried = int(rows[0][0]) == 1
+        if retried:
+            self._local_change(JOBS_CHANNEL)
+        return retried
+
+    def recent_runs(self, limit: int) -> list[RunRecord]:
+        rows = self._fetch(
+            "list recent runs", q.RECENT_RUNS, {"ns": self._ns, "limit": limit}
+        )
+        return [
+            RunRecord(
+                str(r[0]),
+                str(r[1]),
+                _int_or_none(r[2]),
+                _int_or_none(r[3]),
+                int(r[4]),
+                str(r[5]),
+                r[6],
+                str(r[7]),
+                int(r[8]),
+            )
+            for r in rows
+        ]
 
     def cancel_job(self, key: str) -> bool:
         params = {"ns": self._ns, "key": key, "channel": self._channel}

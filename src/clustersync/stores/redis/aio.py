@@ -17,6 +17,7 @@ reconnect of the subscription every waiter is woken to recheck. Without persiste
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -31,11 +32,13 @@ from ..contract import (
     GRANT_LEASE_MS,
     AcquireResult,
     ClaimedJob,
+    FailedJobRecord,
     GrantResult,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
     RecurringJobRecord,
+    RunRecord,
     StoredJob,
     conflicting_job,
     prefix_end,
@@ -293,7 +296,7 @@ class RedisBackend(PushNotifications):
                 )
         if popped is None:
             return GrantResult(None, retry_after=left)
-        return GrantResult(int(popped[1]), valid_for=granted_ms / 1000)
+        return GrantResult(int(popped[1]), valid_for=granted_ms / 1000, handed_over=True)
 
     async def withdraw_waiter(self, name: str, owner: str) -> bool:
         """Leave the grant queue; a grant we never saw goes on as if released. True if
@@ -380,7 +383,7 @@ class RedisBackend(PushNotifications):
             "write job metadata",
             "SET_FINISHED",
             [self._prefix + "r:" + key, self._prefix + "l:" + lease_name, self._recurring],
-            [f"{token}|{owner}", key, outcome, error or ""],
+            [f"{token}|{owner}", key, outcome, error or "", self._prefix, owner],
         )
         return int(result) == 1
 
@@ -452,7 +455,10 @@ class RedisBackend(PushNotifications):
             [self._due],
             [self._prefix, owner, limit, int(claim_ttl * _US)],
         )
-        return [ClaimedJob(str(k), int(r), str(p), int(c)) for k, r, p, c in rows]
+        return [
+            ClaimedJob(str(k), int(r), str(p), int(c), int(a), int(d), int(at), str(b), str(t))
+            for k, r, p, c, a, d, at, b, t in rows
+        ]
 
     async def renew_job_claims(
         self, owner: str, claims: Sequence[tuple[str, int]], claim_ttl: float
@@ -465,14 +471,74 @@ class RedisBackend(PushNotifications):
         renewed = await self._run("renew job claims", "RENEW_CLAIMS", [self._due], args)
         return [str(key) for key in renewed]
 
-    async def complete_job(self, key: str, owner: str, claim: int) -> bool:
+    def _end_run(
+        self, key: str, owner: str, claim: int, outcome: str, error: str | None
+    ) -> tuple[list[str], list[Any]]:
+        keys = [self._due, self._runat, self._events]
+        return keys, [self._prefix, key, owner, str(claim), outcome, error or ""]
+
+    async def complete_job(
+        self, key: str, owner: str, claim: int, outcome: str, error: str | None
+    ) -> bool:
+        keys, args = self._end_run(key, owner, claim, outcome, error)
+        return int(await self._run("complete a job", "COMPLETE", keys, args)) == 1
+
+    async def retry_job(
+        self,
+        key: str,
+        owner: str,
+        claim: int,
+        delay: float,
+        error: str | None,
+        count_attempt: bool,
+    ) -> bool:
+        keys, args = self._end_run(key, owner, claim, "retry", error)
+        args += [int(delay * _US), "1" if count_attempt else "0"]
+        return int(await self._run("retry a job", "RETRY_JOB", keys, args)) == 1
+
+    async def fail_job(self, key: str, owner: str, claim: int, error: str) -> bool:
+        keys, args = self._end_run(key, owner, claim, "error", error)
+        return int(await self._run("fail a job", "FAIL_JOB", keys, args)) == 1
+
+    async def list_failed_jobs(self) -> list[FailedJobRecord]:
+        rows = await self._run(
+            "list failed jobs", "LIST_FAILED", [self._prefix + "failed"], [self._prefix]
+        )
+        return [
+            FailedJobRecord(str(k), int(r), str(p), int(a), str(e), int(f))
+            for k, r, p, a, e, f in rows
+        ]
+
+    async def retry_failed_job(self, key: str) -> bool:
         result = await self._run(
-            "complete a job",
-            "COMPLETE",
-            [self._due, self._runat],
-            [self._prefix, key, owner, str(claim)],
+            "retry a failed job",
+            "RETRY_FAILED",
+            [self._due, self._runat, self._events, self._prefix + "failed"],
+            [self._prefix, key],
         )
         return int(result) == 1
+
+    async def recent_runs(self, limit: int) -> list[RunRecord]:
+        entries = await self._run(
+            "list recent runs", "RECENT_RUNS", [self._prefix + "runs"], [limit]
+        )
+        runs = []
+        for entry in entries:
+            kind, key, due, started, finished, outcome, error, owner, attempt = json.loads(entry)
+            runs.append(
+                RunRecord(
+                    kind,
+                    key,
+                    int(due) if due else None,
+                    int(started) if started else None,
+                    int(finished),
+                    outcome,
+                    error or None,
+                    owner,
+                    int(attempt),
+                )
+            )
+        return runs
 
     async def cancel_job(self, key: str) -> bool:
         result = await self._run(
@@ -582,10 +648,10 @@ def _recurring_record(row: Any) -> RecurringJobRecord:
 
 
 def _job_args(jobs: Sequence[NewJob]) -> list[str]:
-    """key, run_at, props of each job, as the job scripts take them."""
+    """key, run_at, props, scheduled_by, trace of each job, as the scripts take them."""
     args: list[str] = []
     for job in jobs:
-        args += [job.key, str(job.run_at_us), job.props_json]
+        args += [job.key, str(job.run_at_us), job.props_json, job.scheduled_by, job.trace]
     return args
 
 

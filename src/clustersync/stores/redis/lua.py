@@ -32,6 +32,8 @@ not step backwards across the restart.
 
 from __future__ import annotations
 
+from ..contract.records import RECENT_RUNS_KEPT
+
 # Shared prologue: the server's time in µs.
 _NOW = """
 local t = redis.call('TIME')
@@ -231,6 +233,21 @@ return 0
 """
 )
 
+# The recent runs of a namespace: a list "P runs" of JSON entries, newest first, cut at
+# RECENT_RUNS_KEPT. remember(P, kind, key, due, started, finished, outcome, error, owner,
+# attempt) with times as strings of µs (or false).
+_REMEMBER = (
+    """
+local function remember(P, kind, key, due, started, finished, outcome, error, owner, attempt)
+  redis.call('LPUSH', P .. 'runs', cjson.encode({kind, key, due or false, started or false,
+    finished, outcome, error or false, owner, attempt}))
+  redis.call('LTRIM', P .. 'runs', 0, """
+    + str(RECENT_RUNS_KEPT - 1)
+    + """)
+end
+"""
+)
+
 # Recurring jobs. KEYS[1] is always the job's hash "P r:<key>" (fields: d schedule, p
 # paused, t triggered, s last started, f last finished, o outcome, e error); "P ri:<key>"
 # (instance -> registration expiry µs) and "P rn:<key>" (instance -> planned next run µs)
@@ -307,15 +324,20 @@ return 1
 SET_FINISHED = (
     """
 -- KEYS[1] job hash, KEYS[2] lease, KEYS[3] the set of job keys; ARGV[1] "token|owner",
--- ARGV[2] key, ARGV[3] outcome, ARGV[4] error or ''
+-- ARGV[2] key, ARGV[3] outcome, ARGV[4] error or '', ARGV[5] prefix, ARGV[6] owner
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
 """
     + _NOW
+    + _REMEMBER
     + """
-redis.call('HSET', KEYS[1], 'f', string.format('%d', now), 'o', ARGV[3], 'e', ARGV[4])
+local finished = string.format('%d', now)
+redis.call('HSET', KEYS[1], 'f', finished, 'o', ARGV[3], 'e', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
+local error = ARGV[4] ~= '' and ARGV[4] or false
+remember(ARGV[5], 'recurring', ARGV[2], false, redis.call('HGET', KEYS[1], 's'), finished,
+  ARGV[3], error, ARGV[6], 1)
 return 1
 """
 )
@@ -366,18 +388,22 @@ return out
 # atomically, so a later job is found when that scheduler wakes and rereads.
 PUT_JOBS = """
 -- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, ARGV[2] "put" or "check",
--- then key, run_at, props... Returns {1, key} for a duplicate: a key repeated in the
--- batch, or stored with another run time or props (nothing is stored). Else {0, keys
+-- then key, run_at, props, scheduled_by, trace... Returns {1, key} for a duplicate: a
+-- key repeated in the batch, or stored with another run time or props, or a failed job
+-- (nothing is stored). Else {0, keys
 -- skipped...}: jobs stored identically already are a retry, left as they are; "check"
 -- stores nothing.
 local prefix = ARGV[1]
 local seen, skip, skipped = {}, {}, {0}
-for i = 3, #ARGV, 3 do
+for i = 3, #ARGV, 5 do
   local key = ARGV[i]
   if seen[key] then
     return {1, key}
   end
   seen[key] = true
+  if redis.call('EXISTS', prefix .. 'fj:' .. key) == 1 then
+    return {1, key}  -- a failed job: retry or cancel it first
+  end
   local stored = redis.call('HMGET', prefix .. 'j:' .. key, 'r', 'p')
   if stored[1] then
     if stored[1] ~= ARGV[i + 1] or stored[2] ~= ARGV[i + 2] then
@@ -393,10 +419,11 @@ end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local earliest = first[2] and tonumber(first[2])
 local wake = not earliest
-for i = 3, #ARGV, 3 do
+for i = 3, #ARGV, 5 do
   local key = ARGV[i]
   if not skip[key] then
-    redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0)
+    redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0,
+      'a', 0, 'd', ARGV[i + 1], 'b', ARGV[i + 3], 't', ARGV[i + 4])
     redis.call('ZADD', KEYS[1], ARGV[i + 1], key)
     redis.call('ZADD', KEYS[2], ARGV[i + 1], key)
     redis.call('ZADD', prefix .. 'keys', 0, key)
@@ -414,8 +441,8 @@ return skipped
 # Undoes the earlier steps of a batch stored in several steps (see RedisBackend.put_jobs)
 # when a later step met a duplicate: deletes the jobs the batch stored, unless claimed.
 UNDO_JOBS = """
--- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, then key, run_at, props...
-for i = 2, #ARGV, 3 do
+-- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, then key, run_at, props, by, trace...
+for i = 2, #ARGV, 5 do
   local h = ARGV[1] .. 'j:' .. ARGV[i]
   local stored = redis.call('HMGET', h, 'r', 'p', 'o')
   if stored[1] == ARGV[i + 1] and stored[2] == ARGV[i + 2] and not stored[3] then
@@ -446,10 +473,12 @@ for _, key in ipairs(keys) do
     redis.call('ZREM', ARGV[1] .. 'keys', key)
   else
     local claim = redis.call('HINCRBY', h, 'c', 1)
-    redis.call('HSET', h, 'o', ARGV[2])
+    local attempt = redis.call('HINCRBY', h, 'a', 1)
+    redis.call('HSET', h, 'o', ARGV[2], 'k', string.format('%d', now))
     redis.call('ZADD', KEYS[1], untl, key)
-    local v = redis.call('HMGET', h, 'r', 'p')
-    out[#out + 1] = {key, v[1], v[2], claim}
+    local v = redis.call('HMGET', h, 'r', 'p', 'd', 'b', 't')
+    out[#out + 1] = {key, v[1], v[2], claim, attempt, v[3] or v[1], string.format('%d', now),
+      v[4] or '', v[5] or ''}
   end
 end
 return out
@@ -477,18 +506,112 @@ return out
 """
 )
 
-COMPLETE = """
--- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, ARGV[2] key, ARGV[3] owner, ARGV[4] claim
-local h = ARGV[1] .. 'j:' .. ARGV[2]
-local v = redis.call('HMGET', h, 'o', 'c')
-if v[1] == ARGV[3] and v[2] == ARGV[4] then
-  redis.call('DEL', h)
-  redis.call('ZREM', KEYS[1], ARGV[2])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('ZREM', ARGV[1] .. 'keys', ARGV[2])
-  return 1
+# The end of an attempt run under claim ARGV[4] of ARGV[3]: "done" deletes the job,
+# "retry" makes it pending again (due in ARGV[7] µs; ARGV[8] "1": the attempt counts),
+# "fail" moves it to the failed jobs. Each remembers the run.
+_END_RUN = (
+    _NOW
+    + _REMEMBER
+    + """
+-- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, ARGV[2] key, ARGV[3] owner,
+-- ARGV[4] claim, ARGV[5] outcome, ARGV[6] error or ''
+local P, key = ARGV[1], ARGV[2]
+local h = P .. 'j:' .. key
+local v = redis.call('HMGET', h, 'o', 'c', 'r', 'p', 'a', 'd', 'k')
+if v[1] ~= ARGV[3] or v[2] ~= ARGV[4] then
+  return 0
 end
-return 0
+local error = ARGV[6] ~= '' and ARGV[6] or false
+local finished = string.format('%d', now)
+local function forget()
+  redis.call('DEL', h)
+  redis.call('ZREM', KEYS[1], key)
+  redis.call('ZREM', KEYS[2], key)
+  redis.call('ZREM', P .. 'keys', key)
+end
+"""
+)
+
+COMPLETE = (
+    _END_RUN
+    + """
+forget()
+remember(P, 'once', key, v[6] or v[3], v[7], finished, ARGV[5], error, ARGV[3],
+  tonumber(v[5] or '1'))
+return 1
+"""
+)
+
+RETRY_JOB = (
+    _END_RUN
+    + """
+-- ARGV[7] delay µs, ARGV[8] "1" if the attempt counts
+local due = string.format('%d', now + tonumber(ARGV[7]))
+if ARGV[8] == '1' then
+  remember(P, 'once', key, v[6] or v[3], v[7], finished, 'retry', error, ARGV[3],
+    tonumber(v[5] or '1'))
+else
+  redis.call('HINCRBY', h, 'a', -1)
+end
+redis.call('HDEL', h, 'o')
+redis.call('HSET', h, 'd', due)
+redis.call('ZADD', KEYS[1], due, key)
+redis.call('PUBLISH', KEYS[3], 'jobs')
+return 1
+"""
+)
+
+FAIL_JOB = (
+    _END_RUN
+    + """
+forget()
+redis.call('HSET', P .. 'fj:' .. key, 'r', v[3], 'p', v[4], 'a', v[5] or '1', 'e',
+  ARGV[6], 'f', finished)
+redis.call('SADD', P .. 'failed', key)
+remember(P, 'once', key, v[6] or v[3], v[7], finished, 'error', error, ARGV[3],
+  tonumber(v[5] or '1'))
+return 1
+"""
+)
+
+LIST_FAILED = """
+-- KEYS[1] the set of failed keys; ARGV[1] prefix
+local keys = redis.call('SMEMBERS', KEYS[1])
+table.sort(keys)
+local out = {}
+for _, key in ipairs(keys) do
+  local v = redis.call('HMGET', ARGV[1] .. 'fj:' .. key, 'r', 'p', 'a', 'e', 'f')
+  if v[1] then
+    out[#out + 1] = {key, v[1], v[2], v[3], v[4], v[5]}
+  end
+end
+return out
+"""
+
+RETRY_FAILED = (
+    _NOW
+    + """
+-- KEYS[1] due, KEYS[2] runat, KEYS[3] events, KEYS[4] failed set; ARGV[1] prefix, ARGV[2] key
+local P, key = ARGV[1], ARGV[2]
+local v = redis.call('HMGET', P .. 'fj:' .. key, 'r', 'p')
+if not v[1] then
+  return 0
+end
+redis.call('DEL', P .. 'fj:' .. key)
+redis.call('SREM', KEYS[4], key)
+local due = string.format('%d', now)
+redis.call('HSET', P .. 'j:' .. key, 'r', v[1], 'p', v[2], 'c', 0, 'a', 0, 'd', due)
+redis.call('ZADD', KEYS[1], due, key)
+redis.call('ZADD', KEYS[2], v[1], key)
+redis.call('ZADD', P .. 'keys', 0, key)
+redis.call('PUBLISH', KEYS[3], 'jobs')
+return 1
+"""
+)
+
+RECENT_RUNS = """
+-- KEYS[1] the list of recent runs; ARGV[1] limit
+return redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 """
 
 CANCEL = (
@@ -496,6 +619,10 @@ CANCEL = (
 -- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, ARGV[2] key
 local h = ARGV[1] .. 'j:' .. ARGV[2]
 if redis.call('EXISTS', h) == 0 then
+  if redis.call('DEL', ARGV[1] .. 'fj:' .. ARGV[2]) == 1 then
+    redis.call('SREM', ARGV[1] .. 'failed', ARGV[2])
+    return 1  -- a failed job
+  end
   return 0
 end
 """
