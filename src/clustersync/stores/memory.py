@@ -58,6 +58,20 @@ class _Lease:
 
 
 @dataclass(slots=True)
+class _Slots:
+    """The slots of one semaphore name: the name's one token counter and the slots
+    (owner -> (token, expiry µs))."""
+
+    token: int = 0
+    held: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def live(self, now_us: int) -> dict[str, tuple[int, int]]:
+        """Drop the expired slots; the live ones."""
+        self.held = {owner: slot for owner, slot in self.held.items() if slot[1] > now_us}
+        return self.held
+
+
+@dataclass(slots=True)
 class _Job:
     run_at_us: int
     props_json: str
@@ -82,6 +96,7 @@ class _Recurring:
 @dataclass(slots=True)
 class _Namespace:
     leases: dict[str, _Lease] = field(default_factory=dict)
+    slots: dict[str, _Slots] = field(default_factory=dict)
     recurring: dict[str, _Recurring] = field(default_factory=dict)
     jobs: dict[str, _Job] = field(default_factory=dict)
     # (due_us, key) with lazy deletion: an entry is valid only if it matches the row.
@@ -266,6 +281,77 @@ class MemoryBackend:
                     if lease.owner is not None and lease.expires_us > now
                 ),
                 key=lambda info: info.name,
+            )
+
+    def read_lease(self, name: str) -> LeaseInfo | None:
+        now = self.now_us()
+        with self._state.lock:
+            lease = self._ns.leases.get(name)
+            if lease is None or lease.owner is None or lease.expires_us <= now:
+                return None
+            return LeaseInfo(name, lease.owner, lease.token, (lease.expires_us - now) / _US)
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.setdefault(name, _Slots())
+            live = slots.live(now)
+            mine = live.get(owner)
+            if mine is not None:  # a retry of this acquisition
+                live[owner] = (mine[0], now + int(ttl * _US))
+                return AcquireResult(True, token=mine[0])
+            if len(live) >= limit:
+                earliest = min(expires for _, expires in live.values())
+                return AcquireResult(False, retry_after=(earliest - now) / _US)
+            slots.token += 1
+            live[owner] = (slots.token, now + int(ttl * _US))
+            return AcquireResult(True, token=slots.token)
+
+    def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            if slots is None or slots.live(now).get(owner, (None,))[0] != token:
+                return False
+            slots.held[owner] = (token, now + int(ttl * _US))
+            return True
+
+    def release_slot(self, name: str, owner: str, token: int) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            if slots is None or slots.live(now).get(owner, (None,))[0] != token:
+                return False
+            del slots.held[owner]
+        self._notify(lease_channel(name))
+        return True
+
+    def break_slots(self, name: str, token: int | None) -> int:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            if slots is None:
+                return 0
+            ended = [o for o, s in slots.live(now).items() if token is None or s[0] == token]
+            for owner in ended:
+                del slots.held[owner]
+        if ended:
+            self._notify(lease_channel(name))
+        return len(ended)
+
+    def list_slots(self, name: str) -> list[LeaseInfo]:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            live = {} if slots is None else slots.live(now)
+            return sorted(
+                (
+                    LeaseInfo(name, owner, token, (expires - now) / _US)
+                    for owner, (token, expires) in live.items()
+                ),
+                key=lambda info: info.token,
             )
 
     # -- recurring job metadata ----------------------------------------------------------

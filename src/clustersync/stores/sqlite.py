@@ -54,9 +54,11 @@ _US = 1_000_000
 #: How long the registration of an instance that stopped refreshing it is kept (it no
 #: longer counts once expired; this only bounds the rows left by crashed instances).
 _EXPIRED_INSTANCES_KEPT_US = 3600 * _US
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Step by step, from the version before: statements run in the schema's transaction.
 _MIGRATIONS = {
+    # 3: semaphores (clustersync_slot_counters, clustersync_slots: created by _SCHEMA).
+    3: [],
     # 2: recurring jobs gain a registry (pause, trigger, last outcome, instances).
     2: [
         "INSERT OR IGNORE INTO clustersync_recurring (ns, key, last_finished_us)"
@@ -87,6 +89,20 @@ CREATE TABLE IF NOT EXISTS clustersync_leases (
     token INTEGER NOT NULL,
     expires_us INTEGER NOT NULL,
     PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_slot_counters (
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_slots (
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL,
+    PRIMARY KEY (ns, name, owner)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clustersync_recurring (
     ns TEXT NOT NULL,
@@ -469,6 +485,96 @@ class SQLiteBackend:
                 (self._ns, now),
             ).fetchall()
         return [LeaseInfo(r[0], r[1], r[2], (r[3] - now) / _US) for r in rows]
+
+    def read_lease(self, name: str) -> LeaseInfo | None:
+        with self._translate("read a lease"), self._read() as cur:
+            now = self.now_us()
+            row = cur.execute(
+                "SELECT owner, token, expires_us FROM clustersync_leases WHERE ns = ?"
+                " AND name = ? AND owner IS NOT NULL AND expires_us > ?",
+                (self._ns, name, now),
+            ).fetchone()
+        return None if row is None else LeaseInfo(name, row[0], row[1], (row[2] - now) / _US)
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
+        with self._translate("acquire a slot"), self._write() as cur:
+            now = self.now_us()
+            expires = now + int(ttl * _US)
+            cur.execute(
+                "DELETE FROM clustersync_slots WHERE ns = ? AND name = ? AND expires_us <= ?",
+                (self._ns, name, now),
+            )
+            cur.execute(
+                "UPDATE clustersync_slots SET expires_us = ? WHERE ns = ? AND name = ?"
+                " AND owner = ? RETURNING token",
+                (expires, self._ns, name, owner),
+            )
+            mine = cur.fetchone()
+            if mine is not None:  # a retry of this acquisition: same token, fresh ttl
+                return AcquireResult(True, token=mine[0])
+            count, earliest = cur.execute(
+                "SELECT count(*), min(expires_us) FROM clustersync_slots WHERE ns = ? AND name = ?",
+                (self._ns, name),
+            ).fetchone()
+            if count >= limit:
+                return AcquireResult(False, retry_after=(earliest - now) / _US)
+            (token,) = cur.execute(
+                "INSERT INTO clustersync_slot_counters (ns, name, token) VALUES (?, ?, 1)"
+                " ON CONFLICT (ns, name) DO UPDATE SET token = token + 1 RETURNING token",
+                (self._ns, name),
+            ).fetchone()
+            cur.execute(
+                "INSERT INTO clustersync_slots (ns, name, owner, token, expires_us)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self._ns, name, owner, token, expires),
+            )
+        return AcquireResult(True, token=token)
+
+    def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        with self._translate("renew a slot"), self._write() as cur:
+            now = self.now_us()
+            cur.execute(
+                "UPDATE clustersync_slots SET expires_us = ? WHERE ns = ? AND name = ?"
+                " AND owner = ? AND token = ? AND expires_us > ?",
+                (now + int(ttl * _US), self._ns, name, owner, token, now),
+            )
+            return cur.rowcount == 1
+
+    def release_slot(self, name: str, owner: str, token: int) -> bool:
+        with self._translate("release a slot"), self._write() as cur:
+            cur.execute(
+                "DELETE FROM clustersync_slots WHERE ns = ? AND name = ? AND owner = ?"
+                " AND token = ? AND expires_us > ?",
+                (self._ns, name, owner, token, self.now_us()),
+            )
+            released = cur.rowcount == 1
+        if released:
+            self._notify(lease_channel(name))
+        return released
+
+    def break_slots(self, name: str, token: int | None) -> int:
+        with self._translate("break slots"), self._write() as cur:
+            cur.execute(
+                "DELETE FROM clustersync_slots WHERE ns = ? AND name = ? AND expires_us > ?"
+                " AND (? IS NULL OR token = ?)",
+                (self._ns, name, self.now_us(), token, token),
+            )
+            broken = cur.rowcount
+        if broken:
+            self._notify(lease_channel(name))
+        return broken
+
+    def list_slots(self, name: str) -> list[LeaseInfo]:
+        with self._translate("list slots"), self._read() as cur:
+            now = self.now_us()
+            rows = cur.execute(
+                "SELECT owner, token, expires_us FROM clustersync_slots WHERE ns = ?"
+                " AND name = ? AND expires_us > ? ORDER BY token",
+                (self._ns, name, now),
+            ).fetchall()
+        return [LeaseInfo(name, r[0], r[1], (r[2] - now) / _US) for r in rows]
 
     # -- recurring job metadata ----------------------------------------------------------
 

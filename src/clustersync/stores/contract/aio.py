@@ -50,7 +50,7 @@ class Backend(Protocol):
         """The store's clock, in microseconds since the epoch."""
         ...
 
-    # -- leases (Mutex, recurring jobs) ---------------------------------------------------
+    # -- leases (Mutex, Election, recurring jobs) -----------------------------------------
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
         """Take the lease ``name`` for ``owner`` for ``ttl`` seconds if it is free or
@@ -80,6 +80,47 @@ class Backend(Protocol):
 
     async def list_leases(self) -> list[LeaseInfo]:
         """The live leases of the namespace, sorted by name."""
+        ...
+
+    async def read_lease(self, name: str) -> LeaseInfo | None:
+        """The live lease ``name`` (who holds it, its token, how long it still lives), or
+        None if it is free or expired: one read, whatever the size of the namespace."""
+        ...
+
+    # -- slots (Semaphore): up to ``limit`` fenced leases on one name ---------------------
+
+    async def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
+        """Take a slot of ``name`` for ``owner`` for ``ttl`` seconds if fewer than
+        ``limit`` live slots of the name exist (expired slots do not count), minting the
+        next token of the name's one counter (strictly greater than every token any slot
+        of the name had, across restarts of a durable store). If ``limit`` slots are
+        live, ``retry_after`` is how long the earliest of them still lives. An ``owner``
+        that already holds a live slot of the name gets it again, with its token and a
+        fresh ``ttl``, whatever ``limit`` says (a retry after an unknown outcome).
+        Slot names are apart from lease names: ``acquire_lease(name)`` never counts
+        them, nor they it."""
+        ...
+
+    async def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        """Extend the live slot of ``owner`` with ``token`` to ``ttl`` seconds from now;
+        False if there is none (expired, released or broken)."""
+        ...
+
+    async def release_slot(self, name: str, owner: str, token: int) -> bool:
+        """End the live slot of ``owner`` with ``token`` (the counter is kept) and wake
+        the waiters of the name (``lease_channel(name)``); False if there is none."""
+        ...
+
+    async def break_slots(self, name: str, token: int | None) -> int:
+        """End the live slot of ``name`` with ``token`` whoever holds it, or every live
+        slot of the name when ``token`` is None (an operator's override), and wake the
+        waiters as a release does. Their holders learn it at their next renewal. Returns
+        how many live slots were ended."""
+        ...
+
+    async def list_slots(self, name: str) -> list[LeaseInfo]:
+        """The live slots of ``name`` (as :class:`LeaseInfo` with ``name``), sorted by
+        token."""
         ...
 
     # -- recurring job metadata -----------------------------------------------------------

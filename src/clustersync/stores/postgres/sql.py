@@ -2,7 +2,12 @@
 
 Times are microseconds since the epoch taken from the server's ``clock_timestamp()``, so
 lease expiry never depends on a client clock. Fencing tokens live in the lease row, which
-is kept (owner cleared) on release, so they survive restarts and only ever grow.
+is kept (owner cleared) on release, so they survive restarts and only ever grow. The
+slots of a semaphore name live in one row with its token counter (arrays of owners,
+tokens and expiries), so that each slot operation is one statement that reads and writes
+the latest version of that row (``ON CONFLICT DO UPDATE`` and ``UPDATE`` lock it and
+re-evaluate on the newest committed version): two concurrent acquisitions can never both
+count the same free slot.
 Nothing relies on session state (no session advisory locks, no temp tables, no
 ``SET``), so the store works behind a transaction-pooling PgBouncer (protocol-level
 prepared statements need PgBouncer 1.22+, or the store option
@@ -11,10 +16,22 @@ prepared statements need PgBouncer 1.22+, or the store option
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Serialises concurrent first-time schema creation (transaction-scoped, PgBouncer-safe).
 SCHEMA_LOCK_KEY = 0x636C7573  # "clus"
+
+#: The slots of semaphores (schema version 4).
+_SEMAPHORES = """CREATE TABLE IF NOT EXISTS clustersync_semaphores (
+    ns text NOT NULL,
+    name text NOT NULL,
+    token bigint NOT NULL,
+    owners text[] NOT NULL,
+    tokens bigint[] NOT NULL,
+    expires bigint[] NOT NULL,
+    waiters_until_us bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (ns, name)
+)"""
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS clustersync_schema (
@@ -60,6 +77,7 @@ SCHEMA = [
         claim bigint NOT NULL DEFAULT 0,
         PRIMARY KEY (ns, key)
     )""",
+    _SEMAPHORES,
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_due ON clustersync_jobs (ns, due_us)",
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_at_us, key)",
 ]
@@ -77,6 +95,8 @@ MIGRATIONS: dict[int, list[str]] = {
         " ON CONFLICT (ns, key) DO NOTHING",
         "DROP TABLE clustersync_job_metadata",
     ],
+    # Semaphores.
+    4: [_SEMAPHORES],
 }
 
 _NOW = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
@@ -155,6 +175,129 @@ LIST_LEASES = f"""
 WITH now AS (SELECT {_NOW} AS us)
 SELECT name, owner, token, expires_us - now.us FROM clustersync_leases, now
 WHERE ns = %(ns)s AND owner IS NOT NULL AND expires_us > now.us ORDER BY name
+"""
+
+READ_LEASE = f"""
+WITH now AS (SELECT {_NOW} AS us)
+SELECT owner, token, expires_us - now.us FROM clustersync_leases, now
+WHERE ns = %(ns)s AND name = %(name)s AND owner IS NOT NULL AND expires_us > now.us
+"""
+
+# -- slots --------------------------------------------------------------------------------
+# One row per semaphore name: the counter ``token`` and the slots as parallel arrays,
+# ordered by token. Every statement rewrites the arrays from the row version it locked
+# (expired slots dropped on the way).
+
+# The live slots of the locked row ``s``, with the caller's own live slot (if any)
+# extended: owners, tokens, expiries, whether the caller holds one, how many, the
+# earliest expiry.
+_LIVE_SLOTS = """(
+    SELECT coalesce(array_agg(o ORDER BY t), '{}') AS owners,
+        coalesce(array_agg(t ORDER BY t), '{}') AS tokens,
+        coalesce(array_agg(CASE WHEN o = %(owner)s THEN now.us + %(ttl_us)s ELSE e END
+            ORDER BY t), '{}') AS expires,
+        coalesce(bool_or(o = %(owner)s), false) AS mine,
+        count(*) AS n,
+        min(e) AS earliest
+    FROM unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+    WHERE e > now.us
+)"""
+
+# Takes a slot if fewer than ``limit`` are live (or refreshes the caller's own); else
+# marks the name as waited for until the earliest expiry plus the grace. Returns the
+# caller's token (NULL: refused) and the µs until the earliest live slot expires.
+ACQUIRE_SLOT = f"""
+WITH now AS (SELECT {_NOW} AS us)
+INSERT INTO clustersync_semaphores AS s (ns, name, token, owners, tokens, expires)
+SELECT %(ns)s, %(name)s, 1, ARRAY[%(owner)s::text], ARRAY[1::bigint],
+    ARRAY[now.us + %(ttl_us)s] FROM now
+ON CONFLICT (ns, name) DO UPDATE SET (token, owners, tokens, expires, waiters_until_us) = (
+    SELECT s.token + pick.taken,
+        live.owners || CASE WHEN pick.taken = 1 THEN ARRAY[%(owner)s::text] ELSE '{{}}' END,
+        live.tokens || CASE WHEN pick.taken = 1 THEN ARRAY[s.token + 1] ELSE '{{}}' END,
+        live.expires || CASE WHEN pick.taken = 1 THEN ARRAY[now.us + %(ttl_us)s]
+            ELSE '{{}}' END,
+        CASE WHEN NOT live.mine AND pick.taken = 0
+            THEN greatest(s.waiters_until_us, live.earliest + {WAITER_GRACE_US})
+            ELSE s.waiters_until_us END
+    FROM now, LATERAL {_LIVE_SLOTS} AS live,
+        LATERAL (SELECT CASE WHEN NOT live.mine AND live.n < %(limit)s THEN 1 ELSE 0 END
+            AS taken) AS pick
+)
+RETURNING s.tokens[array_position(s.owners, %(owner)s::text)],
+    (SELECT min(e) FROM unnest(s.expires) AS e) - (SELECT us FROM now)
+"""
+
+RENEW_SLOT = f"""
+WITH now AS (SELECT {_NOW} AS us)
+UPDATE clustersync_semaphores AS s SET (owners, tokens, expires) = (
+    SELECT live.owners, live.tokens, live.expires FROM now, LATERAL {_LIVE_SLOTS} AS live
+)
+FROM now
+WHERE s.ns = %(ns)s AND s.name = %(name)s
+    AND s.tokens[array_position(s.owners, %(owner)s::text)] = %(token)s
+    AND s.expires[array_position(s.owners, %(owner)s::text)] > now.us
+"""
+
+# The slots of the locked row ``s`` that stay: live, and not ended by this statement.
+_KEPT_SLOTS = """(
+    SELECT coalesce(array_agg(o ORDER BY t), '{}'), coalesce(array_agg(t ORDER BY t), '{}'),
+        coalesce(array_agg(e ORDER BY t), '{}')
+    FROM unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+    WHERE e > now.us AND NOT (%s)
+)"""
+_KEPT_RELEASED = _KEPT_SLOTS % "o = %(owner)s AND t = %(token)s"
+_KEPT_UNBROKEN = _KEPT_SLOTS % "(%(token)s::bigint IS NULL OR t = %(token)s::bigint)"
+
+_NOTIFY_WAITERS = """
+told AS (
+    SELECT pg_notify(%(channel)s, 'lease:' || name) FROM ended
+    WHERE waiters_until_us > (SELECT us FROM now)
+)"""
+
+RELEASE_SLOT = f"""
+WITH now AS (SELECT {_NOW} AS us),
+ended AS (
+    UPDATE clustersync_semaphores AS s
+    SET (owners, tokens, expires) = {_KEPT_RELEASED}
+    FROM now
+    WHERE s.ns = %(ns)s AND s.name = %(name)s
+        AND s.tokens[array_position(s.owners, %(owner)s::text)] = %(token)s
+        AND s.expires[array_position(s.owners, %(owner)s::text)] > now.us
+    RETURNING s.name, s.waiters_until_us
+),{_NOTIFY_WAITERS}
+SELECT (SELECT count(*) FROM told) FROM ended
+"""
+
+# Returns how many slots it ended (counted in the statement's snapshot: exact unless a
+# concurrent statement changed the slots meanwhile; only operators call this).
+BREAK_SLOTS = f"""
+WITH now AS (SELECT {_NOW} AS us),
+doomed AS (
+    SELECT count(*) AS n FROM clustersync_semaphores AS s, now,
+        unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+    WHERE s.ns = %(ns)s AND s.name = %(name)s AND e > now.us
+        AND (%(token)s::bigint IS NULL OR t = %(token)s::bigint)
+),
+ended AS (
+    UPDATE clustersync_semaphores AS s
+    SET (owners, tokens, expires) = {_KEPT_UNBROKEN}
+    FROM now
+    WHERE s.ns = %(ns)s AND s.name = %(name)s AND EXISTS (
+        SELECT 1 FROM unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+        WHERE e > now.us AND (%(token)s::bigint IS NULL OR t = %(token)s::bigint)
+    )
+    RETURNING s.name, s.waiters_until_us
+),{_NOTIFY_WAITERS}
+SELECT doomed.n, (SELECT count(*) FROM told) FROM ended, doomed
+"""
+
+LIST_SLOTS = f"""
+WITH now AS (SELECT {_NOW} AS us)
+SELECT o, t, e - now.us FROM clustersync_semaphores AS s, now,
+    unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+WHERE s.ns = %(ns)s AND s.name = %(name)s AND e > now.us
+ORDER BY t
 """
 
 GET_METADATA = f"""
