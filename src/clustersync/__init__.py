@@ -2,6 +2,9 @@
 
 - :class:`Mutex` — a cluster-wide lock with a self-renewing lease, fencing tokens and a
   loud signal (``on_lost``, ``LockLostError``) when the lease is lost.
+- :class:`Semaphore` — the same with up to ``limit`` holders at once.
+- :class:`Election` — leader election: one leader per name, a fencing ``term``,
+  ``on_elected``/``on_revoked`` callbacks in order.
 - :func:`schedule` — a recurring job that runs on at most one instance at a time, at a
   cadence shared by all instances.
 - :func:`get_job_once_scheduler` — persisted one-shot jobs that fire once across the
@@ -13,7 +16,7 @@ Stores: ``memory://``, ``sqlite:///path.db`` (default), Redis and PostgreSQL.
 
 from __future__ import annotations
 
-from ._core.info import LockInfo, RecurringJobInfo
+from ._core.info import HolderInfo, LeaderInfo, LockInfo, RecurringJobInfo
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -21,6 +24,7 @@ from ._core.intervals import (
     wait_for_interval,
     wait_for_rounded_interval,
 )
+from ._sync.election import Election
 from ._sync.job import Job, schedule
 from ._sync.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._sync.mutex import Mutex
@@ -32,6 +36,7 @@ from ._sync.operations import (
     resume_recurring_job,
     trigger_recurring_job,
 )
+from ._sync.semaphore import Semaphore
 from ._sync.store import Store, open_store
 from .exceptions import (
     ClusterSyncError,
@@ -49,11 +54,14 @@ __all__ = [
     "ClusterSyncError",
     "ConfigurationError",
     "DuplicateJobError",
+    "Election",
+    "HolderInfo",
     "Job",
     "JobMetadata",
     "JobOnce",
     "JobOnceMetadata",
     "JobOnceScheduler",
+    "LeaderInfo",
     "LockInfo",
     "LockLostError",
     "Mutex",
@@ -61,6 +69,7 @@ __all__ = [
     "NotLockedError",
     "RecurringJobInfo",
     "SchedulerError",
+    "Semaphore",
     "Store",
     "StoreUnavailableError",
     "__version__",

@@ -1,14 +1,17 @@
 """clustersync for asyncio: the same API and semantics as :mod:`clustersync`.
 
-``await aio.open_store(url)``, ``aio.Mutex`` (``await m.acquire(timeout=...)``,
-``async with m``), ``aio.schedule(...)`` (callbacks may be coroutine functions; plain
-functions run in a worker thread so the event loop keeps renewing leases), and
+``await aio.open_store(url)``, ``aio.Mutex`` and ``aio.Semaphore``
+(``await m.acquire(timeout=...)``, ``async with m``), ``aio.Election`` (``start()``,
+``await e.stop()``, ``async with e``), ``aio.schedule(...)`` (callbacks may be
+coroutine functions; plain functions run in a worker thread so the event loop keeps
+renewing leases), and
 ``aio.get_job_once_scheduler(store)``. Cancelling a task that waits in ``acquire``
 leaves nothing held.
 """
 
 from __future__ import annotations
 
+from ._async.election import Election
 from ._async.job import Job, schedule
 from ._async.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._async.mutex import Mutex
@@ -20,8 +23,9 @@ from ._async.operations import (
     resume_recurring_job,
     trigger_recurring_job,
 )
+from ._async.semaphore import Semaphore
 from ._async.store import Store, open_store
-from ._core.info import LockInfo, RecurringJobInfo
+from ._core.info import HolderInfo, LeaderInfo, LockInfo, RecurringJobInfo
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -43,11 +47,14 @@ __all__ = [
     "ClusterSyncError",
     "ConfigurationError",
     "DuplicateJobError",
+    "Election",
+    "HolderInfo",
     "Job",
     "JobMetadata",
     "JobOnce",
     "JobOnceMetadata",
     "JobOnceScheduler",
+    "LeaderInfo",
     "LockInfo",
     "LockLostError",
     "Mutex",
@@ -55,6 +62,7 @@ __all__ = [
     "NotLockedError",
     "RecurringJobInfo",
     "SchedulerError",
+    "Semaphore",
     "Store",
     "StoreUnavailableError",
     "break_lock",

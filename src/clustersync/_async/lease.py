@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +90,17 @@ class Hold:
 
 
 class Lease:
-    """Acquire, renew in the background, and release one named lease."""
+    """Acquire, renew in the background, and release one named lease.
+
+    The store operations of a kind of lease are its methods :meth:`_acquire_in_store_once`,
+    :meth:`release_in_store` and the name :attr:`renew_operation`: a subclass that
+    overrides them (a semaphore's slot) gets the whole engine — waiting, renewal, loss.
+    """
+
+    #: The store operation that renews a hold, called as ``(name, owner, token, ttl)``.
+    renew_operation = "renew_lease"
+    #: Whether a blocking acquire may queue in the store's grant queue (a plain lease).
+    grantable = True
 
     def __init__(
         self,
@@ -141,7 +151,7 @@ class Lease:
         # One owner id for the whole acquisition: a retry after an unknown outcome (a
         # store error) finds the lease the first attempt may have taken, never orphans it.
         owner = new_owner_id(self.store.identity)
-        if blocking and cancel is None and self.store._grants:
+        if blocking and cancel is None and self.store._grants and self.grantable:
             return await self._wait_for_grant(owner, deadline)
         result = await self._attempt_or_error(owner, cancel)
         if isinstance(result, bool):
@@ -236,7 +246,7 @@ class Lease:
                         self.description,
                         self.name,
                     )
-                    await _release_quietly(self.store, self.name, owner, grant.token)
+                    await self._release_quietly(owner, grant.token)
                     await shim.sleep(SLOW_ANSWER_RETRY)  # a ttl below the round trip: no spin
                     continue
                 self._take(owner, grant.token, deadline_of_grant)
@@ -286,12 +296,10 @@ class Lease:
 
         async def undo(result: AcquireResult) -> None:
             if result.acquired and result.token is not None:
-                await self.store._ops.release_lease(self.name, owner, result.token)
+                await self.release_in_store(owner, result.token)
 
         try:
-            result = await shim.cancel_safe(
-                self.store._ops.acquire_lease(self.name, owner, self.ttl), undo
-            )
+            result = await shim.cancel_safe(self._acquire_in_store_once(owner), undo)
         except StoreUnavailableError as exc:
             return exc
         if not result.acquired or result.token is None:
@@ -303,10 +311,33 @@ class Lease:
             logger.warning(
                 "acquiring %s %r took longer than its ttl; retrying", self.description, self.name
             )
-            await _release_quietly(self.store, self.name, owner, result.token)
+            await self._release_quietly(owner, result.token)
             return SLOW_ANSWER_RETRY
         self._take(owner, result.token, deadline)
         return True
+
+    # -- the store operations of this kind of lease ------------------------------------------
+
+    def _acquire_in_store_once(self, owner: str) -> Awaitable[AcquireResult]:
+        """One acquisition attempt in the store (the store is reached at once: a closed
+        or forked store raises here, not in a background task)."""
+        return self.store._ops.acquire_lease(self.name, owner, self.ttl)
+
+    async def release_in_store(self, owner: str, token: int) -> bool:
+        """The owner-checked release in the store; False if there was nothing to free."""
+        return await self.store._ops.release_lease(self.name, owner, token)
+
+    async def _release_quietly(self, owner: str, token: int) -> None:
+        """Owner-checked release whose failure only means the lease expires on its own."""
+        try:
+            await self.release_in_store(owner, token)
+        except StoreUnavailableError as exc:
+            logger.warning(
+                "could not give back %s %r; it expires on its own: %s",
+                self.description,
+                self.name,
+                exc,
+            )
 
     # -- loss ---------------------------------------------------------------------------
 
@@ -377,7 +408,7 @@ class Lease:
         uncertain = False  # an attempt failed with an unknown outcome
         while True:
             try:
-                released = await self.store._ops.release_lease(self.name, hold.owner, hold.token)
+                released = await self.release_in_store(hold.owner, hold.token)
                 # After an unknown outcome, "nothing to release" means that attempt did it.
                 return released or uncertain
             except StoreUnavailableError as exc:
@@ -394,11 +425,3 @@ class Lease:
                     )
                     return True
                 await shim.sleep(min(backoff.next_delay(), remaining))
-
-
-async def _release_quietly(store: Store, name: str, owner: str, token: int) -> None:
-    """Owner-checked release whose failure only means the lease expires on its own."""
-    try:
-        await store._ops.release_lease(name, owner, token)
-    except StoreUnavailableError as exc:
-        logger.warning("could not give back lease %r; it expires on its own: %s", name, exc)

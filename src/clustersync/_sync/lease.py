@@ -92,7 +92,17 @@ class Hold:
 
 
 class Lease:
-    """Acquire, renew in the background, and release one named lease."""
+    """Acquire, renew in the background, and release one named lease.
+
+    The store operations of a kind of lease are its methods :meth:`_acquire_in_store_once`,
+    :meth:`release_in_store` and the name :attr:`renew_operation`: a subclass that
+    overrides them (a semaphore's slot) gets the whole engine — waiting, renewal, loss.
+    """
+
+    #: The store operation that renews a hold, called as ``(name, owner, token, ttl)``.
+    renew_operation = "renew_lease"
+    #: Whether a blocking acquire may queue in the store's grant queue (a plain lease).
+    grantable = True
 
     def __init__(
         self,
@@ -143,7 +153,7 @@ class Lease:
         # One owner id for the whole acquisition: a retry after an unknown outcome (a
         # store error) finds the lease the first attempt may have taken, never orphans it.
         owner = new_owner_id(self.store.identity)
-        if blocking and cancel is None and self.store._grants:
+        if blocking and cancel is None and self.store._grants and self.grantable:
             return self._wait_for_grant(owner, deadline)
         result = self._attempt_or_error(owner, cancel)
         if isinstance(result, bool):
@@ -238,7 +248,7 @@ class Lease:
                         self.description,
                         self.name,
                     )
-                    _release_quietly(self.store, self.name, owner, grant.token)
+                    self._release_quietly(owner, grant.token)
                     shim.sleep(SLOW_ANSWER_RETRY)  # a ttl below the round trip: no spin
                     continue
                 self._take(owner, grant.token, deadline_of_grant)
@@ -288,12 +298,10 @@ class Lease:
 
         def undo(result: AcquireResult) -> None:
             if result.acquired and result.token is not None:
-                self.store._ops.release_lease(self.name, owner, result.token)
+                self.release_in_store(owner, result.token)
 
         try:
-            result = shim.cancel_safe(
-                self.store._ops.acquire_lease(self.name, owner, self.ttl), undo
-            )
+            result = shim.cancel_safe(self._acquire_in_store_once(owner), undo)
         except StoreUnavailableError as exc:
             return exc
         if not result.acquired or result.token is None:
@@ -305,10 +313,33 @@ class Lease:
             logger.warning(
                 "acquiring %s %r took longer than its ttl; retrying", self.description, self.name
             )
-            _release_quietly(self.store, self.name, owner, result.token)
+            self._release_quietly(owner, result.token)
             return SLOW_ANSWER_RETRY
         self._take(owner, result.token, deadline)
         return True
+
+    # -- the store operations of this kind of lease ------------------------------------------
+
+    def _acquire_in_store_once(self, owner: str) -> AcquireResult:
+        """One acquisition attempt in the store (the store is reached at once: a closed
+        or forked store raises here, not in a background task)."""
+        return self.store._ops.acquire_lease(self.name, owner, self.ttl)
+
+    def release_in_store(self, owner: str, token: int) -> bool:
+        """The owner-checked release in the store; False if there was nothing to free."""
+        return self.store._ops.release_lease(self.name, owner, token)
+
+    def _release_quietly(self, owner: str, token: int) -> None:
+        """Owner-checked release whose failure only means the lease expires on its own."""
+        try:
+            self.release_in_store(owner, token)
+        except StoreUnavailableError as exc:
+            logger.warning(
+                "could not give back %s %r; it expires on its own: %s",
+                self.description,
+                self.name,
+                exc,
+            )
 
     # -- loss ---------------------------------------------------------------------------
 
@@ -379,7 +410,7 @@ class Lease:
         uncertain = False  # an attempt failed with an unknown outcome
         while True:
             try:
-                released = self.store._ops.release_lease(self.name, hold.owner, hold.token)
+                released = self.release_in_store(hold.owner, hold.token)
                 # After an unknown outcome, "nothing to release" means that attempt did it.
                 return released or uncertain
             except StoreUnavailableError as exc:
@@ -396,11 +427,3 @@ class Lease:
                     )
                     return True
                 shim.sleep(min(backoff.next_delay(), remaining))
-
-
-def _release_quietly(store: Store, name: str, owner: str, token: int) -> None:
-    """Owner-checked release whose failure only means the lease expires on its own."""
-    try:
-        store._ops.release_lease(name, owner, token)
-    except StoreUnavailableError as exc:
-        logger.warning("could not give back lease %r; it expires on its own: %s", name, exc)

@@ -1,0 +1,104 @@
+"""Cluster-wide counting semaphore: up to ``limit`` holders of a name at once.
+
+Guarantees (those of :class:`~clustersync.Mutex`, with ``limit`` slots instead of one):
+
+- At most ``limit`` live slots per (namespace, name) at any time, judged by the store's
+  clock. Each acquisition is judged against the ``limit`` of the caller (instances that
+  disagree on it each see their own limit honoured when they acquire).
+- Acquisition is one atomic store operation that mints a fencing token from the name's
+  one counter: tokens strictly increase across every acquisition of the name, whatever
+  the slot, so one fenced resource can check every holder (it must then accept the
+  writes of up to ``limit`` live tokens, e.g. per holder, not only the highest).
+- A slot renews itself about every ``ttl / 3`` (the store's one renewal worker); a slot
+  that cannot be renewed before its local deadline is lost: ``on_lost`` is called once,
+  ``locked()`` turns False, ``check()`` and ``release()`` raise
+  :class:`~clustersync.LockLostError`.
+- Waiters wake when a slot is released (the store's change notifications, as mutex
+  waiters do) and when the earliest slot would expire.
+
+Failure modes: as :class:`~clustersync.Mutex` (store outages are retried while waiting;
+a cancelled asyncio acquire leaves nothing held). Waiters race for a freed slot: there is
+no queue in the store, so arrival order is kept only roughly (see docs/guide/semaphore.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._core.info import HolderInfo, identity_of
+from .._core.validation import validate_name, validate_ttl
+from ..stores.contract import AcquireResult
+from .lease import Lease
+from .mutex import DEFAULT_TTL, _LeaseLock
+from .store import Store, require_store
+
+SEMAPHORE_PREFIX = "s:"  # keeps semaphores apart from mutexes, elections and jobs
+
+
+class _SlotLease(Lease):
+    """One slot of a semaphore: the lease engine on the store's slot operations."""
+
+    renew_operation = "renew_slot"
+    grantable = False
+
+    def __init__(
+        self, store: Store, name: str, limit: int, ttl: float, on_lost: Callable[[], Any] | None
+    ) -> None:
+        super().__init__(store, name, ttl, on_lost, description="semaphore")
+        self.limit = limit
+
+    def _acquire_in_store_once(self, owner: str) -> Awaitable[AcquireResult]:
+        return self.store._ops.acquire_slot(self.name, owner, self.limit, self.ttl)
+
+    async def release_in_store(self, owner: str, token: int) -> bool:
+        return await self.store._ops.release_slot(self.name, owner, token)
+
+
+def validate_limit(limit: object) -> int:
+    """``limit`` as an int >= 1 (``TypeError`` for a non-int or a bool, ``ValueError``
+    below 1)."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return limit
+
+
+class Semaphore(_LeaseLock):
+    """Up to ``limit`` holders at once, cluster-wide:
+    ``Semaphore(store, name, *, limit, ttl=15.0, on_lost=None)``.
+
+    The API of :class:`~clustersync.Mutex` (``acquire``, ``release``, ``locked``,
+    ``check``, ``token``, ``with``), holding one of ``limit`` slots. Not reentrant: one
+    object holds at most one slot (a second ``acquire`` on it waits for its release);
+    use one object per concurrent holder.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        *,
+        limit: int,
+        ttl: float = DEFAULT_TTL,
+        on_lost: Callable[[], Any] | None = None,
+    ) -> None:
+        store = require_store(store, "Semaphore()")
+        self.name = validate_name(name, "semaphore name")
+        self.limit = validate_limit(limit)
+        self.ttl = validate_ttl(ttl)
+        if on_lost is not None and not callable(on_lost):
+            raise TypeError("on_lost must be callable or None")
+        self.store = store
+        self._lease = _SlotLease(store, SEMAPHORE_PREFIX + name, self.limit, self.ttl, on_lost)
+
+    def __repr__(self) -> str:
+        state = f"held token={self.token}" if self._lease.hold else "not held"
+        return f"<Semaphore {self.name!r} limit={self.limit} {state}>"
+
+    async def holders(self) -> list[HolderInfo]:
+        """Who holds a slot of this semaphore now (every instance), sorted by token: one
+        store read."""
+        slots = await self.store._ops.list_slots(self._lease.name)
+        return [HolderInfo(identity_of(s.owner), s.token, s.expires_in) for s in slots]
