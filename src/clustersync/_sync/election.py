@@ -97,14 +97,15 @@ class Election:
 
     @property
     def is_leader(self) -> bool:
-        """Whether this object leads now (its lease is live by the local deadline)."""
-        return self._lease.locked()
+        """Whether this object leads now: elected (``on_elected`` is called or due) and
+        its lease live by the local deadline."""
+        return self._elected.is_set() and self._lease.locked()
 
     @property
     def term(self) -> int | None:
         """The fencing token of this object's leadership, or None while not leader."""
         hold = self._lease.hold
-        return hold.token if hold is not None and self._lease.locked() else None
+        return hold.token if hold is not None and self.is_leader else None
 
     def wait_until_leader(self, timeout: float | None = None) -> bool:
         """Wait until this object leads (``start()`` it first); True if it does, False
