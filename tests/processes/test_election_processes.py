@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -51,6 +52,10 @@ def next_leader(cluster: Cluster, workers: list[Worker], after: int) -> tuple[Wo
             return found
         time.sleep(0.005)
     cluster.fail(f"no leader with a term above {after} within {SOON}s")
+
+
+def same_term(term: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: bool(event["term"] == term)
 
 
 def leaderships(worker: Worker, killed_at: float | None) -> list[HoldLog]:
@@ -101,9 +106,7 @@ def test_leaders_never_overlap_under_kills_pauses_and_resignations(cluster: Clus
         term = elected["term"]
         if action == "resign":
             cluster.command(f"resign-{leader.name}")
-            resigning = cluster.wait_for(
-                leader, "resigning", where=lambda e, t=term: e["term"] == t
-            )
+            resigning = cluster.wait_for(leader, "resigning", where=same_term(term))
             leader, elected = next_leader(cluster, workers, term)
             handoffs["resign"].append(elected["t"] - resigning[0]["t"])
         elif action == "kill":
@@ -123,7 +126,7 @@ def test_leaders_never_overlap_under_kills_pauses_and_resignations(cluster: Clus
                 time.sleep(0.5)
             finally:
                 paused.signal(signal.SIGCONT)
-            cluster.wait_for(paused, "revoked", where=lambda e, t=term: e["term"] == t)
+            cluster.wait_for(paused, "revoked", where=same_term(term))
     cluster.command("exit")
     for worker in workers:
         if worker.name not in killed:
@@ -207,7 +210,11 @@ def test_semaphore_never_exceeds_its_limit_under_kills_and_pauses(cluster: Clust
             elif event["event"] == "hold":
                 holds.append(
                     HoldLog(
-                        "pool", event["token"], event["start"], event["end"], worker.name,
+                        "pool",
+                        event["token"],
+                        event["start"],
+                        event["end"],
+                        worker.name,
                         event["lost"],
                     )
                 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -184,9 +184,13 @@ async def test_a_lost_hold_stays_lost_until_released(
 
 async def test_break_lock_by_token_and_whole(store: cs.Store, other_store: cs.Store) -> None:
     lost: list[str] = []
+
+    def losing(who: str) -> Callable[[], None]:
+        return lambda: lost.append(who)
+
     sems = [
-        cs.Semaphore(store, "broken", limit=3, ttl=0.6, on_lost=lambda i=i: lost.append(i))
-        for i in ("a", "b", "c")
+        cs.Semaphore(store, "broken", limit=3, ttl=0.6, on_lost=losing(who))
+        for who in ("a", "b", "c")
     ]
     for sem in sems:
         assert await sem.acquire(timeout=PROMPT)
