@@ -257,18 +257,19 @@ def cmd_locks(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_locks_break(args: argparse.Namespace, out: TextIO) -> int:
-    validate_name(args.name, "mutex name")
+    validate_name(args.name, "lock name")
     with _open(args, must_exist=True) as store:
         broken = break_lock(store, args.name, token=args.token)
         where = f"namespace {store.namespace!r} of {store.url}"
     if args.json:
         _dump_json(out, {"name": args.name, "broken": broken})
+    what = f"semaphore {args.name!r} slot {args.token}" if args.token is not None else None
     if not broken:
-        raise CLIError(f"mutex {args.name!r} is not held in {where}")
+        raise CLIError(f"{what or f'no mutex or semaphore {args.name!r}'} is not held in {where}")
     if not args.json:
         out.write(
-            f"broke mutex {args.name!r}: the next holder gets a higher fencing token; the"
-            " old holder learns it at its next renewal\n"
+            f"broke {what or repr(args.name)}: the next holder gets a higher fencing token;"
+            " the old holder learns it at its next renewal\n"
         )
     return 0
 
