@@ -160,6 +160,15 @@ class EngineComparison(RuleBasedStateMachine):
         result = self.both(conn, lambda e: e.acquire_lease(name, owner, ttl))
         lease = self.model(conn, name)
         live = lease is not None and lease.owner is not None and lease.expires_us > now
+        if live and lease is not None and lease.owner == owner:
+            # The owner of the live lease retrying (an unknown outcome): it gets its own
+            # lease back, with its token and a fresh ttl.
+            assert result.acquired, "the owner of the live lease was refused its own lease"
+            assert result.token == lease.token
+            self.leases[(CONNECTIONS[conn][0], name)] = ModelLease(
+                owner, lease.token, now + int(ttl * _US)
+            )
+            return Held(conn, name, owner, lease.token)
         if live:
             assert lease is not None
             assert not result.acquired, "two live leases for one name"

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 import clustersync as cs
+from clustersync.stores.postgres.sql import SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("prepared", [True, False])
@@ -54,6 +55,9 @@ def test_prepared_statements_must_be_a_bool(
 _V1_LEASES = """CREATE TABLE clustersync_leases (
     ns text NOT NULL, name text NOT NULL, owner text, token bigint NOT NULL,
     expires_us bigint NOT NULL, PRIMARY KEY (ns, name))"""
+#: The recurring job metadata of schema versions 1 and 2 (moved by the step to 3).
+_V1_JOB_METADATA = """CREATE TABLE clustersync_job_metadata (
+    ns text NOT NULL, key text NOT NULL, last_finished_us bigint, PRIMARY KEY (ns, key))"""
 
 
 def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any) -> None:
@@ -70,14 +74,16 @@ def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any
         )
         conn.execute("INSERT INTO clustersync_schema (version) VALUES (1)")
         conn.execute(_V1_LEASES)
+        conn.execute(_V1_JOB_METADATA)
         conn.execute("INSERT INTO clustersync_leases VALUES ('default', 'm:old', NULL, 41, 0)")
+        conn.execute("INSERT INTO clustersync_job_metadata VALUES ('default', 'report', 7)")
     with cs.open_store(url) as store:
         mutex = cs.Mutex(store, "old")
         with mutex:
             assert mutex.token == 42
     with psycopg.connect(url, autocommit=True) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM clustersync_schema")]
-        assert sorted(versions) == [1, 2]
+        assert sorted(versions) == [1, SCHEMA_VERSION]
         columns = conn.execute(
             "SELECT column_name FROM information_schema.columns"
             " WHERE table_name = 'clustersync_leases'"
@@ -85,6 +91,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_tokens(postgres_server: Any
         assert ("waiters_until_us",) in columns
     with cs.open_store(url) as store:  # opening a current store again changes nothing
         assert store._ops.list_leases() == []
+        assert store._ops.get_job_metadata("report").last_finished_us == 7
 
 
 def test_a_waiter_woken_as_its_pool_timeout_runs_out_takes_the_connection(
