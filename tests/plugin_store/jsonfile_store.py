@@ -149,27 +149,45 @@ class JsonFileBackend:
     # -- slots (Semaphore) -----------------------------------------------------------------
 
     def _slots(self, state: dict[str, Any], name: str) -> dict[str, Any]:
-        """The slots of ``name`` ({"token": counter, "held": {owner: [token, expiry]}}),
-        expired ones dropped."""
-        slots: dict[str, Any] = state["slots"].setdefault(name, {"token": 0, "held": {}})
+        """The slots of ``name`` ({"token": counter, "held": {owner: [token, expiry]},
+        "line": {owner: [arrival, expiry]}}), expired ones dropped."""
+        slots: dict[str, Any] = state["slots"].setdefault(
+            name, {"token": 0, "held": {}, "line": {}}
+        )
         now = self.now_us()
         slots["held"] = {o: s for o, s in slots["held"].items() if s[1] > now}
+        slots["line"] = {o: w for o, w in slots["line"].items() if w[1] > now}
         return slots
 
-    def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
+    def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
         with self._state() as state:
             slots = self._slots(state, name)
             now = self.now_us()
-            held = slots["held"]
+            held, line = slots["held"], slots["line"]
             if owner in held:  # a retry of this acquisition
                 held[owner][1] = now + int(ttl * _US)
                 return AcquireResult(True, token=held[owner][0])
-            if len(held) >= limit:
-                earliest = min(expires for _, expires in held.values())
-                return AcquireResult(False, retry_after=(earliest - now) / _US)
-            slots["token"] += 1
-            held[owner] = [slots["token"], now + int(ttl * _US)]
-            return AcquireResult(True, token=slots["token"])
+            place = line.get(owner)
+            ahead = [
+                w[1]
+                for o, w in line.items()
+                if o != owner and (place is None or (w[0], o) < (place[0], owner))
+            ]
+            if len(held) + len(ahead) < limit:
+                line.pop(owner, None)
+                slots["token"] += 1
+                held[owner] = [slots["token"], now + int(ttl * _US)]
+                return AcquireResult(True, token=slots["token"])
+            if wait > 0:
+                line[owner] = [now if place is None else place[0], now + int(wait * _US)]
+            earliest = min([expires for _, expires in held.values()] + ahead)
+            return AcquireResult(False, retry_after=(earliest - now) / _US)
+
+    def leave_slot_queue(self, name: str, owner: str) -> bool:
+        with self._state() as state:
+            return self._slots(state, name)["line"].pop(owner, None) is not None
 
     def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
         with self._state() as state:

@@ -103,6 +103,10 @@ class Lease:
     renew_operation = "renew_lease"
     #: Whether a blocking acquire may queue in the store's grant queue (a plain lease).
     grantable = True
+    #: Seconds a blocking acquirer keeps its place in the store's line of waiters between
+    #: attempts (0: the store keeps no line for this kind of lease). A waiter then checks
+    #: again at least every third of it, and leaves the line when it gives up.
+    queue_place = 0.0
 
     def __init__(
         self,
@@ -155,7 +159,26 @@ class Lease:
         owner = new_owner_id(self.store.identity)
         if blocking and cancel is None and self.store._grants and self.grantable:
             return self._wait_for_grant(owner, deadline)
-        result = self._attempt_or_error(owner, cancel)
+        acquired = False
+        try:
+            acquired = self._attempt_and_wait(owner, blocking, deadline, cancel)
+        finally:
+            if blocking and not acquired and self.queue_place:
+                shim.shielded(self._leave_queue(owner))
+        return acquired
+
+    def _attempt_and_wait(
+        self,
+        owner: str,
+        blocking: bool,
+        deadline: float | None,
+        cancel: shim.CancelEvent | None,
+    ) -> bool:
+        """Attempt, then (blocking) wait for a release or the expiry and attempt again."""
+        longest_wait = MAX_WAIT_WITHOUT_NEWS
+        if self.queue_place:  # come back before our place in the line lapses
+            longest_wait = min(longest_wait, self.queue_place / 3)
+        result = self._attempt_or_error(owner, cancel, blocking)
         if isinstance(result, bool):
             return result
         if not blocking:
@@ -176,7 +199,7 @@ class Lease:
                     self._warn_retry(wait, result)
                 else:
                     backoff.reset()
-                    wait = 0.0 if just_registered else min(result, MAX_WAIT_WITHOUT_NEWS)
+                    wait = 0.0 if just_registered else min(result, longest_wait)
                 just_registered = False
                 if deadline is not None:
                     remaining = deadline - shim.monotonic()
@@ -190,7 +213,7 @@ class Lease:
                 if cancel is not None and cancel.is_set():
                     return False
                 waker.clear()
-                attempt = self._attempt_or_error(owner, cancel)
+                attempt = self._attempt_or_error(owner, cancel, True)
                 if isinstance(attempt, bool):
                     return attempt
                 result = attempt
@@ -288,10 +311,11 @@ class Lease:
         self.store._renewer().add(self, hold)
 
     def _attempt_or_error(
-        self, owner: str, cancel: shim.CancelEvent | None
+        self, owner: str, cancel: shim.CancelEvent | None, queue: bool
     ) -> bool | float | StoreUnavailableError:
-        """One attempt: True if acquired, False if cancelled, the seconds the current lease
-        still lives if held elsewhere, or the store error."""
+        """One attempt (``queue``: keep a place in the store's line if refused): True if
+        acquired, False if cancelled, the seconds the current lease still lives if held
+        elsewhere, or the store error."""
         if cancel is not None and cancel.is_set():
             return False
         sent = shim.monotonic()
@@ -301,7 +325,7 @@ class Lease:
                 self.release_in_store(owner, result.token)
 
         try:
-            result = shim.cancel_safe(self._acquire_in_store_once(owner), undo)
+            result = shim.cancel_safe(self._acquire_in_store_once(owner, queue), undo)
         except StoreUnavailableError as exc:
             return exc
         if not result.acquired or result.token is None:
@@ -320,10 +344,16 @@ class Lease:
 
     # -- the store operations of this kind of lease ------------------------------------------
 
-    def _acquire_in_store_once(self, owner: str) -> AcquireResult:
+    def _acquire_in_store_once(self, owner: str, queue: bool) -> AcquireResult:
         """One acquisition attempt in the store (the store is reached at once: a closed
-        or forked store raises here, not in a background task)."""
+        or forked store raises here, not in a background task); ``queue``: keep a place
+        in the store's line if refused (for kinds of lease that have one)."""
         return self.store._ops.acquire_lease(self.name, owner, self.ttl)
+
+    def _leave_queue(self, owner: str) -> bool:
+        """Leave the store's line of waiters (kinds of lease that have one); True if
+        ``owner`` was in it."""
+        return False
 
     def release_in_store(self, owner: str, token: int) -> bool:
         """The owner-checked release in the store; False if there was nothing to free."""

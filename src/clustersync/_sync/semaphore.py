@@ -15,27 +15,39 @@ Guarantees (those of :class:`~clustersync.Mutex`, with ``limit`` slots instead o
   that cannot be renewed before its local deadline is lost: ``on_lost`` is called once,
   ``locked()`` turns False, ``check()`` and ``release()`` raise
   :class:`~clustersync.LockLostError`.
-- Waiters wake when a slot is released (the store's change notifications, as mutex
-  waiters do) and when the earliest slot would expire.
+- Waiters are served in order of arrival: a blocking ``acquire`` takes a place in the
+  store's line of the name, and a slot goes to a newcomer only when no earlier waiter
+  wants it, so no waiter starves while slots keep being released. Waiters wake when a
+  slot is released (the store's change notifications, as mutex waiters do), when the
+  earliest slot would expire, and at least every :data:`QUEUE_PLACE` / 3 seconds to keep
+  their place.
 
 Failure modes: as :class:`~clustersync.Mutex` (store outages are retried while waiting;
-a cancelled asyncio acquire leaves nothing held). Waiters race for a freed slot: there is
-no queue in the store, so arrival order is kept only roughly (see docs/guide/semaphore.md).
+a cancelled asyncio acquire leaves nothing held, nor a place in the line). A waiter that
+dies or is paused while first in line holds the next free slot back for at most
+:data:`QUEUE_PLACE` seconds (its place lapses).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from .._core.info import HolderInfo, identity_of
 from .._core.validation import validate_name, validate_ttl
+from ..exceptions import StoreUnavailableError
 from ..stores.contract import AcquireResult
 from .lease import Lease
 from .mutex import DEFAULT_TTL, _LeaseLock
 from .store import Store, require_store
 
+logger = logging.getLogger("clustersync.lease")
+
 SEMAPHORE_PREFIX = "s:"  # keeps semaphores apart from mutexes, elections and jobs
+#: Seconds a waiter keeps its place in the line without checking in again: the longest
+#: a dead or paused waiter can hold back a free slot.
+QUEUE_PLACE = 2.0
 
 
 class _SlotLease(Lease):
@@ -43,6 +55,7 @@ class _SlotLease(Lease):
 
     renew_operation = "renew_slot"
     grantable = False
+    queue_place = QUEUE_PLACE
 
     def __init__(
         self, store: Store, name: str, limit: int, ttl: float, on_lost: Callable[[], Any] | None
@@ -50,8 +63,21 @@ class _SlotLease(Lease):
         super().__init__(store, name, ttl, on_lost, description="semaphore")
         self.limit = limit
 
-    def _acquire_in_store_once(self, owner: str) -> AcquireResult:
-        return self.store._ops.acquire_slot(self.name, owner, self.limit, self.ttl)
+    def _acquire_in_store_once(self, owner: str, queue: bool) -> AcquireResult:
+        wait = self.queue_place if queue else 0.0
+        return self.store._ops.acquire_slot(self.name, owner, self.limit, self.ttl, wait)
+
+    def _leave_queue(self, owner: str) -> bool:
+        try:
+            return self.store._ops.leave_slot_queue(self.name, owner)
+        except StoreUnavailableError as exc:
+            logger.warning(
+                "could not leave the line of semaphore %r; the place lapses within %.0fs: %s",
+                self.name,
+                self.queue_place,
+                exc,
+            )
+            return False
 
     def release_in_store(self, owner: str, token: int) -> bool:
         return self.store._ops.release_slot(self.name, owner, token)

@@ -59,16 +59,28 @@ class _Lease:
 
 @dataclass(slots=True)
 class _Slots:
-    """The slots of one semaphore name: the name's one token counter and the slots
-    (owner -> (token, expiry µs))."""
+    """The slots of one semaphore name: the name's one token counter, the slots
+    (owner -> (token, expiry µs)) and the line of waiters (owner -> (arrival µs, expiry
+    µs))."""
 
     token: int = 0
     held: dict[str, tuple[int, int]] = field(default_factory=dict)
+    line: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def live(self, now_us: int) -> dict[str, tuple[int, int]]:
-        """Drop the expired slots; the live ones."""
+        """Drop the expired slots and waiters; the live slots."""
         self.held = {owner: slot for owner, slot in self.held.items() if slot[1] > now_us}
+        self.line = {owner: place for owner, place in self.line.items() if place[1] > now_us}
         return self.held
+
+    def ahead(self, owner: str) -> list[int]:
+        """The expiries of the live waiters ahead of ``owner`` (all, if not in line)."""
+        place = self.line.get(owner)
+        return [
+            expires
+            for other, (arrival, expires) in self.line.items()
+            if other != owner and (place is None or (arrival, other) < (place[0], owner))
+        ]
 
 
 @dataclass(slots=True)
@@ -293,7 +305,9 @@ class MemoryBackend:
 
     # -- slots ---------------------------------------------------------------------------
 
-    def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
+    def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
         now = self.now_us()
         with self._state.lock:
             slots = self._ns.slots.setdefault(name, _Slots())
@@ -302,12 +316,29 @@ class MemoryBackend:
             if mine is not None:  # a retry of this acquisition
                 live[owner] = (mine[0], now + int(ttl * _US))
                 return AcquireResult(True, token=mine[0])
-            if len(live) >= limit:
-                earliest = min(expires for _, expires in live.values())
-                return AcquireResult(False, retry_after=(earliest - now) / _US)
-            slots.token += 1
-            live[owner] = (slots.token, now + int(ttl * _US))
-            return AcquireResult(True, token=slots.token)
+            ahead = slots.ahead(owner)
+            if len(live) + len(ahead) < limit:
+                slots.line.pop(owner, None)
+                slots.token += 1
+                live[owner] = (slots.token, now + int(ttl * _US))
+                return AcquireResult(True, token=slots.token)
+            if wait > 0:
+                place = slots.line.get(owner)
+                slots.line[owner] = (now if place is None else place[0], now + int(wait * _US))
+            earliest = min([expires for _, expires in live.values()] + ahead)
+            return AcquireResult(False, retry_after=(earliest - now) / _US)
+
+    def leave_slot_queue(self, name: str, owner: str) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            if slots is None:
+                return False
+            slots.live(now)
+            if slots.line.pop(owner, None) is None:
+                return False
+        self._notify(lease_channel(name))
+        return True
 
     def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
         now = self.now_us()

@@ -57,7 +57,8 @@ _EXPIRED_INSTANCES_KEPT_US = 3600 * _US
 SCHEMA_VERSION = 3
 #: Step by step, from the version before: statements run in the schema's transaction.
 _MIGRATIONS = {
-    # 3: semaphores (clustersync_slot_counters, clustersync_slots: created by _SCHEMA).
+    # 3: semaphores (clustersync_slot_counters, clustersync_slots,
+    #    clustersync_slot_waiters: created by _SCHEMA).
     3: [],
     # 2: recurring jobs gain a registry (pause, trigger, last outcome, instances).
     2: [
@@ -101,6 +102,14 @@ CREATE TABLE IF NOT EXISTS clustersync_slots (
     name TEXT NOT NULL,
     owner TEXT NOT NULL,
     token INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL,
+    PRIMARY KEY (ns, name, owner)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_slot_waiters (
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    arrival_us INTEGER NOT NULL,
     expires_us INTEGER NOT NULL,
     PRIMARY KEY (ns, name, owner)
 ) WITHOUT ROWID;
@@ -498,14 +507,17 @@ class SQLiteBackend:
 
     # -- slots ---------------------------------------------------------------------------
 
-    def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
+    def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
         with self._translate("acquire a slot"), self._write() as cur:
             now = self.now_us()
             expires = now + int(ttl * _US)
-            cur.execute(
-                "DELETE FROM clustersync_slots WHERE ns = ? AND name = ? AND expires_us <= ?",
-                (self._ns, name, now),
-            )
+            for table in ("clustersync_slots", "clustersync_slot_waiters"):
+                cur.execute(
+                    f"DELETE FROM {table} WHERE ns = ? AND name = ? AND expires_us <= ?",
+                    (self._ns, name, now),
+                )
             cur.execute(
                 "UPDATE clustersync_slots SET expires_us = ? WHERE ns = ? AND name = ?"
                 " AND owner = ? RETURNING token",
@@ -518,8 +530,36 @@ class SQLiteBackend:
                 "SELECT count(*), min(expires_us) FROM clustersync_slots WHERE ns = ? AND name = ?",
                 (self._ns, name),
             ).fetchone()
-            if count >= limit:
-                return AcquireResult(False, retry_after=(earliest - now) / _US)
+            place = cur.execute(
+                "SELECT arrival_us, expires_us FROM clustersync_slot_waiters WHERE ns = ?"
+                " AND name = ? AND owner = ?",
+                (self._ns, name, owner),
+            ).fetchone()
+            arrival = None if place is None else place[0]
+            ahead, ahead_earliest = cur.execute(
+                "SELECT count(*), min(expires_us) FROM clustersync_slot_waiters WHERE ns = ?"
+                " AND name = ? AND owner != ? AND (? IS NULL OR arrival_us < ?"
+                " OR (arrival_us = ? AND owner < ?))",
+                (self._ns, name, owner, arrival, arrival, arrival, owner),
+            ).fetchone()
+            if count + ahead >= limit:
+                # Renewed only once less than half of its time is left: waiting writes
+                # little (each commit wakes the waiters of other processes).
+                if wait > 0 and (place is None or place[1] - now < wait * _US / 2):
+                    cur.execute(
+                        "INSERT INTO clustersync_slot_waiters"
+                        " (ns, name, owner, arrival_us, expires_us) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT (ns, name, owner) DO UPDATE"
+                        " SET expires_us = excluded.expires_us",
+                        (self._ns, name, owner, now, now + int(wait * _US)),
+                    )
+                first = min(e for e in (earliest, ahead_earliest) if e is not None)
+                return AcquireResult(False, retry_after=(first - now) / _US)
+            if place is not None:
+                cur.execute(
+                    "DELETE FROM clustersync_slot_waiters WHERE ns = ? AND name = ? AND owner = ?",
+                    (self._ns, name, owner),
+                )
             (token,) = cur.execute(
                 "INSERT INTO clustersync_slot_counters (ns, name, token) VALUES (?, ?, 1)"
                 " ON CONFLICT (ns, name) DO UPDATE SET token = token + 1 RETURNING token",
@@ -531,6 +571,18 @@ class SQLiteBackend:
                 (self._ns, name, owner, token, expires),
             )
         return AcquireResult(True, token=token)
+
+    def leave_slot_queue(self, name: str, owner: str) -> bool:
+        with self._translate("leave the line of a semaphore"), self._write() as cur:
+            cur.execute(
+                "DELETE FROM clustersync_slot_waiters WHERE ns = ? AND name = ? AND owner = ?"
+                " AND expires_us > ?",
+                (self._ns, name, owner, self.now_us()),
+            )
+            left = cur.rowcount == 1
+        if left:
+            self._notify(lease_channel(name))
+        return left
 
     def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
         with self._translate("renew a slot"), self._write() as cur:

@@ -21,7 +21,7 @@ Two parts, both through the store contract's operations (the ``_ops`` of a
 :class:`clustersync.Store`):
 
 - **deterministic cases**, one or a few per operation: owner checks, fencing tokens,
-  semaphore slots (limit, one counter, expiry, breaking),
+  semaphore slots (limit, one counter, the line of waiters, expiry, breaking),
   expiry, all-or-nothing batches, claim order, listings, namespaces, closing;
 - **a model test**: a hypothesis state machine drives the store under test and the
   memory store (the reference implementation) with the same random operations and
@@ -258,25 +258,25 @@ class StoreContract:
     def test_slots_up_to_the_limit_share_one_counter(
         self, opened: cs.Store, sibling: cs.Store
     ) -> None:
-        first = opened._ops.acquire_slot("s:a", "one", 2, 10.0)
-        second = sibling._ops.acquire_slot("s:a", "two", 2, 10.0)
+        first = opened._ops.acquire_slot("s:a", "one", 2, 10.0, 0)
+        second = sibling._ops.acquire_slot("s:a", "two", 2, 10.0, 0)
         assert first.acquired
         assert second.acquired
         assert first.token is not None
         assert second.token is not None
         assert second.token > first.token, "one counter for every slot of a name"
-        refused = sibling._ops.acquire_slot("s:a", "three", 2, 10.0)
+        refused = sibling._ops.acquire_slot("s:a", "three", 2, 10.0, 0)
         assert not refused.acquired
         assert refused.token is None
         assert refused.retry_after is not None
         assert 0 < refused.retry_after <= 10.0 + 1, refused
-        again = sibling._ops.acquire_slot("s:a", "one", 2, LONG_TTL)
+        again = sibling._ops.acquire_slot("s:a", "one", 2, LONG_TTL, 0)
         assert (again.acquired, again.token) == (True, first.token), "a retry gets its slot"
-        wider = opened._ops.acquire_slot("s:a", "four", 3, 10.0)
+        wider = opened._ops.acquire_slot("s:a", "four", 3, 10.0, 0)
         assert wider.acquired, "each acquisition is judged against the caller's limit"
         assert wider.token is not None
         assert wider.token > second.token
-        assert not opened._ops.acquire_slot("s:a", "five", 3, 10.0).acquired
+        assert not opened._ops.acquire_slot("s:a", "five", 3, 10.0, 0).acquired
         slots = sibling._ops.list_slots("s:a")
         assert [(s.name, s.owner, s.token) for s in slots] == [
             ("s:a", "one", first.token),
@@ -285,14 +285,60 @@ class StoreContract:
         ], "sorted by token"
         assert all(0 < s.expires_in <= LONG_TTL + 1 for s in slots), slots
         assert opened._ops.release_slot("s:a", "one", first.token)
-        third = sibling._ops.acquire_slot("s:a", "three", 3, 10.0)
+        third = sibling._ops.acquire_slot("s:a", "three", 3, 10.0, 0)
         assert third.token is not None
         assert third.token > wider.token
         assert opened._ops.list_slots("s:b") == []
-        assert opened._ops.acquire_slot("s:b", "one", 1, 10.0).acquired, "names are apart"
+        assert opened._ops.acquire_slot("s:b", "one", 1, 10.0, 0).acquired, "names are apart"
+
+    def test_slot_waiters_are_served_in_arrival_order(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        holder = opened._ops.acquire_slot("s:a", "holder", 1, LONG_TTL, 0)
+        assert holder.token is not None
+        for owner in ("first", "second"):
+            assert not sibling._ops.acquire_slot("s:a", owner, 1, LONG_TTL, LONG_TTL).acquired
+        again = opened._ops.acquire_slot("s:a", "first", 1, LONG_TTL, LONG_TTL)
+        assert not again.acquired, "still full: the first waiter keeps its place"
+        assert opened._ops.release_slot("s:a", "holder", holder.token)
+        second = sibling._ops.acquire_slot("s:a", "second", 1, LONG_TTL, LONG_TTL)
+        assert not second.acquired, "the second waiter went before the first"
+        assert second.retry_after is not None
+        assert 0 < second.retry_after <= LONG_TTL + 1, "until the first waiter's place lapses"
+        barging = opened._ops.acquire_slot("s:a", "newcomer", 1, LONG_TTL, 0)
+        assert not barging.acquired, "a newcomer went before the waiters"
+        assert opened._ops.list_slots("s:a") == []
+        first = opened._ops.acquire_slot("s:a", "first", 1, LONG_TTL, LONG_TTL)
+        assert first.token is not None
+        assert first.token > holder.token
+        assert opened._ops.release_slot("s:a", "first", first.token)
+        second = sibling._ops.acquire_slot("s:a", "second", 1, LONG_TTL, LONG_TTL)
+        assert second.token is not None, "taking a slot left the line"
+        # A place lapses when its waiter stops checking in.
+        assert not opened._ops.acquire_slot("s:a", "gone", 1, LONG_TTL, SHORT_TTL).acquired
+        assert sibling._ops.release_slot("s:a", "second", second.token)
+        time.sleep(EXPIRED)
+        assert opened._ops.acquire_slot("s:a", "newcomer", 1, LONG_TTL, 0).acquired
+
+    def test_a_waiter_that_gives_up_leaves_the_line(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        assert not opened._ops.leave_slot_queue("s:a", "nobody")
+        holder = opened._ops.acquire_slot("s:a", "holder", 2, LONG_TTL, 0)
+        other = opened._ops.acquire_slot("s:a", "other", 2, LONG_TTL, 0)
+        assert holder.token is not None
+        assert other.token is not None
+        for owner in ("quitter", "patient"):
+            assert not sibling._ops.acquire_slot("s:a", owner, 2, LONG_TTL, LONG_TTL).acquired
+        assert sibling._ops.leave_slot_queue("s:a", "quitter")
+        assert not sibling._ops.leave_slot_queue("s:a", "quitter"), "left twice"
+        assert opened._ops.release_slot("s:a", "holder", holder.token)
+        assert sibling._ops.acquire_slot("s:a", "patient", 2, LONG_TTL, LONG_TTL).acquired
+        late = sibling._ops.acquire_slot("s:a", "late", 3, LONG_TTL, 0)
+        assert late.acquired, "nobody is left in the line"
 
     def test_slots_are_owner_checked_and_expire(self, opened: cs.Store, sibling: cs.Store) -> None:
-        held = opened._ops.acquire_slot("s:a", "owner", 1, LONG_TTL)
+        held = opened._ops.acquire_slot("s:a", "owner", 1, LONG_TTL, 0)
         assert held.token is not None
         assert not opened._ops.renew_slot("s:a", "intruder", held.token, LONG_TTL)
         assert not opened._ops.renew_slot("s:a", "owner", held.token + 1, LONG_TTL)
@@ -303,7 +349,7 @@ class StoreContract:
         assert opened._ops.list_slots("s:a") == []
         assert not opened._ops.renew_slot("s:a", "owner", held.token, LONG_TTL)
         assert not opened._ops.release_slot("s:a", "owner", held.token)
-        taken = sibling._ops.acquire_slot("s:a", "next", 1, LONG_TTL)
+        taken = sibling._ops.acquire_slot("s:a", "next", 1, LONG_TTL, 0)
         assert taken.token is not None
         assert taken.token > held.token
         assert sibling._ops.release_slot("s:a", "next", taken.token)
@@ -312,10 +358,10 @@ class StoreContract:
 
     def test_slots_and_leases_of_one_name_are_apart(self, opened: cs.Store) -> None:
         lease = opened._ops.acquire_lease("s:a", "owner", LONG_TTL)
-        slot = opened._ops.acquire_slot("s:a", "owner", 1, LONG_TTL)
+        slot = opened._ops.acquire_slot("s:a", "owner", 1, LONG_TTL, 0)
         assert lease.acquired
         assert slot.acquired
-        assert opened._ops.acquire_slot("s:a", "other", 2, LONG_TTL).acquired
+        assert opened._ops.acquire_slot("s:a", "other", 2, LONG_TTL, 0).acquired
         assert [lease.name for lease in opened._ops.list_leases()] == ["s:a"]
         assert opened._ops.read_lease("s:a") is not None
         assert len(opened._ops.list_slots("s:a")) == 2
@@ -324,7 +370,7 @@ class StoreContract:
         assert opened._ops.break_slots("s:a", None) == 0, "nothing to break"
         tokens = []
         for owner in ("one", "two", "three"):
-            result = opened._ops.acquire_slot("s:a", owner, 3, LONG_TTL)
+            result = opened._ops.acquire_slot("s:a", owner, 3, LONG_TTL, 0)
             assert result.token is not None
             tokens.append(result.token)
         assert sibling._ops.break_slots("s:a", tokens[1]) == 1
@@ -334,7 +380,7 @@ class StoreContract:
         assert sibling._ops.break_slots("s:a", None) == 2
         assert opened._ops.list_slots("s:a") == []
         assert not opened._ops.release_slot("s:a", "one", tokens[0])
-        after = opened._ops.acquire_slot("s:a", "next", 1, LONG_TTL)
+        after = opened._ops.acquire_slot("s:a", "next", 1, LONG_TTL, 0)
         assert after.token is not None
         assert after.token > tokens[2], "the next holder's writes must fence the old ones off"
 
@@ -837,10 +883,12 @@ class StoreModel(RuleBasedStateMachine):
         owner=st.sampled_from(OWNERS),
         limit=st.integers(min_value=1, max_value=3),
         short=st.booleans(),
+        queue=st.booleans(),
     )
-    def acquire_slot(self, name: str, owner: str, limit: int, short: bool) -> Any:
-        ref = self.ref._ops.acquire_slot(name, owner, limit, self.ttl(short))
-        sut = self.sut._ops.acquire_slot(name, owner, limit, self.ttl(short))
+    def acquire_slot(self, name: str, owner: str, limit: int, short: bool, queue: bool) -> Any:
+        wait = MODEL_LONG_TTL if queue else 0.0
+        ref = self.ref._ops.acquire_slot(name, owner, limit, self.ttl(short), wait)
+        sut = self.sut._ops.acquire_slot(name, owner, limit, self.ttl(short), wait)
         self.settle(short)
         assert sut.acquired == ref.acquired, f"memory {ref}, store {sut}"
         if not ref.acquired:
@@ -853,6 +901,12 @@ class StoreModel(RuleBasedStateMachine):
         base_ref, base_sut = self.slot_base.setdefault(name, (ref.token, sut.token))
         assert sut.token - base_sut == ref.token - base_ref, "slot tokens must grow by one"
         return _Slot(name, owner, ref.token, sut.token)
+
+    @rule(name=st.sampled_from(SLOT_NAMES), owner=st.sampled_from(OWNERS))
+    def leave_slot_queue(self, name: str, owner: str) -> None:
+        ref = self.ref._ops.leave_slot_queue(name, owner)
+        sut = self.sut._ops.leave_slot_queue(name, owner)
+        assert sut == ref, "leave_slot_queue reports whether the owner was in the line"
 
     @rule(slot=slots, short=st.booleans(), other_owner=st.booleans())
     def renew_slot(self, slot: _Slot, short: bool, other_owner: bool) -> None:

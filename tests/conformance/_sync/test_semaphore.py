@@ -99,6 +99,93 @@ def test_a_release_wakes_a_waiter_promptly(store: cs.Store, other_store: cs.Stor
     holders[0].release()
 
 
+def test_waiters_are_served_in_arrival_order(store: cs.Store, other_store: cs.Store) -> None:
+    holder = cs.Semaphore(store, "line", limit=1)
+    assert holder.acquire(timeout=PROMPT)
+    order: list[str] = []
+    errors: list[Exception] = []
+
+    def wait_then_release(sem: cs.Semaphore, who: str) -> None:
+        try:
+            assert sem.acquire(timeout=20)
+            order.append(who)
+            sem.release()
+        except Exception as exc:
+            errors.append(exc)
+
+    tasks = []
+    for who, instance in (("a", other_store), ("b", store), ("c", other_store)):
+        sem = cs.Semaphore(instance, "line", limit=1)
+        tasks.append(shim.spawn(wait_then_release, sem, who, name=f"waiter-{who}"))
+        # Queued before the next one arrives.
+        shim.sleep(0.2)
+    holder.release()
+    for task in tasks:
+        assert shim.join(task, 25.0)
+    assert errors == []
+    assert order == ["a", "b", "c"]
+
+
+def test_a_busy_holder_does_not_starve_a_waiter(
+    store: cs.Store, other_store: cs.Store
+) -> None:
+    """A holder that releases and acquires again at once, in a loop, does not keep the
+    slot from a waiter: the waiter is in line before the holder's next acquire."""
+    stop = shim.CancelEvent()
+    rounds = [0]
+
+    def busy() -> None:
+        sem = cs.Semaphore(store, "busy", limit=1)
+        while not stop.is_set():
+            assert sem.acquire(timeout=20)
+            shim.sleep(0.001)
+            sem.release()
+            rounds[0] += 1
+
+    task = shim.spawn(busy, name="busy-holder")
+    try:
+        assert eventually(lambda: rounds[0] > 5, 5.0)
+        waiter = cs.Semaphore(other_store, "busy", limit=1)
+        started = shim.monotonic()
+        assert waiter.acquire(timeout=10)
+        assert shim.monotonic() - started < 2 * PROMPT, "the waiter starved"
+        waiter.release()
+    finally:
+        stop.set()
+        assert shim.join(task, 25.0)
+
+
+def test_a_waiter_that_gives_up_leaves_the_line(
+    store: cs.Store, other_store: cs.Store
+) -> None:
+    holder = cs.Semaphore(store, "quitters", limit=1)
+    assert holder.acquire(timeout=PROMPT)
+    impatient = cs.Semaphore(other_store, "quitters", limit=1)
+    assert not impatient.acquire(timeout=0.2)
+    cancel = shim.CancelEvent()
+    cancelled: list[Any] = []
+
+    def wait_until_cancelled() -> None:
+        cancelled.append(impatient.acquire(cancel=cancel))
+
+    task = shim.spawn(wait_until_cancelled, name="cancelled-waiter")
+    shim.sleep(0.2)
+    cancel.set()
+    assert shim.join(task, 5.0)
+    assert cancelled == [False]
+    waiter = cs.Semaphore(other_store, "quitters", limit=1)
+    results: list[Any] = []
+    waiting = start_acquire(waiter, results, timeout=10)
+    assert not shim.join(waiting, 0.3)
+    released_at = shim.monotonic()
+    holder.release()
+    assert shim.join(waiting, 5.0)
+    assert results == [True]
+    # Not held back by the places of the waiters that gave up (they would lapse in 2 s).
+    assert shim.monotonic() - released_at < PROMPT
+    waiter.release()
+
+
 def test_contention_never_exceeds_the_limit(store: cs.Store, other_store: cs.Store) -> None:
     limit = 2
     inside: list[int] = []

@@ -89,16 +89,31 @@ class Backend(Protocol):
 
     # -- slots (Semaphore): up to ``limit`` fenced leases on one name ---------------------
 
-    async def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
-        """Take a slot of ``name`` for ``owner`` for ``ttl`` seconds if fewer than
-        ``limit`` live slots of the name exist (expired slots do not count), minting the
-        next token of the name's one counter (strictly greater than every token any slot
-        of the name had, across restarts of a durable store). If ``limit`` slots are
-        live, ``retry_after`` is how long the earliest of them still lives. An ``owner``
-        that already holds a live slot of the name gets it again, with its token and a
-        fresh ``ttl``, whatever ``limit`` says (a retry after an unknown outcome).
-        Slot names are apart from lease names: ``acquire_lease(name)`` never counts
-        them, nor they it."""
+    async def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
+        """Take a slot of ``name`` for ``owner`` for ``ttl`` seconds, minting the next
+        token of the name's one counter (strictly greater than every token any slot of
+        the name had, across restarts of a durable store), if the live slots plus the
+        live waiters ahead of ``owner`` in the name's line are fewer than ``limit``.
+
+        The line keeps waiters in order of arrival: a refused ``owner`` with ``wait > 0``
+        takes its place at the end (or keeps its place: the first arrival counts) for
+        ``wait`` seconds, renewed by its next attempts; ``wait = 0`` never queues (a
+        non-blocking attempt), and then every waiter is ahead. Taking a slot leaves the
+        line. When refused, ``retry_after`` is how long until the earliest of the live
+        slots and of the waiters ahead expires. A store may renew a place only once less
+        than half of ``wait`` is left (so that waiting writes little). An ``owner`` that
+        already holds a live slot of the name gets it again, with its token and a fresh
+        ``ttl``, whatever ``limit`` says (a retry after an unknown outcome). Slot names
+        are apart from lease names: ``acquire_lease(name)`` never counts them, nor they
+        it."""
+        ...
+
+    async def leave_slot_queue(self, name: str, owner: str) -> bool:
+        """Take ``owner`` out of the line of ``name`` (a waiter that gives up) and, if it
+        was in it, wake the waiters of the name (``lease_channel(name)``): those behind
+        it may go. True if it was in the line."""
         ...
 
     async def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:

@@ -446,18 +446,26 @@ class PostgresBackend(PushNotifications):
 
     # -- slots ---------------------------------------------------------------------------
 
-    async def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
+    async def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
         params = {
             "ns": self._ns,
             "name": name,
             "owner": owner,
             "limit": limit,
             "ttl_us": int(ttl * _US),
+            "wait_us": int(wait * _US),
         }
         token, left_us = (await self._fetch("acquire a slot", q.ACQUIRE_SLOT, params))[0]
         if token is not None:
             return AcquireResult(True, token=int(token))
         return AcquireResult(False, retry_after=max(0, int(left_us or 0)) / _US)
+
+    async def leave_slot_queue(self, name: str, owner: str) -> bool:
+        params = {"ns": self._ns, "name": name, "owner": owner, "channel": self._channel}
+        rows = await self._fetch("leave the line of a semaphore", q.LEAVE_SLOT_QUEUE, params)
+        return len(rows) == 1
 
     async def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
         params = {

@@ -3,8 +3,9 @@
 Times are microseconds since the epoch taken from the server's ``clock_timestamp()``, so
 lease expiry never depends on a client clock. Fencing tokens live in the lease row, which
 is kept (owner cleared) on release, so they survive restarts and only ever grow. The
-slots of a semaphore name live in one row with its token counter (arrays of owners,
-tokens and expiries), so that each slot operation is one statement that reads and writes
+slots of a semaphore name live in one row with its token counter and its line of
+waiters (arrays of owners, tokens and expiries; of waiters, arrivals and expiries), so
+that each slot operation is one statement that reads and writes
 the latest version of that row (``ON CONFLICT DO UPDATE`` and ``UPDATE`` lock it and
 re-evaluate on the newest committed version): two concurrent acquisitions can never both
 count the same free slot.
@@ -29,6 +30,9 @@ _SEMAPHORES = """CREATE TABLE IF NOT EXISTS clustersync_semaphores (
     owners text[] NOT NULL,
     tokens bigint[] NOT NULL,
     expires bigint[] NOT NULL,
+    waiters text[] NOT NULL DEFAULT '{}',
+    arrivals bigint[] NOT NULL DEFAULT '{}',
+    wexpires bigint[] NOT NULL DEFAULT '{}',
     waiters_until_us bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (ns, name)
 )"""
@@ -203,29 +207,75 @@ _LIVE_SLOTS = """(
     WHERE e > now.us
 )"""
 
-# Takes a slot if fewer than ``limit`` are live (or refreshes the caller's own); else
-# marks the name as waited for until the earliest expiry plus the grace. Returns the
-# caller's token (NULL: refused) and the µs until the earliest live slot expires.
+# The caller's live place in the line of the locked row ``s`` (NULLs: none).
+_MY_PLACE = """(
+    SELECT max(a) AS arrival, max(x) AS expiry
+    FROM unnest(s.waiters, s.arrivals, s.wexpires) AS q(w, a, x)
+    WHERE w = %(owner)s AND x > now.us
+)"""
+
+# The other live waiters of the locked row ``s`` (in line order), and how many of them
+# are ahead of the caller (all, if it has no place), with the earliest expiry of those.
+_OTHER_WAITERS = """(
+    SELECT coalesce(array_agg(w ORDER BY a, w), '{}') AS waiters,
+        coalesce(array_agg(a ORDER BY a, w), '{}') AS arrivals,
+        coalesce(array_agg(x ORDER BY a, w), '{}') AS wexpires,
+        count(*) FILTER (WHERE me.arrival IS NULL OR (a, w) < (me.arrival, %(owner)s::text))
+            AS ahead,
+        min(x) FILTER (WHERE me.arrival IS NULL OR (a, w) < (me.arrival, %(owner)s::text))
+            AS earliest
+    FROM unnest(s.waiters, s.arrivals, s.wexpires) AS q(w, a, x)
+    WHERE x > now.us AND w <> %(owner)s
+)"""
+
+# The caller's arrival in the line of the updated row ``s`` (NULL: not in it).
+_ARRIVAL = "s.arrivals[array_position(s.waiters, %(owner)s::text)]"
+
+# Takes a slot if the live slots plus the waiters ahead of the caller are fewer than
+# ``limit`` (or refreshes the caller's own slot); else the caller takes or keeps its
+# place in the line (``wait_us`` > 0; renewed once less than half of it is left) and the
+# name is marked as waited for until the earliest expiry plus the grace. Returns the
+# caller's token (NULL: refused) and the µs until the earliest live slot or waiter ahead
+# of the caller expires.
 ACQUIRE_SLOT = f"""
 WITH now AS (SELECT {_NOW} AS us)
 INSERT INTO clustersync_semaphores AS s (ns, name, token, owners, tokens, expires)
 SELECT %(ns)s, %(name)s, 1, ARRAY[%(owner)s::text], ARRAY[1::bigint],
     ARRAY[now.us + %(ttl_us)s] FROM now
-ON CONFLICT (ns, name) DO UPDATE SET (token, owners, tokens, expires, waiters_until_us) = (
+ON CONFLICT (ns, name) DO UPDATE SET
+    (token, owners, tokens, expires, waiters, arrivals, wexpires, waiters_until_us) = (
     SELECT s.token + pick.taken,
         live.owners || CASE WHEN pick.taken = 1 THEN ARRAY[%(owner)s::text] ELSE '{{}}' END,
         live.tokens || CASE WHEN pick.taken = 1 THEN ARRAY[s.token + 1] ELSE '{{}}' END,
         live.expires || CASE WHEN pick.taken = 1 THEN ARRAY[now.us + %(ttl_us)s]
             ELSE '{{}}' END,
-        CASE WHEN NOT live.mine AND pick.taken = 0
-            THEN greatest(s.waiters_until_us, live.earliest + {WAITER_GRACE_US})
+        line.waiters || CASE WHEN pick.queued THEN ARRAY[%(owner)s::text] ELSE '{{}}' END,
+        line.arrivals || CASE WHEN pick.queued THEN ARRAY[coalesce(me.arrival, now.us)]
+            ELSE '{{}}' END,
+        line.wexpires || CASE WHEN NOT pick.queued THEN '{{}}'::bigint[]
+            WHEN %(wait_us)s > 0 AND (me.expiry IS NULL OR me.expiry - now.us < %(wait_us)s / 2)
+            THEN ARRAY[now.us + %(wait_us)s] ELSE ARRAY[me.expiry] END,
+        CASE WHEN pick.taken = 0 AND NOT live.mine
+            THEN greatest(s.waiters_until_us, least(live.earliest, line.earliest)
+                + {WAITER_GRACE_US})
             ELSE s.waiters_until_us END
-    FROM now, LATERAL {_LIVE_SLOTS} AS live,
-        LATERAL (SELECT CASE WHEN NOT live.mine AND live.n < %(limit)s THEN 1 ELSE 0 END
-            AS taken) AS pick
+    FROM now, LATERAL {_LIVE_SLOTS} AS live, LATERAL {_MY_PLACE} AS me,
+        LATERAL {_OTHER_WAITERS} AS line,
+        LATERAL (
+            SELECT CASE WHEN NOT live.mine AND live.n + line.ahead < %(limit)s THEN 1 ELSE 0
+                END AS taken
+        ) AS t,
+        LATERAL (
+            SELECT t.taken, t.taken = 0 AND NOT live.mine
+                AND (%(wait_us)s > 0 OR me.arrival IS NOT NULL) AS queued
+        ) AS pick
 )
 RETURNING s.tokens[array_position(s.owners, %(owner)s::text)],
-    (SELECT min(e) FROM unnest(s.expires) AS e) - (SELECT us FROM now)
+    least(
+        (SELECT min(e) FROM unnest(s.expires) AS e),
+        (SELECT min(x) FROM unnest(s.waiters, s.arrivals, s.wexpires) AS q(w, a, x)
+            WHERE w <> %(owner)s AND ({_ARRIVAL} IS NULL OR (a, w) < ({_ARRIVAL}, %(owner)s::text)))
+    ) - (SELECT us FROM now)
 """
 
 RENEW_SLOT = f"""
@@ -264,6 +314,24 @@ ended AS (
     WHERE s.ns = %(ns)s AND s.name = %(name)s
         AND s.tokens[array_position(s.owners, %(owner)s::text)] = %(token)s
         AND s.expires[array_position(s.owners, %(owner)s::text)] > now.us
+    RETURNING s.name, s.waiters_until_us
+),{_NOTIFY_WAITERS}
+SELECT (SELECT count(*) FROM told) FROM ended
+"""
+
+LEAVE_SLOT_QUEUE = f"""
+WITH now AS (SELECT {_NOW} AS us),
+ended AS (
+    UPDATE clustersync_semaphores AS s SET (waiters, arrivals, wexpires) = (
+        SELECT coalesce(array_agg(w ORDER BY a, w), '{{}}'),
+            coalesce(array_agg(a ORDER BY a, w), '{{}}'),
+            coalesce(array_agg(x ORDER BY a, w), '{{}}')
+        FROM unnest(s.waiters, s.arrivals, s.wexpires) AS q(w, a, x)
+        WHERE x > now.us AND w <> %(owner)s
+    )
+    FROM now
+    WHERE s.ns = %(ns)s AND s.name = %(name)s
+        AND s.wexpires[array_position(s.waiters, %(owner)s::text)] > now.us
     RETURNING s.name, s.waiters_until_us
 ),{_NOTIFY_WAITERS}
 SELECT (SELECT count(*) FROM told) FROM ended

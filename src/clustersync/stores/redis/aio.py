@@ -333,17 +333,33 @@ class RedisBackend(PushNotifications):
     # -- slots ---------------------------------------------------------------------------
 
     def _slot_keys(self, name: str) -> list[str]:
-        """The slots, their tokens, the fencing counter and the waiter flag of ``name``."""
+        """The slots, their tokens, the fencing counter, the waiter flag and the line
+        (arrivals, expiries) of ``name``."""
         p = self._prefix
-        return [p + "sl:" + name, p + "st:" + name, p + "sf:" + name, p + "sw:" + name]
+        return [p + kind + ":" + name for kind in ("sl", "st", "sf", "sw", "sq", "sx")]
 
-    async def acquire_slot(self, name: str, owner: str, limit: int, ttl: float) -> AcquireResult:
+    async def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
         acquired, value = await self._run(
-            "acquire a slot", "ACQUIRE_SLOT", self._slot_keys(name), [owner, limit, _us(ttl)]
+            "acquire a slot",
+            "ACQUIRE_SLOT",
+            self._slot_keys(name),
+            [owner, limit, _us(ttl), int(wait * _US) if wait > 0 else 0],
         )
         if int(acquired) == 1:
             return AcquireResult(True, token=int(value))
         return AcquireResult(False, retry_after=max(0, int(value)) / _US)
+
+    async def leave_slot_queue(self, name: str, owner: str) -> bool:
+        keys = self._slot_keys(name)
+        result = await self._run(
+            "leave the line of a semaphore",
+            "LEAVE_SLOT_QUEUE",
+            [keys[4], keys[5], keys[3]],
+            [owner, self._events, name],
+        )
+        return int(result) == 1
 
     async def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
         result = await self._run(

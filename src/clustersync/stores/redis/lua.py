@@ -18,6 +18,9 @@ namespace in one Redis Cluster slot):
 - ``P st:<name>``  hash owner -> token of those slots
 - ``P sf:<name>``  the one fencing counter of the slots of the name (never expires)
 - ``P sw:<name>``  waiter flag of the slots (as ``P w:<name>`` is for a lease)
+- ``P sq:<name>``  the line of waiters for a slot: sorted set owner -> arrival (µs), so
+                   ``ZRANK`` is a waiter's place (equal arrivals by owner)
+- ``P sx:<name>``  hash owner -> expiry (µs) of each waiter's place
 - ``P meta``       hash: recurring job key -> last_finished (µs, Redis ``TIME``)
 - ``P j:<key>``    hash of one one-shot job: r (run_at µs), p (props JSON), o (claim
                    owner), c (claim counter)
@@ -247,7 +250,8 @@ return {value, redis.call('PTTL', KEYS[1])}
 
 # Semaphore slots. Every key is passed in KEYS (all in the namespace's slot): KEYS[1] the
 # sorted set owner -> expiry µs, KEYS[2] the hash owner -> token, then (where used) the
-# fencing counter and the waiter flag. The events channel is not a key: it comes in ARGV.
+# fencing counter, the waiter flag and the line (KEYS[5] owner -> arrival, KEYS[6] owner
+# -> expiry). The events channel is not a key: it comes in ARGV.
 # Expired slots are dropped by whoever finds them; both keys live as long as their
 # latest slot (plus a second), so an abandoned semaphore leaves only its counter.
 _SLOTS = (
@@ -281,13 +285,23 @@ end
 )
 
 # Returns {1, token} (taken, or a retry of the owner's live slot) or {0, µs until the
-# earliest live slot expires} (and the waiter flag is set as a failed lease acquire does).
+# earliest live slot or waiter ahead expires} (the owner then takes or keeps its place
+# in the line if ARGV[4] > 0, and the waiter flag is set as a failed lease acquire does).
 ACQUIRE_SLOT = (
     _MINT
     + _SLOTS
     + """
--- KEYS[3] fencing counter, KEYS[4] waiter flag; ARGV[1] owner, ARGV[2] limit, ARGV[3] ttl µs
+-- KEYS[3] fencing counter, KEYS[4] waiter flag, KEYS[5] line (owner -> arrival µs),
+-- KEYS[6] places (owner -> expiry µs); ARGV[1] owner, ARGV[2] limit, ARGV[3] ttl µs,
+-- ARGV[4] wait µs (0: do not queue)
 drop_expired()
+local places = redis.call('HGETALL', KEYS[6])
+for i = 1, #places, 2 do
+  if tonumber(places[i + 1]) <= now then
+    redis.call('ZREM', KEYS[5], places[i])
+    redis.call('HDEL', KEYS[6], places[i])
+  end
+end
 local untl = now + tonumber(ARGV[3])
 local mine = redis.call('HGET', KEYS[2], ARGV[1])
 if mine then
@@ -295,8 +309,32 @@ if mine then
   keep()
   return {1, mine}
 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  local earliest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+local place = redis.call('ZRANK', KEYS[5], ARGV[1])
+local before = place or redis.call('ZCARD', KEYS[5])
+local ahead = {}
+if before > 0 then  -- (a range that ends at -1 would be the whole line)
+  ahead = redis.call('ZRANGE', KEYS[5], 0, before - 1)
+end
+if redis.call('ZCARD', KEYS[1]) + #ahead >= tonumber(ARGV[2]) then
+  local wait = tonumber(ARGV[4])
+  local expiry = redis.call('HGET', KEYS[6], ARGV[1])
+  if wait > 0 and ((not expiry) or tonumber(expiry) - now < wait / 2) then
+    redis.call('ZADD', KEYS[5], 'NX', now, ARGV[1])
+    redis.call('HSET', KEYS[6], ARGV[1], string.format('%d', now + wait))
+    local ms = math.floor(wait / 1000) + 1000
+    for _, key in ipairs({KEYS[5], KEYS[6]}) do
+      if redis.call('PTTL', key) < ms then
+        redis.call('PEXPIRE', key, ms)
+      end
+    end
+  end
+  local earliest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or '0')
+  for _, waiter in ipairs(ahead) do
+    local until_ = tonumber(redis.call('HGET', KEYS[6], waiter))
+    if until_ and (earliest == 0 or until_ < earliest) then
+      earliest = until_
+    end
+  end
   local left = earliest - now
   local want = math.floor(left / 1000) + """
     + str(WAITER_GRACE_MS)
@@ -306,11 +344,33 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   end
   return {0, string.format('%d', left)}
 end
+if place then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('HDEL', KEYS[6], ARGV[1])
+end
 local token = string.format('%d', mint(KEYS[3]))
 redis.call('ZADD', KEYS[1], untl, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], token)
 keep()
 return {1, token}
+"""
+)
+
+LEAVE_SLOT_QUEUE = (
+    _NOW
+    + """
+-- KEYS[1] line, KEYS[2] places, KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] events
+-- channel, ARGV[3] name
+local expiry = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if not expiry or tonumber(expiry) <= now then
+  return 0
+end
+if redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('PUBLISH', ARGV[2], 'lease:' .. ARGV[3])
+end
+return 1
 """
 )
 
