@@ -1,6 +1,7 @@
 """Semaphore contention: 4 processes loop acquire -> critical section -> release on one
 ``clustersync.Semaphore`` with ``limit=2``, on SQLite, Redis and PostgreSQL (the private
-servers of ``tests/servers.py``), in the style of scenario 4 of ``benchmarks/run.py``::
+servers of ``tests/servers.py``), in the style of scenario 4 of ``benchmarks/run.py``,
+next to ``limit=1`` and to ``clustersync.Mutex`` in the same harness (the baseline)::
 
     .venv/bin/python benchmarks/bench_semaphore.py [--seconds 5] [--rounds 3]
 
@@ -9,9 +10,9 @@ the per-process counts, min/max, and safety violations (more than ``limit`` proc
 inside at once, or a token seen twice, checked in shared memory). Prints a Markdown table
 (medians over rounds) and writes ``benchmarks/results/semaphore.json``.
 
-No peer of the ``bench`` group offers a comparable primitive: pottery's
-``BoundedSemaphore`` counts holders in a Redis sorted set without renewal or fencing
-tokens, and needs its own masters; python-redis-lock and redis-py have none.
+The peers of the ``bench`` group (redis-py's ``Lock``, python-redis-lock, pottery's
+``Redlock``, PostgreSQL advisory locks) are mutexes: the Mutex rows of scenario 4 compare
+with them, and the Mutex row here relates the semaphore to those.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import clustersync
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "semaphore.json"
-PROCESSES, LIMIT = 4, 2
+PROCESSES = 4
+#: What runs in each store: label -> semaphore limit (None: a Mutex).
+CONTENDERS = {"Semaphore limit=2": 2, "Semaphore limit=1": 1, "Mutex": None}
 #: Shared memory: [inside now, violations, tokens seen...] (a ring of recent tokens).
 INSIDE, VIOLATIONS = 0, 1
 RING = 4096
@@ -45,10 +48,20 @@ def jain(counts: list[int]) -> float:
 
 
 def worker(
-    url: str, namespace: str, shared: Any, seen: Any, duration: float, parent: Connection
+    url: str,
+    namespace: str,
+    limit: int | None,
+    shared: Any,
+    seen: Any,
+    duration: float,
+    parent: Connection,
 ) -> None:
     store = clustersync.open_store(url, namespace=namespace)
-    sem = clustersync.Semaphore(store, "bench", limit=LIMIT)
+    sem: clustersync.Semaphore | clustersync.Mutex
+    if limit is None:
+        sem = clustersync.Mutex(store, "bench")
+    else:
+        sem = clustersync.Semaphore(store, "bench", limit=limit)
     count = 0
     try:
         parent.send("ready")
@@ -61,7 +74,7 @@ def worker(
             assert token is not None
             with shared.get_lock():
                 shared[INSIDE] += 1
-                if shared[INSIDE] > LIMIT:
+                if shared[INSIDE] > (limit or 1):
                     shared[VIOLATIONS] += 1
                 if seen[token % RING] == token:  # the same token handed out twice
                     shared[VIOLATIONS] += 1
@@ -76,7 +89,7 @@ def worker(
         store.close()
 
 
-def one_round(ctx: Any, url: str, seconds: float) -> dict[str, Any]:
+def one_round(ctx: Any, url: str, limit: int | None, seconds: float) -> dict[str, Any]:
     shared = ctx.Array("i", 2)
     seen = ctx.Array("q", RING, lock=False)
     namespace = f"bench-sem-{uuid.uuid4().hex[:8]}"
@@ -85,7 +98,7 @@ def one_round(ctx: Any, url: str, seconds: float) -> dict[str, Any]:
         mine, theirs = ctx.Pipe()
         proc = ctx.Process(
             target=worker,
-            args=(url, namespace, shared, seen, seconds, theirs),
+            args=(url, namespace, limit, shared, seen, seconds, theirs),
             name=f"sem-{index}",
             daemon=True,
         )
@@ -131,8 +144,10 @@ def main() -> int:
         }
         for round_no in range(args.rounds):
             for store, url in stores.items():
-                results.setdefault(store, []).append(one_round(ctx, url, args.seconds))
-                print(f"round {round_no + 1} {store}: {results[store][-1]}", flush=True)
+                for label, limit in CONTENDERS.items():
+                    key = f"{store} | {label}"
+                    results.setdefault(key, []).append(one_round(ctx, url, limit, args.seconds))
+                    print(f"round {round_no + 1} {key}: {results[key][-1]}", flush=True)
     summary = {
         store: {
             key: statistics.median(r[key] for r in rounds)
@@ -143,8 +158,9 @@ def main() -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"\n{PROCESSES} processes, limit {LIMIT}, {args.seconds:g} s x {args.rounds} rounds")
-    print("| store | acq/s | Jain | min/max | violations |\n|---|---|---|---|---|")
+    print(f"\n{PROCESSES} processes, {args.seconds:g} s x {args.rounds} rounds")
+    print("| store | contender | acq/s | Jain | min/max | violations |")
+    print("|---|---|---|---|---|---|")
     for store, row in summary.items():
         print(
             f"| {store} | {row['acq_per_s']:.0f} | {row['jain']} | {row['min_max']}"
