@@ -633,6 +633,29 @@ def test_recurring_jobs_pause_resume_trigger_and_break(
         assert "not held" in err
         with pytest.raises(cs.LockLostError):
             mutex.release()
+        # Semaphores (one slot by token) and election leaders.
+        slots = [cs.Semaphore(store, "render", limit=2, ttl=30) for _ in range(2)]
+        for sem in slots:
+            assert sem.acquire()
+        election = cs.Election(store, "leader", ttl=30)
+        election.start()
+        assert election.wait_until_leader(timeout=10)
+        listed = run_json(capsys, "--url", url, "locks")
+        assert [(lock["kind"], lock["name"]) for lock in listed] == [("election", "leader")]
+        token = str(slots[1].token)
+        assert run_json(capsys, "--url", url, "locks", "break", "render", "--token", token) == {
+            "name": "render",
+            "broken": True,
+        }
+        status, _, err = run(capsys, "--url", url, "locks", "break", "render", "--token", token)
+        assert status == 1
+        assert "not held" in err
+        assert [h.token for h in slots[0].holders()] == [slots[0].token]
+        status, out, _ = run(capsys, "--url", url, "locks", "break", "render")
+        assert status == 0
+        assert "broke 'render'" in out
+        assert slots[0].holders() == []
+        assert election.stop(timeout=10)
 
 
 def test_failed_jobs_list_retry_and_cancel(capsys: pytest.CaptureFixture[str], url: str) -> None:

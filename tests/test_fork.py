@@ -219,6 +219,49 @@ def test_scheduler_and_recurring_jobs_started_before_the_fork_run_in_the_child(
         assert "tick" in in_child, lines
 
 
+def test_a_forked_child_never_believes_it_leads(store_url: str, namespace: str) -> None:
+    """The parent's leadership stays the parent's; an election started before the fork
+    campaigns in the child as a new candidate, and leads once the parent resigns."""
+    with two_stores(store_url, namespace) as (forked, other):
+        events: list[str] = []
+        election = cs.Election(
+            forked,
+            "leader",
+            ttl=2.0,
+            on_elected=lambda term: events.append(f"{os.getpid()} elected {term}"),
+            on_revoked=lambda: events.append(f"{os.getpid()} revoked"),
+        )
+        election.start()
+        assert election.wait_until_leader(timeout=10)
+        term = election.term
+        assert term is not None
+
+        def body(report: Callable[[str], None]) -> None:
+            assert not election.is_leader
+            assert election.term is None
+            report("not leader")
+            assert election.wait_until_leader(timeout=15), "the child never campaigned"
+            assert election.term is not None
+            assert election.term > term
+            mine = [event for event in events if event.startswith(f"{os.getpid()} ")]
+            assert mine == [f"{os.getpid()} elected {election.term}"], events
+            report("leads")
+            assert election.stop(timeout=10)
+
+        child = Child(body)
+        child.expect("not leader")
+        time.sleep(0.5)
+        assert election.is_leader, "the child took the parent's leadership"
+        assert election.term == term
+        info = cs.Election(other, "leader").leader()
+        assert info is not None
+        assert info.term == term
+        assert election.stop(timeout=10)
+        child.expect("leads")
+        assert child.exit_status() == 0
+        assert events == [f"{os.getpid()} elected {term}", f"{os.getpid()} revoked"]
+
+
 async def test_an_asyncio_store_refuses_the_child(store_url: str, namespace: str) -> None:
     async with await aio.open_store(store_url, namespace=namespace) as store:
 

@@ -2,6 +2,9 @@
 
 - :class:`Mutex` — a cluster-wide lock with a self-renewing lease, fencing tokens and a
   loud signal (``on_lost``, ``LockLostError``) when the lease is lost.
+- :class:`Semaphore` — the same with up to ``limit`` holders at once.
+- :class:`Election` — leader election: one leader per name, a fencing ``term``,
+  ``on_elected``/``on_revoked`` callbacks in order.
 - :func:`schedule` — a recurring job that runs on at most one instance at a time, at a
   cadence shared by all instances.
 - :func:`get_job_once_scheduler` — persisted one-shot jobs that fire once across the
@@ -17,7 +20,15 @@ OpenTelemetry API installed job runs and lock waits make spans.
 
 from __future__ import annotations
 
-from ._core.info import FailedJob, JobContext, LockInfo, RecurringJobInfo, RunInfo
+from ._core.info import (
+    FailedJob,
+    HolderInfo,
+    JobContext,
+    LeaderInfo,
+    LockInfo,
+    RecurringJobInfo,
+    RunInfo,
+)
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -27,6 +38,7 @@ from ._core.intervals import (
 )
 from ._core.retry import Retry
 from ._metrics import enable_metrics
+from ._sync.election import Election
 from ._sync.job import Job, schedule
 from ._sync.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._sync.mutex import Mutex
@@ -39,6 +51,7 @@ from ._sync.operations import (
     resume_recurring_job,
     trigger_recurring_job,
 )
+from ._sync.semaphore import Semaphore
 from ._sync.store import Store, open_store
 from .exceptions import (
     ClusterSyncError,
@@ -56,13 +69,16 @@ __all__ = [
     "ClusterSyncError",
     "ConfigurationError",
     "DuplicateJobError",
+    "Election",
     "FailedJob",
+    "HolderInfo",
     "Job",
     "JobContext",
     "JobMetadata",
     "JobOnce",
     "JobOnceMetadata",
     "JobOnceScheduler",
+    "LeaderInfo",
     "LockInfo",
     "LockLostError",
     "Mutex",
@@ -72,6 +88,7 @@ __all__ = [
     "Retry",
     "RunInfo",
     "SchedulerError",
+    "Semaphore",
     "Store",
     "StoreUnavailableError",
     "__version__",

@@ -1,14 +1,17 @@
 """clustersync for asyncio: the same API and semantics as :mod:`clustersync`.
 
-``await aio.open_store(url)``, ``aio.Mutex`` (``await m.acquire(timeout=...)``,
-``async with m``), ``aio.schedule(...)`` (callbacks may be coroutine functions; plain
-functions run in a worker thread so the event loop keeps renewing leases), and
+``await aio.open_store(url)``, ``aio.Mutex`` and ``aio.Semaphore``
+(``await m.acquire(timeout=...)``, ``async with m``), ``aio.Election`` (``start()``,
+``await e.stop()``, ``async with e``), ``aio.schedule(...)`` (callbacks may be
+coroutine functions; plain functions run in a worker thread so the event loop keeps
+renewing leases), and
 ``aio.get_job_once_scheduler(store)``. Cancelling a task that waits in ``acquire``
 leaves nothing held.
 """
 
 from __future__ import annotations
 
+from ._async.election import Election
 from ._async.job import Job, schedule
 from ._async.job_once import JobOnce, JobOnceMetadata, JobOnceScheduler, get_job_once_scheduler
 from ._async.mutex import Mutex
@@ -21,8 +24,17 @@ from ._async.operations import (
     resume_recurring_job,
     trigger_recurring_job,
 )
+from ._async.semaphore import Semaphore
 from ._async.store import Store, open_store
-from ._core.info import FailedJob, JobContext, LockInfo, RecurringJobInfo, RunInfo
+from ._core.info import (
+    FailedJob,
+    HolderInfo,
+    JobContext,
+    LeaderInfo,
+    LockInfo,
+    RecurringJobInfo,
+    RunInfo,
+)
 from ._core.intervals import (
     JobMetadata,
     NextWaitInterval,
@@ -46,13 +58,16 @@ __all__ = [
     "ClusterSyncError",
     "ConfigurationError",
     "DuplicateJobError",
+    "Election",
     "FailedJob",
+    "HolderInfo",
     "Job",
     "JobContext",
     "JobMetadata",
     "JobOnce",
     "JobOnceMetadata",
     "JobOnceScheduler",
+    "LeaderInfo",
     "LockInfo",
     "LockLostError",
     "Mutex",
@@ -62,6 +77,7 @@ __all__ = [
     "Retry",
     "RunInfo",
     "SchedulerError",
+    "Semaphore",
     "Store",
     "StoreUnavailableError",
     "break_lock",

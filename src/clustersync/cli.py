@@ -257,18 +257,19 @@ def cmd_locks(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_locks_break(args: argparse.Namespace, out: TextIO) -> int:
-    validate_name(args.name, "mutex name")
+    validate_name(args.name, "lock name")
     with _open(args, must_exist=True) as store:
-        broken = break_lock(store, args.name)
+        broken = break_lock(store, args.name, token=args.token)
         where = f"namespace {store.namespace!r} of {store.url}"
     if args.json:
         _dump_json(out, {"name": args.name, "broken": broken})
+    what = f"semaphore {args.name!r} slot {args.token}" if args.token is not None else None
     if not broken:
-        raise CLIError(f"mutex {args.name!r} is not held in {where}")
+        raise CLIError(f"{what or f'no mutex or semaphore {args.name!r}'} is not held in {where}")
     if not args.json:
         out.write(
-            f"broke mutex {args.name!r}: the next holder gets a higher fencing token; the"
-            " old holder learns it at its next renewal\n"
+            f"broke {what or repr(args.name)}: the next holder gets a higher fencing token;"
+            " the old holder learns it at its next renewal\n"
         )
     return 0
 
@@ -537,14 +538,19 @@ def build_parser() -> argparse.ArgumentParser:
     locks_break = locks_commands.add_parser(
         "break",
         parents=[common],
-        help="force-release a held mutex (its holder is fenced off)",
+        help="force-release a held mutex or semaphore (its holders are fenced off)",
         description=(
-            "End the live lease of a mutex, whoever holds it. The next acquisition gets a"
-            " higher fencing token, so the old holder's writes are rejected by a fenced"
-            " resource, and the old holder learns it at its next renewal (on_lost)."
+            "End the live lease of a mutex and the live slots of a semaphore of that name"
+            " (with --token: only the semaphore slot with that token), whoever holds them."
+            " The next acquisition gets a higher fencing token, so the old holder's writes"
+            " are rejected by a fenced resource, and the old holder learns it at its next"
+            " renewal (on_lost)."
         ),
     )
-    locks_break.add_argument("name", metavar="NAME", help="mutex name")
+    locks_break.add_argument("name", metavar="NAME", help="mutex or semaphore name")
+    locks_break.add_argument(
+        "--token", type=int, default=None, help="only the semaphore slot with this token"
+    )
     locks_break.add_argument("--json", action="store_true", help="machine-readable output")
 
     jobs = commands.add_parser(

@@ -77,6 +77,7 @@ class JsonFileBackend:
             text = file.read()
             everything = json.loads(text) if text else {}
             state = everything.setdefault(self._ns, {"leases": {}, "meta": {}, "jobs": {}})
+            state.setdefault("slots", {})
             yield state
             file.seek(0)
             file.truncate()
@@ -139,6 +140,90 @@ class JsonFileBackend:
                 for name, lease in sorted(state["leases"].items())
                 if lease[0] is not None and lease[2] > now
             ]
+
+    def read_lease(self, name: str) -> LeaseInfo | None:
+        with self._state() as state:
+            now = self.now_us()
+            lease = state["leases"].get(name)
+            if lease is None or lease[0] is None or lease[2] <= now:
+                return None
+            return LeaseInfo(name, lease[0], lease[1], (lease[2] - now) / _US)
+
+    # -- slots (Semaphore) -----------------------------------------------------------------
+
+    def _slots(self, state: dict[str, Any], name: str) -> dict[str, Any]:
+        """The slots of ``name`` ({"token": counter, "held": {owner: [token, expiry]},
+        "line": {owner: [arrival, expiry]}}), expired ones dropped."""
+        slots: dict[str, Any] = state["slots"].setdefault(
+            name, {"token": 0, "held": {}, "line": {}}
+        )
+        now = self.now_us()
+        slots["held"] = {o: s for o, s in slots["held"].items() if s[1] > now}
+        slots["line"] = {o: w for o, w in slots["line"].items() if w[1] > now}
+        return slots
+
+    def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
+        with self._state() as state:
+            slots = self._slots(state, name)
+            now = self.now_us()
+            held, line = slots["held"], slots["line"]
+            if owner in held:  # a retry of this acquisition
+                held[owner][1] = now + int(ttl * _US)
+                return AcquireResult(True, token=held[owner][0])
+            place = line.get(owner)
+            ahead = [
+                w[1]
+                for o, w in line.items()
+                if o != owner and (place is None or (w[0], o) < (place[0], owner))
+            ]
+            if len(held) + len(ahead) < limit:
+                line.pop(owner, None)
+                slots["token"] += 1
+                held[owner] = [slots["token"], now + int(ttl * _US)]
+                return AcquireResult(True, token=slots["token"])
+            if wait > 0:
+                line[owner] = [now if place is None else place[0], now + int(wait * _US)]
+            earliest = min([expires for _, expires in held.values()] + ahead)
+            return AcquireResult(False, retry_after=(earliest - now) / _US)
+
+    def leave_slot_queue(self, name: str, owner: str) -> bool:
+        with self._state() as state:
+            return self._slots(state, name)["line"].pop(owner, None) is not None
+
+    def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        with self._state() as state:
+            held = self._slots(state, name)["held"]
+            if held.get(owner, [None])[0] != token:
+                return False
+            held[owner][1] = self.now_us() + int(ttl * _US)
+            return True
+
+    def release_slot(self, name: str, owner: str, token: int) -> bool:
+        with self._state() as state:
+            held = self._slots(state, name)["held"]
+            if held.get(owner, [None])[0] != token:
+                return False
+            del held[owner]
+            return True
+
+    def break_slots(self, name: str, token: int | None) -> int:
+        with self._state() as state:
+            held = self._slots(state, name)["held"]
+            ended = [o for o, s in held.items() if token is None or s[0] == token]
+            for owner in ended:
+                del held[owner]
+            return len(ended)
+
+    def list_slots(self, name: str) -> list[LeaseInfo]:
+        with self._state() as state:
+            now = self.now_us()
+            held = self._slots(state, name)["held"]
+            return sorted(
+                (LeaseInfo(name, o, s[0], (s[1] - now) / _US) for o, s in held.items()),
+                key=lambda info: info.token,
+            )
 
     # -- recurring job metadata ------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import clustersync
+from clustersync.testing.checker import SharedFencedResource
 
 #: How often a worker looks for a command file.
 COMMAND_POLL = 0.005
@@ -252,6 +253,75 @@ def failing(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -> 
     report("stopped")
 
 
+def campaign(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -> None:
+    """Campaign for the election ``cfg["election"]`` until the file ``cfg["exit"]`` exists.
+    While leader, write the term to the shared fenced resource ``cfg["resource"]`` every
+    ``cfg["every"]`` seconds (checking ``is_leader`` before each write). The file
+    ``cfg["resign"]`` (deleted when seen) makes it resign, then campaign again after
+    ``cfg["rest"]`` seconds. Reports ``elected`` (term), ``resigning``, ``revoked`` (term,
+    whether it resigned) and each rejected ``write``."""
+    resource = SharedFencedResource(cfg["resource"])
+    state: dict[str, Any] = {"term": None, "resigned": False}
+
+    def elected(term: int) -> None:
+        state["term"], state["resigned"] = term, False
+        report("elected", term=term)
+
+    def revoked() -> None:
+        report("revoked", term=state["term"], resigned=state["resigned"])
+
+    election = clustersync.Election(
+        store, cfg["election"], ttl=cfg["ttl"], on_elected=elected, on_revoked=revoked
+    )
+    resign_file, exit_file = Path(cfg["resign"]), Path(cfg["exit"])
+    election.start()
+    report("ready")
+    while not exit_file.exists():
+        term = election.term
+        if term is not None and not resource.write(term, name="leader", holder=str(os.getpid())):
+            report("write", term=term, accepted=False)
+        if resign_file.exists():
+            resign_file.unlink()
+            state["resigned"] = True
+            report("resigning", term=term)
+            election.resign()
+            time.sleep(cfg.get("rest", 0.5))
+            election.start()
+        time.sleep(cfg.get("every", 0.01))
+    election.stop()
+    report("stopped")
+
+
+def slots(store: clustersync.Store, cfg: dict[str, Any], report: Reporter) -> None:
+    """Take a slot of the semaphore ``cfg["semaphore"]`` (``cfg["limit"]``) again and
+    again, for ``cfg["hold"]`` seconds each, until the file ``cfg["exit"]`` exists.
+    Reports ``acquired`` (token, start) before the hold and ``hold`` (token, start, end,
+    lost) after it; ``lost`` is whether the holder was told it lost the slot."""
+    lost = threading.Event()
+    sem = clustersync.Semaphore(
+        store, cfg["semaphore"], limit=cfg["limit"], ttl=cfg["ttl"], on_lost=lost.set
+    )
+    exit_file = Path(cfg["exit"])
+    report("ready")
+    rng = random.Random(os.getpid())
+    while not exit_file.exists():
+        if not sem.acquire(timeout=1.0):
+            continue
+        start = time.monotonic()
+        report("acquired", token=sem.token, start=start)
+        time.sleep(cfg["hold"])
+        end = time.monotonic()
+        token = sem.token
+        try:
+            sem.release()
+            told = lost.is_set()
+        except clustersync.LockLostError:
+            told = True
+        lost.clear()
+        report("hold", token=token, start=start, end=end, lost=told)
+        time.sleep(rng.uniform(0, cfg.get("pause", 0.01)))
+
+
 SCENARIOS = {
     "contend": contend,
     "hold": hold,
@@ -259,6 +329,8 @@ SCENARIOS = {
     "recurring": recurring,
     "hammer": hammer,
     "failing": failing,
+    "campaign": campaign,
+    "slots": slots,
 }
 
 

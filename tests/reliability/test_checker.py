@@ -23,10 +23,12 @@ from clustersync.testing.checker import (
     check_holds,
     check_one_shot,
     check_recurring,
+    check_slot_holds,
     check_writes,
     hold_violations,
     job_violations,
     run_violations,
+    slot_hold_violations,
     write_violations,
 )
 
@@ -51,6 +53,46 @@ def test_overlap_is_allowed_when_the_older_lease_was_lost_and_told() -> None:
     # But the newer one being "lost" does not excuse the older one never being told.
     with pytest.raises(SafetyViolation):
         check_holds([HoldLog("m", 1, 0.0, 2.0, "a"), HoldLog("m", 2, 1.0, 3.0, "b", lost=True)])
+
+
+def test_slot_holds_allow_up_to_the_limit_at_once() -> None:
+    # Three slots: holds 1-3 overlap, 4 starts when 1 ended; 5 overlaps 2, 3 and 4.
+    holds = [
+        HoldLog("s", 1, 0.0, 1.0, "a"),
+        HoldLog("s", 2, 0.5, 3.0, "b"),
+        HoldLog("s", 3, 0.6, 3.0, "c"),
+        HoldLog("s", 4, 1.0, 3.0, "a"),
+        HoldLog("s", 6, 3.0, 4.0, "b"),
+        HoldLog("n", 1, 0.0, 9.0, "other name"),
+    ]
+    report = check_slot_holds(holds, limit=3)
+    assert (report.holds, report.names, report.told_overlaps) == (6, 2, 0)
+    with pytest.raises(SafetyViolation, match=r"3 holds at once \(limit 2\)"):
+        check_slot_holds(holds, limit=2)
+    too_many = [*holds, HoldLog("s", 5, 2.0, 2.5, "d")]
+    _, violations = slot_hold_violations(too_many, limit=3)
+    assert len(violations) == 1
+    assert "4 holds at once" in violations[0]
+    assert "token 5" in violations[0]
+
+
+def test_slot_holds_excuse_only_holders_told_they_lost() -> None:
+    holds = [
+        HoldLog("s", 1, 0.0, 5.0, "paused", lost=True),
+        HoldLog("s", 2, 1.0, 2.0, "a"),
+        HoldLog("s", 3, 1.5, 3.0, "b"),
+    ]
+    assert check_slot_holds(holds, limit=2).told_overlaps == 1
+    untold = [HoldLog("s", 1, 0.0, 5.0, "paused"), *holds[1:]]
+    with pytest.raises(SafetyViolation, match="3 holds at once"):
+        check_slot_holds(untold, limit=2)
+
+
+def test_slot_tokens_must_increase_and_be_unique_across_slots() -> None:
+    with pytest.raises(SafetyViolation, match="token used twice"):
+        check_slot_holds([HoldLog("s", 1, 0.0, 1.0, "a"), HoldLog("s", 1, 0.5, 1.5, "b")], 2)
+    with pytest.raises(SafetyViolation, match="token not increasing"):
+        check_slot_holds([HoldLog("s", 5, 0.0, 1.0, "a"), HoldLog("s", 4, 2.0, 3.0, "b")], 2)
 
 
 def test_other_names_may_overlap() -> None:

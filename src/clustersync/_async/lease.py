@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,21 @@ class Hold:
 
 
 class Lease:
-    """Acquire, renew in the background, and release one named lease."""
+    """Acquire, renew in the background, and release one named lease.
+
+    The store operations of a kind of lease are its methods :meth:`_acquire_in_store_once`,
+    :meth:`release_in_store` and the name :attr:`renew_operation`: a subclass that
+    overrides them (a semaphore's slot) gets the whole engine — waiting, renewal, loss.
+    """
+
+    #: The store operation that renews a hold, called as ``(name, owner, token, ttl)``.
+    renew_operation = "renew_lease"
+    #: Whether a blocking acquire may queue in the store's grant queue (a plain lease).
+    grantable = True
+    #: Seconds a blocking acquirer keeps its place in the store's line of waiters between
+    #: attempts (0: the store keeps no line for this kind of lease). A waiter then checks
+    #: again at least every third of it, and leaves the line when it gives up.
+    queue_place = 0.0
 
     def __init__(
         self,
@@ -182,7 +196,7 @@ class Lease:
         # store error) finds the lease the first attempt may have taken, never orphans it.
         owner = new_owner_id(self.store.identity)
         started_ns = now_ns()
-        if blocking and cancel is None and self.store._grants:
+        if blocking and cancel is None and self.store._grants and self.grantable:
             span = LockWaitSpan(self.label, self.description, started_ns)
             outcome = "error"
             try:
@@ -191,7 +205,24 @@ class Lease:
                 return acquired
             finally:
                 span.end(outcome)
-        result = await self._attempt_or_error(owner, cancel)
+        acquired = False
+        try:
+            acquired = await self._attempt_and_wait(owner, blocking, deadline, cancel, started_ns)
+        finally:
+            if blocking and not acquired and self.queue_place:
+                await shim.shielded(self._leave_queue(owner))
+        return acquired
+
+    async def _attempt_and_wait(
+        self,
+        owner: str,
+        blocking: bool,
+        deadline: float | None,
+        cancel: shim.CancelEvent | None,
+        started_ns: int,
+    ) -> bool:
+        """Attempt, then (blocking) wait for a release or the expiry and attempt again."""
+        result = await self._attempt_or_error(owner, cancel, blocking)
         if isinstance(result, bool):
             return result
         if not blocking:
@@ -219,6 +250,9 @@ class Lease:
         """Wait for the lease held elsewhere (``result``: how long it still lives, or the
         store error of the first attempt), retrying until acquired, the deadline or
         cancellation."""
+        longest_wait = MAX_WAIT_WITHOUT_NEWS
+        if self.queue_place:  # come back before our place in the line lapses
+            longest_wait = min(longest_wait, self.queue_place / 3)
         waker = shim.Waker()
         backoff = Backoff()
         # Registered from here on, so a release wakes us; the first retry is immediate in
@@ -233,7 +267,7 @@ class Lease:
                     self._warn_retry(wait, result)
                 else:
                     backoff.reset()
-                    wait = 0.0 if just_registered else min(result, MAX_WAIT_WITHOUT_NEWS)
+                    wait = 0.0 if just_registered else min(result, longest_wait)
                 just_registered = False
                 if deadline is not None:
                     remaining = deadline - shim.monotonic()
@@ -247,7 +281,7 @@ class Lease:
                 if cancel is not None and cancel.is_set():
                     return False
                 waker.clear()
-                attempt = await self._attempt_or_error(owner, cancel)
+                attempt = await self._attempt_or_error(owner, cancel, True)
                 if isinstance(attempt, bool):
                     return attempt
                 result = attempt
@@ -308,7 +342,7 @@ class Lease:
                         self.description,
                         self.name,
                     )
-                    await _release_quietly(self.store, self.name, owner, grant.token)
+                    await self._release_quietly(owner, grant.token)
                     await shim.sleep(SLOW_ANSWER_RETRY)  # a ttl below the round trip: no spin
                     continue
                 self._take(owner, grant.token, deadline_of_grant)
@@ -355,22 +389,21 @@ class Lease:
         self.store._renewer().add(self, hold)
 
     async def _attempt_or_error(
-        self, owner: str, cancel: shim.CancelEvent | None
+        self, owner: str, cancel: shim.CancelEvent | None, queue: bool
     ) -> bool | float | StoreUnavailableError:
-        """One attempt: True if acquired, False if cancelled, the seconds the current lease
-        still lives if held elsewhere, or the store error."""
+        """One attempt (``queue``: keep a place in the store's line if refused): True if
+        acquired, False if cancelled, the seconds the current lease still lives if held
+        elsewhere, or the store error."""
         if cancel is not None and cancel.is_set():
             return False
         sent = shim.monotonic()
 
         async def undo(result: AcquireResult) -> None:
             if result.acquired and result.token is not None:
-                await self.store._ops.release_lease(self.name, owner, result.token)
+                await self.release_in_store(owner, result.token)
 
         try:
-            result = await shim.cancel_safe(
-                self.store._ops.acquire_lease(self.name, owner, self.ttl), undo
-            )
+            result = await shim.cancel_safe(self._acquire_in_store_once(owner, queue), undo)
         except StoreUnavailableError as exc:
             return exc
         if not result.acquired or result.token is None:
@@ -382,10 +415,39 @@ class Lease:
             logger.warning(
                 "acquiring %s %r took longer than its ttl; retrying", self.description, self.name
             )
-            await _release_quietly(self.store, self.name, owner, result.token)
+            await self._release_quietly(owner, result.token)
             return SLOW_ANSWER_RETRY
         self._take(owner, result.token, deadline)
         return True
+
+    # -- the store operations of this kind of lease ------------------------------------------
+
+    def _acquire_in_store_once(self, owner: str, queue: bool) -> Awaitable[AcquireResult]:
+        """One acquisition attempt in the store (the store is reached at once: a closed
+        or forked store raises here, not in a background task); ``queue``: keep a place
+        in the store's line if refused (for kinds of lease that have one)."""
+        return self.store._ops.acquire_lease(self.name, owner, self.ttl)
+
+    async def _leave_queue(self, owner: str) -> bool:
+        """Leave the store's line of waiters (kinds of lease that have one); True if
+        ``owner`` was in it."""
+        return False
+
+    async def release_in_store(self, owner: str, token: int) -> bool:
+        """The owner-checked release in the store; False if there was nothing to free."""
+        return await self.store._ops.release_lease(self.name, owner, token)
+
+    async def _release_quietly(self, owner: str, token: int) -> None:
+        """Owner-checked release whose failure only means the lease expires on its own."""
+        try:
+            await self.release_in_store(owner, token)
+        except StoreUnavailableError as exc:
+            logger.warning(
+                "could not give back %s %r; it expires on its own: %s",
+                self.description,
+                self.name,
+                exc,
+            )
 
     # -- loss ---------------------------------------------------------------------------
 
@@ -479,7 +541,7 @@ class Lease:
         uncertain = False  # an attempt failed with an unknown outcome
         while True:
             try:
-                released = await self.store._ops.release_lease(self.name, hold.owner, hold.token)
+                released = await self.release_in_store(hold.owner, hold.token)
                 # After an unknown outcome, "nothing to release" means that attempt did it.
                 return released or uncertain
             except StoreUnavailableError as exc:
@@ -503,11 +565,3 @@ def _result(acquired: bool, cancel: shim.CancelEvent | None) -> str:
     if acquired:
         return "acquired"
     return "cancelled" if cancel is not None and cancel.is_set() else "timeout"
-
-
-async def _release_quietly(store: Store, name: str, owner: str, token: int) -> None:
-    """Owner-checked release whose failure only means the lease expires on its own."""
-    try:
-        await store._ops.release_lease(name, owner, token)
-    except StoreUnavailableError as exc:
-        logger.warning("could not give back lease %r; it expires on its own: %s", name, exc)

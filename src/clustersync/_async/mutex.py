@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from .._concurrency import aio as shim
 from .._core.validation import validate_name, validate_ttl
@@ -39,34 +39,11 @@ DEFAULT_TTL = 15.0
 MUTEX_PREFIX = "m:"  # keeps mutexes apart from recurring jobs' leases
 
 
-class Mutex:
-    """A cluster-wide lock: ``Mutex(store, name, *, ttl=15.0, on_lost=None)``.
+class _LeaseLock:
+    """What :class:`Mutex` and :class:`~clustersync.Semaphore` share: a lock held through
+    one fenced, self-renewing lease (``_lease``), with the API of ``threading.Lock``."""
 
-    Not reentrant (a second ``acquire`` on a held mutex blocks, like ``threading.Lock``);
-    releasing from another thread or task than the acquiring one is allowed.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        name: str,
-        *,
-        ttl: float = DEFAULT_TTL,
-        on_lost: Callable[[], Any] | None = None,
-    ) -> None:
-        store = require_store(store, "Mutex()")
-        self.name = validate_name(name, "mutex name")
-        self.ttl = validate_ttl(ttl)
-        if on_lost is not None and not callable(on_lost):
-            raise TypeError("on_lost must be callable or None")
-        self.store = store
-        self._lease = Lease(
-            store, MUTEX_PREFIX + name, self.ttl, on_lost, description="mutex", label=name
-        )
-
-    def __repr__(self) -> str:
-        state = f"held token={self.token}" if self._lease.hold else "unlocked"
-        return f"<Mutex {self.name!r} {state}>"
+    _lease: Lease
 
     async def acquire(
         self,
@@ -74,7 +51,8 @@ class Mutex:
         timeout: float | None = None,
         cancel: shim.CancelEvent | None = None,
     ) -> bool:
-        """Acquire the lock, like ``threading.Lock.acquire``.
+        """Acquire the lock (a semaphore: one of its slots), like
+        ``threading.Lock.acquire``.
 
         Blocks until held and returns True. Returns False when ``blocking=False`` and the
         lock is held elsewhere, when ``timeout`` seconds pass, or when ``cancel`` is set.
@@ -105,7 +83,7 @@ class Mutex:
         """Raise ``LockLostError`` if the lease was lost (``NotLockedError`` if not held)."""
         self._lease.check()
 
-    async def __aenter__(self) -> Mutex:
+    async def __aenter__(self) -> Self:
         await self.acquire()
         return self
 
@@ -116,3 +94,33 @@ class Mutex:
         tb: TracebackType | None,
     ) -> None:
         await self.release()
+
+
+class Mutex(_LeaseLock):
+    """A cluster-wide lock: ``Mutex(store, name, *, ttl=15.0, on_lost=None)``.
+
+    Not reentrant (a second ``acquire`` on a held mutex blocks, like ``threading.Lock``);
+    releasing from another thread or task than the acquiring one is allowed.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        *,
+        ttl: float = DEFAULT_TTL,
+        on_lost: Callable[[], Any] | None = None,
+    ) -> None:
+        store = require_store(store, "Mutex()")
+        self.name = validate_name(name, "mutex name")
+        self.ttl = validate_ttl(ttl)
+        if on_lost is not None and not callable(on_lost):
+            raise TypeError("on_lost must be callable or None")
+        self.store = store
+        self._lease = Lease(
+            store, MUTEX_PREFIX + name, self.ttl, on_lost, description="mutex", label=name
+        )
+
+    def __repr__(self) -> str:
+        state = f"held token={self.token}" if self._lease.hold else "unlocked"
+        return f"<Mutex {self.name!r} {state}>"

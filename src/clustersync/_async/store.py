@@ -6,16 +6,18 @@ every primitive built on it, owns the backend (connections, change feed), the ba
 renewer of its leases, its recurring jobs and its one-shot scheduler, and is closed with
 ``close()`` or by leaving its ``with`` block.
 
-Closing stops everything built on the store: recurring jobs and the one-shot scheduler
-stop (a running callback finishes first, unless ``close()`` is called from inside it),
-held mutex leases end (released in the store; ``locked()`` turns False and ``on_lost``
-is called), and every later call through the store raises ``StoreUnavailableError``.
+Closing stops everything built on the store: elections resign (``on_revoked`` runs),
+recurring jobs and the one-shot scheduler stop (a running callback finishes first,
+unless ``close()`` is called from inside it), held mutex and semaphore leases end
+(released in the store; ``locked()`` turns False and ``on_lost`` is called), and every
+later call through the store raises ``StoreUnavailableError``.
 
 Fork (``gunicorn --preload``, multiprocessing): a threading-API store opened before
 ``os.fork()`` works in the child as if opened there: the child opens its own connections
 at first use, and re-creates the renewer, the change feed, the scheduler and the
-recurring jobs that were started. Holds taken before the fork belong to the parent: in
-the child ``locked()`` is False and ``check()``/``release()`` raise ``LockLostError``.
+recurring jobs and elections that were started (a child campaigns as a new candidate).
+Holds taken before the fork belong to the parent: in the child ``locked()`` and
+``is_leader`` are False and ``check()``/``release()`` raise ``LockLostError``.
 An asyncio store cannot follow a fork (its event loop does not): its first use in the
 child raises ``ConfigurationError``.
 """
@@ -41,6 +43,7 @@ from ..stores.contract.aio import Backend, GrantHandoff
 from ..stores.registry import StoreKind, kind_for_url, redact, resolve_url
 
 if TYPE_CHECKING:
+    from .election import Election
     from .job import Job
     from .job_once import JobOnceScheduler
     from .renewer import Renewer
@@ -102,6 +105,7 @@ class Store:
         self._scheduler: JobOnceScheduler | None = None
         self._lease_renewer: Renewer | None = None
         self._jobs: set[Job] = set()  # recurring jobs started on this store
+        self._elections: set[Election] = set()  # elections campaigning on this store
         self._closing = False
         self._closed = False
         #: Whether blocked acquires queue up for a direct grant (``handoff="grant"``).
@@ -120,15 +124,18 @@ class Store:
     async def close(self) -> None:
         """Stop everything built on this store, then close its connections; idempotent.
 
-        Recurring jobs and the one-shot scheduler stop (waiting for running callbacks,
-        except one that calls ``close()`` itself), held mutex leases are released in the
-        store (their holders see them lost), and every later call through this store
-        raises :class:`~clustersync.StoreUnavailableError`.
+        Elections resign (waiting for ``on_revoked``), recurring jobs and the one-shot
+        scheduler stop (waiting for running callbacks, except one that calls ``close()``
+        itself), held mutex and semaphore leases are released in the store (their holders
+        see them lost), and every later call through this store raises
+        :class:`~clustersync.StoreUnavailableError`.
         """
         if self._closing or self._closed:
             return
         self._closing = True
         try:
+            for election in list(self._elections):
+                await election.stop()
             for job in list(self._jobs):
                 await job.close()
             scheduler = self._scheduler
@@ -253,6 +260,8 @@ class Store:
             return
         for job in list(self._jobs):
             job._after_fork()
+        for election in list(self._elections):
+            election._after_fork()
         if self._scheduler is not None:
             self._scheduler._after_fork()
 

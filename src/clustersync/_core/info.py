@@ -12,7 +12,9 @@ from datetime import datetime, timedelta
 
 __all__ = [
     "FailedJob",
+    "HolderInfo",
     "JobContext",
+    "LeaderInfo",
     "LockInfo",
     "RecurringJobInfo",
     "RunInfo",
@@ -86,8 +88,9 @@ class RecurringJobInfo:
 class LockInfo:
     """A live lease, as ``clustersync locks`` and the dashboard show it.
 
-    ``kind`` is ``"mutex"`` or ``"job"`` (a recurring job's lease); ``name`` the user's
-    name; ``holder`` the identity of the holding instance; ``expires_in`` seconds.
+    ``kind`` is ``"mutex"``, ``"election"`` (its leader's lease) or ``"job"`` (a
+    recurring job's lease); ``name`` the user's name; ``holder`` the identity of the
+    holding instance; ``expires_in`` seconds.
     """
 
     kind: str
@@ -143,3 +146,25 @@ class RunInfo:
     identity: str
     attempt: int
     lateness_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderInfo:
+    """The leader of an election now (``Election.leader()``): ``identity`` of its
+    instance, ``term`` (the fencing token of its leadership) and ``expires_in``: seconds
+    until its lease ends unless renewed (judged by the store's clock)."""
+
+    identity: str
+    term: int
+    expires_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class HolderInfo:
+    """One live hold of a semaphore (``Semaphore.holders()``): ``identity`` of the
+    holding instance, its fencing ``token`` and ``expires_in`` seconds until its slot
+    ends unless renewed."""
+
+    identity: str
+    token: int
+    expires_in: float

@@ -8,9 +8,11 @@
   persistent: while paused no instance starts a run (a run in progress finishes);
 - :func:`trigger_recurring_job` — one extra run as soon as possible, on exactly one
   instance (still never two at once), even while paused;
-- :func:`list_locks` — the live leases: mutexes and running recurring jobs;
-- :func:`break_lock` — an operator ends a mutex's live lease: the next acquisition gets
-  a higher fencing token, and the old holder learns it at its next renewal (``on_lost``).
+- :func:`list_locks` — the live leases: mutexes, election leaders and running recurring
+  jobs;
+- :func:`break_lock` — an operator ends a mutex's live lease or a semaphore's slots: the
+  next acquisition gets a higher fencing token, and the old holder learns it at its next
+  renewal (``on_lost``).
 
 Each is one or two store operations, from any process that opens the store: the CLI,
 the dashboard, or a script of yours.
@@ -23,12 +25,14 @@ from datetime import datetime
 from .._core.info import LockInfo, RecurringJobInfo, RunInfo, identity_of
 from .._core.validation import micros_to_datetime, validate_name
 from ..stores.contract import RecurringJobRecord
+from .election import ELECTION_PREFIX
 from .job import JOB_PREFIX
 from .mutex import MUTEX_PREFIX
+from .semaphore import SEMAPHORE_PREFIX
 from .store import Store, require_store
 
 #: Internal lease-name prefixes and the kind of lock each denotes.
-LEASE_KINDS = {MUTEX_PREFIX: "mutex", JOB_PREFIX: "job"}
+LEASE_KINDS = {MUTEX_PREFIX: "mutex", ELECTION_PREFIX: "election", JOB_PREFIX: "job"}
 
 
 def list_recurring_jobs(store: Store) -> list[RecurringJobInfo]:
@@ -115,8 +119,9 @@ def recent_runs(store: Store, limit: int = 50) -> list[RunInfo]:
 
 
 def list_locks(store: Store) -> list[LockInfo]:
-    """The live leases of the namespace: mutexes and the recurring jobs running now,
-    sorted by kind then name."""
+    """The live leases of the namespace: mutexes, election leaders and the recurring
+    jobs running now, sorted by kind then name. (Semaphore holders are listed by
+    ``Semaphore.holders()``.)"""
     store = require_store(store, "list_locks()")
     locks = []
     for lease in store._ops.list_leases():
@@ -130,16 +135,23 @@ def list_locks(store: Store) -> list[LockInfo]:
     return locks
 
 
-def break_lock(store: Store, name: str) -> bool:
-    """End the live lease of mutex ``name``, whoever holds it (an operator's override).
+def break_lock(store: Store, name: str, token: int | None = None) -> bool:
+    """End the live holds named ``name``, whoever holds them (an operator's override).
 
-    The next acquisition gets a higher fencing token, so the old holder's writes are
-    fenced off; the old holder learns it no later than its next renewal (``on_lost``,
-    ``LockLostError``). Returns whether a live lease was ended.
+    Without ``token``: the live lease of mutex ``name`` and every live slot of semaphore
+    ``name``. With ``token``: only the semaphore slot that has that fencing token. The
+    next acquisition gets a higher fencing token, so the old holder's writes are fenced
+    off; the old holder learns it no later than its next renewal (``on_lost``,
+    ``LockLostError``). Returns whether anything live was ended.
     """
     store = require_store(store, "break_lock()")
-    validate_name(name, "mutex name")
-    return store._ops.break_lease(MUTEX_PREFIX + name)
+    validate_name(name, "lock name")
+    if token is not None and (isinstance(token, bool) or not isinstance(token, int)):
+        raise TypeError(f"token must be an int or None, not {type(token).__name__}")
+    broken = store._ops.break_slots(SEMAPHORE_PREFIX + name, token) > 0
+    if token is None:
+        broken = store._ops.break_lease(MUTEX_PREFIX + name) or broken
+    return broken
 
 
 def _in_run(record: RecurringJobRecord) -> bool:

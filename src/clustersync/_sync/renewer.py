@@ -106,7 +106,7 @@ class Renewer:
                 continue
             self._lose(lease, hold, "the store was closed while it was held", logging.WARNING)
             try:
-                self._store._ops.release_lease(lease.name, hold.owner, hold.token)
+                lease.release_in_store(hold.owner, hold.token)
             except StoreUnavailableError as exc:
                 logger.warning("could not release %r; it expires on its own: %s", lease.name, exc)
 
@@ -166,7 +166,7 @@ class Renewer:
         try:
             bound = max(MIN_ATTEMPT, (hold.deadline - sent) / 2)
             renewed = self._store._call_bounded(
-                bound, "renew_lease", lease.name, hold.owner, hold.token, lease.ttl
+                bound, lease.renew_operation, lease.name, hold.owner, hold.token, lease.ttl
             )
         except StoreUnavailableError as exc:
             if hold.released or hold.lost:

@@ -62,6 +62,32 @@ class _Lease:
 
 
 @dataclass(slots=True)
+class _Slots:
+    """The slots of one semaphore name: the name's one token counter, the slots
+    (owner -> (token, expiry µs)) and the line of waiters (owner -> (arrival µs, expiry
+    µs))."""
+
+    token: int = 0
+    held: dict[str, tuple[int, int]] = field(default_factory=dict)
+    line: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def live(self, now_us: int) -> dict[str, tuple[int, int]]:
+        """Drop the expired slots and waiters; the live slots."""
+        self.held = {owner: slot for owner, slot in self.held.items() if slot[1] > now_us}
+        self.line = {owner: place for owner, place in self.line.items() if place[1] > now_us}
+        return self.held
+
+    def ahead(self, owner: str) -> list[int]:
+        """The expiries of the live waiters ahead of ``owner`` (all, if not in line)."""
+        place = self.line.get(owner)
+        return [
+            expires
+            for other, (arrival, expires) in self.line.items()
+            if other != owner and (place is None or (arrival, other) < (place[0], owner))
+        ]
+
+
+@dataclass(slots=True)
 class _Job:
     run_at_us: int
     props_json: str
@@ -91,6 +117,7 @@ class _Recurring:
 @dataclass(slots=True)
 class _Namespace:
     leases: dict[str, _Lease] = field(default_factory=dict)
+    slots: dict[str, _Slots] = field(default_factory=dict)
     recurring: dict[str, _Recurring] = field(default_factory=dict)
     failed: dict[str, FailedJobRecord] = field(default_factory=dict)
     runs: deque[RunRecord] = field(default_factory=lambda: deque(maxlen=RECENT_RUNS_KEPT))
@@ -277,6 +304,96 @@ class MemoryBackend:
                     if lease.owner is not None and lease.expires_us > now
                 ),
                 key=lambda info: info.name,
+            )
+
+    def read_lease(self, name: str) -> LeaseInfo | None:
+        now = self.now_us()
+        with self._state.lock:
+            lease = self._ns.leases.get(name)
+            if lease is None or lease.owner is None or lease.expires_us <= now:
+                return None
+            return LeaseInfo(name, lease.owner, lease.token, (lease.expires_us - now) / _US)
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.setdefault(name, _Slots())
+            live = slots.live(now)
+            mine = live.get(owner)
+            if mine is not None:  # a retry of this acquisition
+                live[owner] = (mine[0], now + int(ttl * _US))
+                return AcquireResult(True, token=mine[0])
+            ahead = slots.ahead(owner)
+            if len(live) + len(ahead) < limit:
+                slots.line.pop(owner, None)
+                slots.token += 1
+                live[owner] = (slots.token, now + int(ttl * _US))
+                return AcquireResult(True, token=slots.token)
+            if wait > 0:
+                place = slots.line.get(owner)
+                slots.line[owner] = (now if place is None else place[0], now + int(wait * _US))
+            earliest = min([expires for _, expires in live.values()] + ahead)
+            return AcquireResult(False, retry_after=(earliest - now) / _US)
+
+    def leave_slot_queue(self, name: str, owner: str) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            if slots is None:
+                return False
+            slots.live(now)
+            if slots.line.pop(owner, None) is None:
+                return False
+        self._notify(lease_channel(name))
+        return True
+
+    def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            if slots is None or slots.live(now).get(owner, (None,))[0] != token:
+                return False
+            slots.held[owner] = (token, now + int(ttl * _US))
+            return True
+
+    def release_slot(self, name: str, owner: str, token: int) -> bool:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            if slots is None or slots.live(now).get(owner, (None,))[0] != token:
+                return False
+            del slots.held[owner]
+        self._notify(lease_channel(name))
+        return True
+
+    def break_slots(self, name: str, token: int | None) -> int:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            if slots is None:
+                return 0
+            ended = [o for o, s in slots.live(now).items() if token is None or s[0] == token]
+            for owner in ended:
+                del slots.held[owner]
+        if ended:
+            self._notify(lease_channel(name))
+        return len(ended)
+
+    def list_slots(self, name: str) -> list[LeaseInfo]:
+        now = self.now_us()
+        with self._state.lock:
+            slots = self._ns.slots.get(name)
+            live = {} if slots is None else slots.live(now)
+            return sorted(
+                (
+                    LeaseInfo(name, owner, token, (expires - now) / _US)
+                    for owner, (token, expires) in live.items()
+                ),
+                key=lambda info: info.token,
             )
 
     # -- recurring job metadata ----------------------------------------------------------

@@ -57,7 +57,7 @@ _US = 1_000_000
 #: How long the registration of an instance that stopped refreshing it is kept (it no
 #: longer counts once expired; this only bounds the rows left by crashed instances).
 _EXPIRED_INSTANCES_KEPT_US = 3600 * _US
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Step by step, from the version before: statements run in the schema's transaction.
 _MIGRATIONS = {
     # 2: recurring jobs gain a registry (pause, trigger, last outcome, instances).
@@ -75,6 +75,9 @@ _MIGRATIONS = {
         "ALTER TABLE clustersync_jobs ADD COLUMN scheduled_by TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE clustersync_jobs ADD COLUMN trace TEXT NOT NULL DEFAULT ''",
     ],
+    # 4: semaphores (clustersync_slot_counters, clustersync_slots,
+    #    clustersync_slot_waiters: created by _SCHEMA).
+    4: [],
 }
 _T = TypeVar("_T")
 
@@ -99,6 +102,28 @@ CREATE TABLE IF NOT EXISTS clustersync_leases (
     token INTEGER NOT NULL,
     expires_us INTEGER NOT NULL,
     PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_slot_counters (
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    PRIMARY KEY (ns, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_slots (
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL,
+    PRIMARY KEY (ns, name, owner)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clustersync_slot_waiters (
+    ns TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    arrival_us INTEGER NOT NULL,
+    expires_us INTEGER NOT NULL,
+    PRIMARY KEY (ns, name, owner)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clustersync_recurring (
     ns TEXT NOT NULL,
@@ -510,6 +535,139 @@ class SQLiteBackend:
                 (self._ns, now),
             ).fetchall()
         return [LeaseInfo(r[0], r[1], r[2], (r[3] - now) / _US) for r in rows]
+
+    def read_lease(self, name: str) -> LeaseInfo | None:
+        with self._translate("read a lease"), self._read() as cur:
+            now = self.now_us()
+            row = cur.execute(
+                "SELECT owner, token, expires_us FROM clustersync_leases WHERE ns = ?"
+                " AND name = ? AND owner IS NOT NULL AND expires_us > ?",
+                (self._ns, name, now),
+            ).fetchone()
+        return None if row is None else LeaseInfo(name, row[0], row[1], (row[2] - now) / _US)
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
+        with self._translate("acquire a slot"), self._write() as cur:
+            now = self.now_us()
+            expires = now + int(ttl * _US)
+            for table in ("clustersync_slots", "clustersync_slot_waiters"):
+                cur.execute(
+                    f"DELETE FROM {table} WHERE ns = ? AND name = ? AND expires_us <= ?",
+                    (self._ns, name, now),
+                )
+            cur.execute(
+                "UPDATE clustersync_slots SET expires_us = ? WHERE ns = ? AND name = ?"
+                " AND owner = ? RETURNING token",
+                (expires, self._ns, name, owner),
+            )
+            mine = cur.fetchone()
+            if mine is not None:  # a retry of this acquisition: same token, fresh ttl
+                return AcquireResult(True, token=mine[0])
+            count, earliest = cur.execute(
+                "SELECT count(*), min(expires_us) FROM clustersync_slots WHERE ns = ? AND name = ?",
+                (self._ns, name),
+            ).fetchone()
+            place = cur.execute(
+                "SELECT arrival_us, expires_us FROM clustersync_slot_waiters WHERE ns = ?"
+                " AND name = ? AND owner = ?",
+                (self._ns, name, owner),
+            ).fetchone()
+            arrival = None if place is None else place[0]
+            ahead, ahead_earliest = cur.execute(
+                "SELECT count(*), min(expires_us) FROM clustersync_slot_waiters WHERE ns = ?"
+                " AND name = ? AND owner != ? AND (? IS NULL OR arrival_us < ?"
+                " OR (arrival_us = ? AND owner < ?))",
+                (self._ns, name, owner, arrival, arrival, arrival, owner),
+            ).fetchone()
+            if count + ahead >= limit:
+                # Renewed only once less than half of its time is left: waiting writes
+                # little (each commit wakes the waiters of other processes).
+                if wait > 0 and (place is None or place[1] - now < wait * _US / 2):
+                    cur.execute(
+                        "INSERT INTO clustersync_slot_waiters"
+                        " (ns, name, owner, arrival_us, expires_us) VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT (ns, name, owner) DO UPDATE"
+                        " SET expires_us = excluded.expires_us",
+                        (self._ns, name, owner, now, now + int(wait * _US)),
+                    )
+                first = min(e for e in (earliest, ahead_earliest) if e is not None)
+                return AcquireResult(False, retry_after=(first - now) / _US)
+            if place is not None:
+                cur.execute(
+                    "DELETE FROM clustersync_slot_waiters WHERE ns = ? AND name = ? AND owner = ?",
+                    (self._ns, name, owner),
+                )
+            (token,) = cur.execute(
+                "INSERT INTO clustersync_slot_counters (ns, name, token) VALUES (?, ?, 1)"
+                " ON CONFLICT (ns, name) DO UPDATE SET token = token + 1 RETURNING token",
+                (self._ns, name),
+            ).fetchone()
+            cur.execute(
+                "INSERT INTO clustersync_slots (ns, name, owner, token, expires_us)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self._ns, name, owner, token, expires),
+            )
+        return AcquireResult(True, token=token)
+
+    def leave_slot_queue(self, name: str, owner: str) -> bool:
+        with self._translate("leave the line of a semaphore"), self._write() as cur:
+            cur.execute(
+                "DELETE FROM clustersync_slot_waiters WHERE ns = ? AND name = ? AND owner = ?"
+                " AND expires_us > ?",
+                (self._ns, name, owner, self.now_us()),
+            )
+            left = cur.rowcount == 1
+        if left:
+            self._notify(lease_channel(name))
+        return left
+
+    def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        with self._translate("renew a slot"), self._write() as cur:
+            now = self.now_us()
+            cur.execute(
+                "UPDATE clustersync_slots SET expires_us = ? WHERE ns = ? AND name = ?"
+                " AND owner = ? AND token = ? AND expires_us > ?",
+                (now + int(ttl * _US), self._ns, name, owner, token, now),
+            )
+            return cur.rowcount == 1
+
+    def release_slot(self, name: str, owner: str, token: int) -> bool:
+        with self._translate("release a slot"), self._write() as cur:
+            cur.execute(
+                "DELETE FROM clustersync_slots WHERE ns = ? AND name = ? AND owner = ?"
+                " AND token = ? AND expires_us > ?",
+                (self._ns, name, owner, token, self.now_us()),
+            )
+            released = cur.rowcount == 1
+        if released:
+            self._notify(lease_channel(name))
+        return released
+
+    def break_slots(self, name: str, token: int | None) -> int:
+        with self._translate("break slots"), self._write() as cur:
+            cur.execute(
+                "DELETE FROM clustersync_slots WHERE ns = ? AND name = ? AND expires_us > ?"
+                " AND (? IS NULL OR token = ?)",
+                (self._ns, name, self.now_us(), token, token),
+            )
+            broken = cur.rowcount
+        if broken:
+            self._notify(lease_channel(name))
+        return broken
+
+    def list_slots(self, name: str) -> list[LeaseInfo]:
+        with self._translate("list slots"), self._read() as cur:
+            now = self.now_us()
+            rows = cur.execute(
+                "SELECT owner, token, expires_us FROM clustersync_slots WHERE ns = ?"
+                " AND name = ? AND expires_us > ? ORDER BY token",
+                (self._ns, name, now),
+            ).fetchall()
+        return [LeaseInfo(name, r[0], r[1], (r[2] - now) / _US) for r in rows]
 
     # -- recurring job metadata ----------------------------------------------------------
 

@@ -45,6 +45,9 @@ found; the ``*_violations`` functions return the figures and the list without ra
   the two (lower token) was lost and its holder told so; no token is used twice; a hold
   that starts after another ended has a higher token (tokens strictly increase in hold
   order), unless that hold was lost (its logged start may be late);
+- :func:`check_slot_holds` — the same for a semaphore of ``limit`` slots: at most
+  ``limit`` holds of one name at any moment (holds whose holder was told it lost do not
+  count), tokens unique and increasing across every slot;
 - :func:`check_writes` — zero accepted writes with a stale token (replayed in the
   resource's own order), and every rejected write comes from a hold that was told it lost;
 - :func:`check_one_shot` — every scheduled job fired at least once; a job fired twice only
@@ -87,10 +90,12 @@ __all__ = [
     "check_holds",
     "check_one_shot",
     "check_recurring",
+    "check_slot_holds",
     "check_writes",
     "hold_violations",
     "job_violations",
     "run_violations",
+    "slot_hold_violations",
     "write_violations",
 ]
 
@@ -377,19 +382,48 @@ def _by_name(holds: Iterable[HoldLog]) -> dict[str, list[HoldLog]]:
     return groups
 
 
+def _token_violations(group: list[HoldLog]) -> list[str]:
+    """Of the holds of one name (in start order): holds that end before they start,
+    tokens used twice, and tokens not increasing in hold order."""
+    violations: list[str] = []
+    seen: dict[int, HoldLog] = {}
+    for hold in group:
+        if hold.end < hold.start:
+            violations.append(f"hold ends before it starts: {hold}")
+        if hold.token in seen:
+            violations.append(f"token used twice: {seen[hold.token]} and {hold}")
+        seen[hold.token] = hold
+    # Token order: a hold that starts after another ended has a higher token.
+    ended: list[tuple[float, int]] = []  # min-heap of (end, token)
+    highest_ended: HoldLog | None = None
+    by_token = {h.token: h for h in group}
+    for hold in group:
+        while ended and ended[0][0] <= hold.start:
+            _, token = heapq.heappop(ended)
+            if highest_ended is None or token > highest_ended.token:
+                highest_ended = by_token[token]
+        # (A lost hold's start may be late: its holder was paused before logging it.)
+        if not hold.lost and highest_ended is not None and hold.token <= highest_ended.token:
+            violations.append(f"token not increasing: {hold} starts after {highest_ended} ended")
+        heapq.heappush(ended, (hold.end, hold.token))
+    return violations
+
+
+def _report(holds: list[HoldLog], told_overlaps: int) -> HoldReport:
+    return HoldReport(
+        holds=len(holds),
+        names=len({h.name for h in holds}),
+        lost=sum(h.lost for h in holds),
+        told_overlaps=told_overlaps,
+    )
+
+
 def hold_violations(holds: Iterable[HoldLog]) -> tuple[HoldReport, list[str]]:
     """The figures and violations of :func:`check_holds`, without raising."""
     holds = list(holds)
     violations: list[str] = []
     told_overlaps = 0
     for group in _by_name(holds).values():
-        seen: dict[int, HoldLog] = {}
-        for hold in group:
-            if hold.end < hold.start:
-                violations.append(f"hold ends before it starts: {hold}")
-            if hold.token in seen:
-                violations.append(f"token used twice: {seen[hold.token]} and {hold}")
-            seen[hold.token] = hold
         # Overlaps: of two overlapping holds, the older lease (lower token) must have
         # been lost, and its holder told. Holds are visited in start order; the heap
         # keeps (end, index, hold) of the earlier holds that may still be running.
@@ -404,28 +438,8 @@ def hold_violations(holds: Iterable[HoldLog]) -> tuple[HoldReport, list[str]]:
                 else:
                     violations.append(f"overlapping holds: {other} and {hold}")
             heapq.heappush(running, (hold.end, index, hold))
-        # Token order: a hold that starts after another ended has a higher token.
-        ended: list[tuple[float, int]] = []  # min-heap of (end, token)
-        highest_ended: HoldLog | None = None
-        by_token = {h.token: h for h in group}
-        for hold in group:
-            while ended and ended[0][0] <= hold.start:
-                _, token = heapq.heappop(ended)
-                if highest_ended is None or token > highest_ended.token:
-                    highest_ended = by_token[token]
-            # (A lost hold's start may be late: its holder was paused before logging it.)
-            if not hold.lost and highest_ended is not None and hold.token <= highest_ended.token:
-                violations.append(
-                    f"token not increasing: {hold} starts after {highest_ended} ended"
-                )
-            heapq.heappush(ended, (hold.end, hold.token))
-    report = HoldReport(
-        holds=len(holds),
-        names=len({h.name for h in holds}),
-        lost=sum(h.lost for h in holds),
-        told_overlaps=told_overlaps,
-    )
-    return report, violations
+        violations += _token_violations(group)
+    return _report(holds, told_overlaps), violations
 
 
 def check_holds(holds: Iterable[HoldLog]) -> HoldReport:
@@ -433,6 +447,39 @@ def check_holds(holds: Iterable[HoldLog]) -> HoldReport:
     no token used twice, tokens strictly increasing in hold order."""
     report, violations = hold_violations(holds)
     _raise_if("hold", violations)
+    return report
+
+
+def slot_hold_violations(holds: Iterable[HoldLog], limit: int) -> tuple[HoldReport, list[str]]:
+    """The figures and violations of :func:`check_slot_holds`, without raising."""
+    holds = list(holds)
+    violations: list[str] = []
+    told_overlaps = 0
+    for group in _by_name(holds).values():
+        running: list[tuple[float, int, HoldLog]] = []  # (end, index, hold), as above
+        for index, hold in enumerate(group):
+            while running and running[0][0] <= hold.start:
+                heapq.heappop(running)
+            heapq.heappush(running, (hold.end, index, hold))
+            if len(running) <= limit:
+                continue
+            counted = [h for _, _, h in running if not h.lost]
+            if len(counted) > limit:
+                listed = ", ".join(str(h) for h in sorted(counted, key=lambda h: h.token))
+                violations.append(f"{len(counted)} holds at once (limit {limit}): {listed}")
+            else:
+                told_overlaps += 1
+        violations += _token_violations(group)
+    return _report(holds, told_overlaps), violations
+
+
+def check_slot_holds(holds: Iterable[HoldLog], limit: int) -> HoldReport:
+    """For a semaphore of ``limit`` slots: at most ``limit`` holds of one name at any
+    moment (holds whose holder was told it lost them do not count: their logged end may
+    be late), no token used twice, tokens strictly increasing in hold order across every
+    slot. ``told_overlaps`` counts the moments more were running only thanks to those."""
+    report, violations = slot_hold_violations(holds, limit)
+    _raise_if("slot hold", violations)
     return report
 
 

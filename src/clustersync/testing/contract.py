@@ -21,6 +21,7 @@ Two parts, both through the store contract's operations (the ``_ops`` of a
 :class:`clustersync.Store`):
 
 - **deterministic cases**, one or a few per operation: owner checks, fencing tokens,
+  semaphore slots (limit, one counter, the line of waiters, expiry, breaking),
   expiry, all-or-nothing batches, claim order, listings, namespaces, closing;
 - **a model test**: a hypothesis state machine drives the store under test and the
   memory store (the reference implementation) with the same random operations and
@@ -236,6 +237,152 @@ class StoreContract:
             assert lease.owner == f"owner-{lease.name}"
             assert lease.token == tokens[lease.name]
             assert 0 < lease.expires_in <= 30.0 + 1, lease
+
+    def test_read_lease(self, opened: cs.Store, sibling: cs.Store) -> None:
+        assert opened._ops.read_lease("e:a") is None
+        held = opened._ops.acquire_lease("e:a", "owner", 30.0)
+        assert held.token is not None
+        lease = sibling._ops.read_lease("e:a")
+        assert isinstance(lease, LeaseInfo)
+        assert (lease.name, lease.owner, lease.token) == ("e:a", "owner", held.token)
+        assert 0 < lease.expires_in <= 30.0 + 1, lease
+        assert sibling._ops.read_lease("e:b") is None
+        assert opened._ops.release_lease("e:a", "owner", held.token)
+        assert sibling._ops.read_lease("e:a") is None, "a released lease is not read"
+        opened._ops.acquire_lease("e:a", "short", SHORT_TTL)
+        time.sleep(EXPIRED)
+        assert sibling._ops.read_lease("e:a") is None, "an expired lease is not read"
+
+    # -- slots ----------------------------------------------------------------------------
+
+    def test_slots_up_to_the_limit_share_one_counter(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        first = opened._ops.acquire_slot("s:a", "one", 2, 10.0, 0)
+        second = sibling._ops.acquire_slot("s:a", "two", 2, 10.0, 0)
+        assert first.acquired
+        assert second.acquired
+        assert first.token is not None
+        assert second.token is not None
+        assert second.token > first.token, "one counter for every slot of a name"
+        refused = sibling._ops.acquire_slot("s:a", "three", 2, 10.0, 0)
+        assert not refused.acquired
+        assert refused.token is None
+        assert refused.retry_after is not None
+        assert 0 < refused.retry_after <= 10.0 + 1, refused
+        again = sibling._ops.acquire_slot("s:a", "one", 2, LONG_TTL, 0)
+        assert (again.acquired, again.token) == (True, first.token), "a retry gets its slot"
+        wider = opened._ops.acquire_slot("s:a", "four", 3, 10.0, 0)
+        assert wider.acquired, "each acquisition is judged against the caller's limit"
+        assert wider.token is not None
+        assert wider.token > second.token
+        assert not opened._ops.acquire_slot("s:a", "five", 3, 10.0, 0).acquired
+        slots = sibling._ops.list_slots("s:a")
+        assert [(s.name, s.owner, s.token) for s in slots] == [
+            ("s:a", "one", first.token),
+            ("s:a", "two", second.token),
+            ("s:a", "four", wider.token),
+        ], "sorted by token"
+        assert all(0 < s.expires_in <= LONG_TTL + 1 for s in slots), slots
+        assert opened._ops.release_slot("s:a", "one", first.token)
+        third = sibling._ops.acquire_slot("s:a", "three", 3, 10.0, 0)
+        assert third.token is not None
+        assert third.token > wider.token
+        assert opened._ops.list_slots("s:b") == []
+        assert opened._ops.acquire_slot("s:b", "one", 1, 10.0, 0).acquired, "names are apart"
+
+    def test_slot_waiters_are_served_in_arrival_order(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        holder = opened._ops.acquire_slot("s:a", "holder", 1, LONG_TTL, 0)
+        assert holder.token is not None
+        for owner in ("first", "second"):
+            assert not sibling._ops.acquire_slot("s:a", owner, 1, LONG_TTL, LONG_TTL).acquired
+        again = opened._ops.acquire_slot("s:a", "first", 1, LONG_TTL, LONG_TTL)
+        assert not again.acquired, "still full: the first waiter keeps its place"
+        assert opened._ops.release_slot("s:a", "holder", holder.token)
+        second = sibling._ops.acquire_slot("s:a", "second", 1, LONG_TTL, LONG_TTL)
+        assert not second.acquired, "the second waiter went before the first"
+        assert second.retry_after is not None
+        assert 0 < second.retry_after <= LONG_TTL + 1, "until the first waiter's place lapses"
+        barging = opened._ops.acquire_slot("s:a", "newcomer", 1, LONG_TTL, 0)
+        assert not barging.acquired, "a newcomer went before the waiters"
+        assert opened._ops.list_slots("s:a") == []
+        first = opened._ops.acquire_slot("s:a", "first", 1, LONG_TTL, LONG_TTL)
+        assert first.token is not None
+        assert first.token > holder.token
+        assert opened._ops.release_slot("s:a", "first", first.token)
+        second = sibling._ops.acquire_slot("s:a", "second", 1, LONG_TTL, LONG_TTL)
+        assert second.token is not None, "taking a slot left the line"
+        # A place lapses when its waiter stops checking in.
+        assert not opened._ops.acquire_slot("s:a", "gone", 1, LONG_TTL, SHORT_TTL).acquired
+        assert sibling._ops.release_slot("s:a", "second", second.token)
+        time.sleep(EXPIRED)
+        assert opened._ops.acquire_slot("s:a", "newcomer", 1, LONG_TTL, 0).acquired
+
+    def test_a_waiter_that_gives_up_leaves_the_line(
+        self, opened: cs.Store, sibling: cs.Store
+    ) -> None:
+        assert not opened._ops.leave_slot_queue("s:a", "nobody")
+        holder = opened._ops.acquire_slot("s:a", "holder", 2, LONG_TTL, 0)
+        other = opened._ops.acquire_slot("s:a", "other", 2, LONG_TTL, 0)
+        assert holder.token is not None
+        assert other.token is not None
+        for owner in ("quitter", "patient"):
+            assert not sibling._ops.acquire_slot("s:a", owner, 2, LONG_TTL, LONG_TTL).acquired
+        assert sibling._ops.leave_slot_queue("s:a", "quitter")
+        assert not sibling._ops.leave_slot_queue("s:a", "quitter"), "left twice"
+        assert opened._ops.release_slot("s:a", "holder", holder.token)
+        assert sibling._ops.acquire_slot("s:a", "patient", 2, LONG_TTL, LONG_TTL).acquired
+        late = sibling._ops.acquire_slot("s:a", "late", 3, LONG_TTL, 0)
+        assert late.acquired, "nobody is left in the line"
+
+    def test_slots_are_owner_checked_and_expire(self, opened: cs.Store, sibling: cs.Store) -> None:
+        held = opened._ops.acquire_slot("s:a", "owner", 1, LONG_TTL, 0)
+        assert held.token is not None
+        assert not opened._ops.renew_slot("s:a", "intruder", held.token, LONG_TTL)
+        assert not opened._ops.renew_slot("s:a", "owner", held.token + 1, LONG_TTL)
+        assert not opened._ops.release_slot("s:a", "intruder", held.token)
+        assert not opened._ops.release_slot("s:a", "owner", held.token - 1)
+        assert opened._ops.renew_slot("s:a", "owner", held.token, SHORT_TTL)
+        time.sleep(EXPIRED)
+        assert opened._ops.list_slots("s:a") == []
+        assert not opened._ops.renew_slot("s:a", "owner", held.token, LONG_TTL)
+        assert not opened._ops.release_slot("s:a", "owner", held.token)
+        taken = sibling._ops.acquire_slot("s:a", "next", 1, LONG_TTL, 0)
+        assert taken.token is not None
+        assert taken.token > held.token
+        assert sibling._ops.release_slot("s:a", "next", taken.token)
+        assert not sibling._ops.release_slot("s:a", "next", taken.token), "released twice"
+        assert opened._ops.list_slots("s:a") == []
+
+    def test_slots_and_leases_of_one_name_are_apart(self, opened: cs.Store) -> None:
+        lease = opened._ops.acquire_lease("s:a", "owner", LONG_TTL)
+        slot = opened._ops.acquire_slot("s:a", "owner", 1, LONG_TTL, 0)
+        assert lease.acquired
+        assert slot.acquired
+        assert opened._ops.acquire_slot("s:a", "other", 2, LONG_TTL, 0).acquired
+        assert [lease.name for lease in opened._ops.list_leases()] == ["s:a"]
+        assert opened._ops.read_lease("s:a") is not None
+        assert len(opened._ops.list_slots("s:a")) == 2
+
+    def test_break_slots(self, opened: cs.Store, sibling: cs.Store) -> None:
+        assert opened._ops.break_slots("s:a", None) == 0, "nothing to break"
+        tokens = []
+        for owner in ("one", "two", "three"):
+            result = opened._ops.acquire_slot("s:a", owner, 3, LONG_TTL, 0)
+            assert result.token is not None
+            tokens.append(result.token)
+        assert sibling._ops.break_slots("s:a", tokens[1]) == 1
+        assert [s.owner for s in opened._ops.list_slots("s:a")] == ["one", "three"]
+        assert not opened._ops.renew_slot("s:a", "two", tokens[1], LONG_TTL)
+        assert sibling._ops.break_slots("s:a", tokens[1]) == 0, "broken twice"
+        assert sibling._ops.break_slots("s:a", None) == 2
+        assert opened._ops.list_slots("s:a") == []
+        assert not opened._ops.release_slot("s:a", "one", tokens[0])
+        after = opened._ops.acquire_slot("s:a", "next", 1, LONG_TTL, 0)
+        assert after.token is not None
+        assert after.token > tokens[2], "the next holder's writes must fence the old ones off"
 
     # -- recurring job metadata -----------------------------------------------------------
 
@@ -598,6 +745,7 @@ MODEL_SHORT_TTL = 0.002
 MODEL_SETTLE = 0.008
 
 LEASE_NAMES = ["m:a", "m:b", "j:a"]  # a mutex and a recurring job with the same user name
+SLOT_NAMES = ["s:a", "m:a"]  # "m:a" as a slot name must not touch the lease
 OWNERS = ["o1", "o2", "o3"]
 JOB_KEYS = ["k1", "k2", "k3", "k4", "m:a"]  # "m:a" as a job key must not touch the lease
 META_KEYS = ["a", "b"]
@@ -607,6 +755,16 @@ PROPS = ["null", '{"a":1}', '[1,"é",null]', '"x"']
 @dataclass(frozen=True)
 class _Held:
     """A lease granted on both stores (it may have expired or been released since)."""
+
+    name: str
+    owner: str
+    ref_token: int
+    sut_token: int
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A slot granted on both stores (it may have expired, been released or broken)."""
 
     name: str
     owner: str
@@ -662,6 +820,7 @@ class StoreModel(RuleBasedStateMachine):
     options: ClassVar[dict[str, Any]] = {}
 
     held = Bundle("held")
+    slots = Bundle("slots")
     claims = Bundle("claims")
 
     def __init__(self) -> None:
@@ -675,6 +834,7 @@ class StoreModel(RuleBasedStateMachine):
             raise
         # Per name, the token of each acquisition on the reference and on the store.
         self.tokens: dict[str, dict[int, int]] = {}
+        self.slot_tokens: dict[str, dict[int, int]] = {}
         self.last_token: dict[str, int] = {}
         self.last_owner: dict[str, str] = {}
         now = int(time.time() * _US)
@@ -801,6 +961,83 @@ class StoreModel(RuleBasedStateMachine):
         ref = self.ref._ops.break_lease(name)
         sut = self.sut._ops.break_lease(name)
         assert sut == ref, "break_lease reports whether a live lease was ended"
+
+    # -- slots -------------------------------------------------------------------------
+
+    @rule(
+        target=slots,
+        name=st.sampled_from(SLOT_NAMES),
+        owner=st.sampled_from(OWNERS),
+        limit=st.integers(min_value=1, max_value=3),
+        short=st.booleans(),
+        queue=st.booleans(),
+    )
+    def acquire_slot(self, name: str, owner: str, limit: int, short: bool, queue: bool) -> Any:
+        wait = MODEL_LONG_TTL if queue else 0.0
+        ref = self.ref._ops.acquire_slot(name, owner, limit, self.ttl(short), wait)
+        sut = self.sut._ops.acquire_slot(name, owner, limit, self.ttl(short), wait)
+        self.settle(short)
+        assert sut.acquired == ref.acquired, f"memory {ref}, store {sut}"
+        if not ref.acquired:
+            assert sut.token is None
+            assert sut.retry_after is not None
+            assert 0 < sut.retry_after <= MODEL_LONG_TTL + 1
+            return multiple()
+        assert ref.token is not None
+        assert sut.token is not None
+        pairs = self.slot_tokens.setdefault(name, {})
+        if ref.token in pairs:  # a retry of a live slot's owner
+            assert sut.token == pairs[ref.token], "the owner of a live slot keeps its token"
+        else:
+            assert all(sut.token > old for old in pairs.values()), "slot tokens must increase"
+            pairs[ref.token] = sut.token
+        return _Slot(name, owner, ref.token, sut.token)
+
+    @rule(name=st.sampled_from(SLOT_NAMES), owner=st.sampled_from(OWNERS))
+    def leave_slot_queue(self, name: str, owner: str) -> None:
+        ref = self.ref._ops.leave_slot_queue(name, owner)
+        sut = self.sut._ops.leave_slot_queue(name, owner)
+        assert sut == ref, "leave_slot_queue reports whether the owner was in the line"
+
+    @rule(slot=slots, short=st.booleans(), other_owner=st.booleans())
+    def renew_slot(self, slot: _Slot, short: bool, other_owner: bool) -> None:
+        owner = "intruder" if other_owner else slot.owner
+        ref = self.ref._ops.renew_slot(slot.name, owner, slot.ref_token, self.ttl(short))
+        sut = self.sut._ops.renew_slot(slot.name, owner, slot.sut_token, self.ttl(short))
+        self.settle(short)
+        assert sut == ref
+        if other_owner:
+            assert not sut, "a slot renewed by someone else than its owner"
+
+    @rule(slot=slots, other_owner=st.booleans())
+    def release_slot(self, slot: _Slot, other_owner: bool) -> None:
+        owner = "intruder" if other_owner else slot.owner
+        ref = self.ref._ops.release_slot(slot.name, owner, slot.ref_token)
+        sut = self.sut._ops.release_slot(slot.name, owner, slot.sut_token)
+        assert sut == ref
+        if other_owner:
+            assert not sut, "a slot released by someone else than its owner"
+
+    @rule(slot=slots, every=st.booleans())
+    def break_slots(self, slot: _Slot, every: bool) -> None:
+        ref = self.ref._ops.break_slots(slot.name, None if every else slot.ref_token)
+        sut = self.sut._ops.break_slots(slot.name, None if every else slot.sut_token)
+        assert sut == ref, "break_slots reports how many live slots it ended"
+
+    @invariant()
+    def same_slots(self) -> None:
+        for name in SLOT_NAMES:
+            views = []
+            for store, index in ((self.ref, 0), (self.sut, 1)):
+                listed = store._ops.list_slots(name)
+                pairs = self.slot_tokens.get(name, {})
+                as_ref = (
+                    {sut: ref for ref, sut in pairs.items()} if index else {r: r for r in pairs}
+                )
+                assert all(s.token in as_ref for s in listed), f"a slot never acquired: {listed}"
+                views.append([(s.owner, as_ref[s.token]) for s in listed])
+                assert all(0 < s.expires_in <= MODEL_LONG_TTL + 1 for s in listed), listed
+            assert views[1] == views[0], f"slots of {name!r}: memory {views[0]}, store {views[1]}"
 
     # -- recurring job metadata --------------------------------------------------------
 

@@ -52,7 +52,7 @@ class Backend(Protocol):
         """The store's clock, in microseconds since the epoch."""
         ...
 
-    # -- leases (Mutex, recurring jobs) ---------------------------------------------------
+    # -- leases (Mutex, Election, recurring jobs) -----------------------------------------
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
         """Take the lease ``name`` for ``owner`` for ``ttl`` seconds if it is free or
@@ -82,6 +82,62 @@ class Backend(Protocol):
 
     async def list_leases(self) -> list[LeaseInfo]:
         """The live leases of the namespace, sorted by name."""
+        ...
+
+    async def read_lease(self, name: str) -> LeaseInfo | None:
+        """The live lease ``name`` (who holds it, its token, how long it still lives), or
+        None if it is free or expired: one read, whatever the size of the namespace."""
+        ...
+
+    # -- slots (Semaphore): up to ``limit`` fenced leases on one name ---------------------
+
+    async def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
+        """Take a slot of ``name`` for ``owner`` for ``ttl`` seconds, minting the next
+        token of the name's one counter (strictly greater than every token any slot of
+        the name had, across restarts of a durable store), if the live slots plus the
+        live waiters ahead of ``owner`` in the name's line are fewer than ``limit``.
+
+        The line keeps waiters in order of arrival: a refused ``owner`` with ``wait > 0``
+        takes its place at the end (or keeps its place: the first arrival counts) for
+        ``wait`` seconds, renewed by its next attempts; ``wait = 0`` never queues (a
+        non-blocking attempt), and then every waiter is ahead. Taking a slot leaves the
+        line. When refused, ``retry_after`` is how long until the earliest of the live
+        slots and of the waiters ahead expires. A store may renew a place only once less
+        than half of ``wait`` is left (so that waiting writes little). An ``owner`` that
+        already holds a live slot of the name gets it again, with its token and a fresh
+        ``ttl``, whatever ``limit`` says (a retry after an unknown outcome). Slot names
+        are apart from lease names: ``acquire_lease(name)`` never counts them, nor they
+        it."""
+        ...
+
+    async def leave_slot_queue(self, name: str, owner: str) -> bool:
+        """Take ``owner`` out of the line of ``name`` (a waiter that gives up) and, if it
+        was in it, wake the waiters of the name (``lease_channel(name)``): those behind
+        it may go. True if it was in the line."""
+        ...
+
+    async def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        """Extend the live slot of ``owner`` with ``token`` to ``ttl`` seconds from now;
+        False if there is none (expired, released or broken)."""
+        ...
+
+    async def release_slot(self, name: str, owner: str, token: int) -> bool:
+        """End the live slot of ``owner`` with ``token`` (the counter is kept) and wake
+        the waiters of the name (``lease_channel(name)``); False if there is none."""
+        ...
+
+    async def break_slots(self, name: str, token: int | None) -> int:
+        """End the live slot of ``name`` with ``token`` whoever holds it, or every live
+        slot of the name when ``token`` is None (an operator's override), and wake the
+        waiters as a release does. Their holders learn it at their next renewal. Returns
+        how many live slots were ended."""
+        ...
+
+    async def list_slots(self, name: str) -> list[LeaseInfo]:
+        """The live slots of ``name`` (as :class:`LeaseInfo` with ``name``), sorted by
+        token."""
         ...
 
     # -- recurring job metadata -----------------------------------------------------------

@@ -645,6 +645,65 @@ class PostgresBackend(PushNotifications):
         rows = await self._fetch("list leases", q.LIST_LEASES, {"ns": self._ns})
         return [LeaseInfo(r[0], r[1], int(r[2]), int(r[3]) / _US) for r in rows]
 
+    async def read_lease(self, name: str) -> LeaseInfo | None:
+        rows = await self._fetch("read a lease", q.READ_LEASE, {"ns": self._ns, "name": name})
+        if not rows:
+            return None
+        owner, token, left_us = rows[0]
+        return LeaseInfo(name, str(owner), int(token), int(left_us) / _US)
+
+    # -- slots ---------------------------------------------------------------------------
+
+    async def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
+        params = {
+            "ns": self._ns,
+            "name": name,
+            "owner": owner,
+            "limit": limit,
+            "ttl_us": int(ttl * _US),
+            "wait_us": int(wait * _US),
+        }
+        token, left_us = (await self._fetch("acquire a slot", q.ACQUIRE_SLOT, params))[0]
+        if token is not None:
+            return AcquireResult(True, token=int(token))
+        return AcquireResult(False, retry_after=max(0, int(left_us or 0)) / _US)
+
+    async def leave_slot_queue(self, name: str, owner: str) -> bool:
+        params = {"ns": self._ns, "name": name, "owner": owner, "channel": self._channel}
+        rows = await self._fetch("leave the line of a semaphore", q.LEAVE_SLOT_QUEUE, params)
+        return len(rows) == 1
+
+    async def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        params = {
+            "ns": self._ns,
+            "name": name,
+            "owner": owner,
+            "token": token,
+            "ttl_us": int(ttl * _US),
+        }
+        return await self._rowcount("renew a slot", q.RENEW_SLOT, params) == 1
+
+    async def release_slot(self, name: str, owner: str, token: int) -> bool:
+        params = {
+            "ns": self._ns,
+            "name": name,
+            "owner": owner,
+            "token": token,
+            "channel": self._channel,
+        }
+        return len(await self._fetch("release a slot", q.RELEASE_SLOT, params)) == 1
+
+    async def break_slots(self, name: str, token: int | None) -> int:
+        params = {"ns": self._ns, "name": name, "token": token, "channel": self._channel}
+        rows = await self._fetch("break slots", q.BREAK_SLOTS, params)
+        return max(1, int(rows[0][0])) if rows else 0
+
+    async def list_slots(self, name: str) -> list[LeaseInfo]:
+        rows = await self._fetch("list slots", q.LIST_SLOTS, {"ns": self._ns, "name": name})
+        return [LeaseInfo(name, str(r[0]), int(r[1]), int(r[2]) / _US) for r in rows]
+
     # -- recurring job metadata ----------------------------------------------------------
 
     async def get_job_metadata(self, key: str) -> JobMetadataRecord:

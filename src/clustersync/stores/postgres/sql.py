@@ -7,6 +7,14 @@ token is ``max(previous + 1, the server's clock in µs)`` (a hybrid logical cloc
 a failover to a standby that missed the last acquisitions, the new primary's clock is
 already past the tokens it never saw, so none is handed out twice (see
 docs/choices.md, "PostgreSQL").
+
+The slots of a semaphore name live in one row with its token counter (minted the same way)
+and its line of waiters (arrays of owners, tokens and expiries; of waiters, arrivals and
+expiries), so that each slot operation is one statement that reads and writes the latest
+version of that row (``ON CONFLICT DO UPDATE`` and ``UPDATE`` lock it and re-evaluate on
+the newest committed version): two concurrent acquisitions can never both count the same
+free slot.
+
 Nothing relies on session state (no session advisory locks, no temp tables, no
 ``SET``), so the store works behind a transaction-pooling PgBouncer (protocol-level
 prepared statements need PgBouncer 1.21+ with ``max_prepared_statements``, or the store
@@ -18,10 +26,25 @@ from __future__ import annotations
 
 from ..contract.records import RECENT_RUNS_KEPT
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Serialises concurrent first-time schema creation (transaction-scoped, PgBouncer-safe).
 SCHEMA_LOCK_KEY = 0x636C7573  # "clus"
+
+#: The slots of semaphores (schema version 5).
+_SEMAPHORES = """CREATE TABLE IF NOT EXISTS clustersync_semaphores (
+    ns text NOT NULL,
+    name text NOT NULL,
+    token bigint NOT NULL,
+    owners text[] NOT NULL,
+    tokens bigint[] NOT NULL,
+    expires bigint[] NOT NULL,
+    waiters text[] NOT NULL DEFAULT '{}',
+    arrivals bigint[] NOT NULL DEFAULT '{}',
+    wexpires bigint[] NOT NULL DEFAULT '{}',
+    waiters_until_us bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (ns, name)
+)"""
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS clustersync_schema (
@@ -96,6 +119,7 @@ SCHEMA = [
         attempt integer NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS clustersync_runs_ns ON clustersync_runs (ns, id)",
+    _SEMAPHORES,
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_due ON clustersync_jobs (ns, due_us)",
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_at_us, key)",
 ]
@@ -123,6 +147,8 @@ MIGRATIONS: dict[int, list[str]] = {
         " DEFAULT ''",
         "ALTER TABLE clustersync_jobs ADD COLUMN IF NOT EXISTS trace text NOT NULL DEFAULT ''",
     ],
+    # Semaphores.
+    5: [_SEMAPHORES],
 }
 
 _NOW = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
@@ -211,6 +237,194 @@ LIST_LEASES = f"""
 WITH now AS (SELECT {_NOW} AS us)
 SELECT name, owner, token, expires_us - now.us FROM clustersync_leases, now
 WHERE ns = %(ns)s AND owner IS NOT NULL AND expires_us > now.us ORDER BY name
+"""
+
+READ_LEASE = f"""
+WITH now AS (SELECT {_NOW} AS us)
+SELECT owner, token, expires_us - now.us FROM clustersync_leases, now
+WHERE ns = %(ns)s AND name = %(name)s AND owner IS NOT NULL AND expires_us > now.us
+"""
+
+# -- slots --------------------------------------------------------------------------------
+# One row per semaphore name: the counter ``token`` and the slots as parallel arrays,
+# ordered by token. Every statement rewrites the arrays from the row version it locked
+# (expired slots dropped on the way).
+
+# The live slots of the locked row ``s``, with the caller's own live slot (if any)
+# extended: owners, tokens, expiries, whether the caller holds one, how many, the
+# earliest expiry.
+_LIVE_SLOTS = """(
+    SELECT coalesce(array_agg(o ORDER BY t), '{}') AS owners,
+        coalesce(array_agg(t ORDER BY t), '{}') AS tokens,
+        coalesce(array_agg(CASE WHEN o = %(owner)s THEN now.us + %(ttl_us)s ELSE e END
+            ORDER BY t), '{}') AS expires,
+        coalesce(bool_or(o = %(owner)s), false) AS mine,
+        count(*) AS n,
+        min(e) AS earliest
+    FROM unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+    WHERE e > now.us
+)"""
+
+# The caller's live place in the line of the locked row ``s`` (NULLs: none).
+_MY_PLACE = """(
+    SELECT max(a) AS arrival, max(x) AS expiry
+    FROM unnest(s.waiters, s.arrivals, s.wexpires) AS q(w, a, x)
+    WHERE w = %(owner)s AND x > now.us
+)"""
+
+# The other live waiters of the locked row ``s`` (in line order), and how many of them
+# are ahead of the caller (all, if it has no place), with the earliest expiry of those.
+_OTHER_WAITERS = """(
+    SELECT coalesce(array_agg(w ORDER BY a, w), '{}') AS waiters,
+        coalesce(array_agg(a ORDER BY a, w), '{}') AS arrivals,
+        coalesce(array_agg(x ORDER BY a, w), '{}') AS wexpires,
+        count(*) FILTER (WHERE me.arrival IS NULL OR (a, w) < (me.arrival, %(owner)s::text))
+            AS ahead,
+        min(x) FILTER (WHERE me.arrival IS NULL OR (a, w) < (me.arrival, %(owner)s::text))
+            AS earliest
+    FROM unnest(s.waiters, s.arrivals, s.wexpires) AS q(w, a, x)
+    WHERE x > now.us AND w <> %(owner)s
+)"""
+
+# The caller's arrival in the line of the updated row ``s`` (NULL: not in it).
+_ARRIVAL = "s.arrivals[array_position(s.waiters, %(owner)s::text)]"
+
+# Takes a slot if the live slots plus the waiters ahead of the caller are fewer than
+# ``limit`` (or refreshes the caller's own slot); else the caller takes or keeps its
+# place in the line (``wait_us`` > 0; renewed once less than half of it is left) and the
+# name is marked as waited for until the earliest expiry plus the grace. Returns the
+# caller's token (NULL: refused) and the µs until the earliest live slot or waiter ahead
+# of the caller expires.
+ACQUIRE_SLOT = f"""
+WITH now AS (SELECT {_NOW} AS us)
+INSERT INTO clustersync_semaphores AS s (ns, name, token, owners, tokens, expires)
+SELECT %(ns)s, %(name)s, now.us, ARRAY[%(owner)s::text], ARRAY[now.us],
+    ARRAY[now.us + %(ttl_us)s] FROM now
+ON CONFLICT (ns, name) DO UPDATE SET
+    (token, owners, tokens, expires, waiters, arrivals, wexpires, waiters_until_us) = (
+    SELECT CASE WHEN pick.taken = 1 THEN GREATEST(s.token + 1, now.us) ELSE s.token END,
+        live.owners || CASE WHEN pick.taken = 1 THEN ARRAY[%(owner)s::text] ELSE '{{}}' END,
+        live.tokens || CASE WHEN pick.taken = 1 THEN ARRAY[GREATEST(s.token + 1, now.us)]
+            ELSE '{{}}' END,
+        live.expires || CASE WHEN pick.taken = 1 THEN ARRAY[now.us + %(ttl_us)s]
+            ELSE '{{}}' END,
+        line.waiters || CASE WHEN pick.queued THEN ARRAY[%(owner)s::text] ELSE '{{}}' END,
+        line.arrivals || CASE WHEN pick.queued THEN ARRAY[coalesce(me.arrival, now.us)]
+            ELSE '{{}}' END,
+        line.wexpires || CASE WHEN NOT pick.queued THEN '{{}}'::bigint[]
+            WHEN %(wait_us)s > 0 AND (me.expiry IS NULL OR me.expiry - now.us < %(wait_us)s / 2)
+            THEN ARRAY[now.us + %(wait_us)s] ELSE ARRAY[me.expiry] END,
+        CASE WHEN pick.taken = 0 AND NOT live.mine
+            THEN greatest(s.waiters_until_us, least(live.earliest, line.earliest)
+                + {WAITER_GRACE_US})
+            ELSE s.waiters_until_us END
+    FROM now, LATERAL {_LIVE_SLOTS} AS live, LATERAL {_MY_PLACE} AS me,
+        LATERAL {_OTHER_WAITERS} AS line,
+        LATERAL (
+            SELECT CASE WHEN NOT live.mine AND live.n + line.ahead < %(limit)s THEN 1 ELSE 0
+                END AS taken
+        ) AS t,
+        LATERAL (
+            SELECT t.taken, t.taken = 0 AND NOT live.mine
+                AND (%(wait_us)s > 0 OR me.arrival IS NOT NULL) AS queued
+        ) AS pick
+)
+RETURNING s.tokens[array_position(s.owners, %(owner)s::text)],
+    least(
+        (SELECT min(e) FROM unnest(s.expires) AS e),
+        (SELECT min(x) FROM unnest(s.waiters, s.arrivals, s.wexpires) AS q(w, a, x)
+            WHERE w <> %(owner)s AND ({_ARRIVAL} IS NULL OR (a, w) < ({_ARRIVAL}, %(owner)s::text)))
+    ) - (SELECT us FROM now)
+"""
+
+RENEW_SLOT = f"""
+WITH now AS (SELECT {_NOW} AS us)
+UPDATE clustersync_semaphores AS s SET (owners, tokens, expires) = (
+    SELECT live.owners, live.tokens, live.expires FROM now, LATERAL {_LIVE_SLOTS} AS live
+)
+FROM now
+WHERE s.ns = %(ns)s AND s.name = %(name)s
+    AND s.tokens[array_position(s.owners, %(owner)s::text)] = %(token)s
+    AND s.expires[array_position(s.owners, %(owner)s::text)] > now.us
+"""
+
+# The slots of the locked row ``s`` that stay: live, and not ended by this statement.
+_KEPT_SLOTS = """(
+    SELECT coalesce(array_agg(o ORDER BY t), '{}'), coalesce(array_agg(t ORDER BY t), '{}'),
+        coalesce(array_agg(e ORDER BY t), '{}')
+    FROM unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+    WHERE e > now.us AND NOT (%s)
+)"""
+_KEPT_RELEASED = _KEPT_SLOTS % "o = %(owner)s AND t = %(token)s"
+_KEPT_UNBROKEN = _KEPT_SLOTS % "(%(token)s::bigint IS NULL OR t = %(token)s::bigint)"
+
+_NOTIFY_WAITERS = """
+told AS (
+    SELECT pg_notify(%(channel)s, 'lease:' || name) FROM ended
+    WHERE waiters_until_us > (SELECT us FROM now)
+)"""
+
+RELEASE_SLOT = f"""
+WITH now AS (SELECT {_NOW} AS us),
+ended AS (
+    UPDATE clustersync_semaphores AS s
+    SET (owners, tokens, expires) = {_KEPT_RELEASED}
+    FROM now
+    WHERE s.ns = %(ns)s AND s.name = %(name)s
+        AND s.tokens[array_position(s.owners, %(owner)s::text)] = %(token)s
+        AND s.expires[array_position(s.owners, %(owner)s::text)] > now.us
+    RETURNING s.name, s.waiters_until_us
+),{_NOTIFY_WAITERS}
+SELECT (SELECT count(*) FROM told) FROM ended
+"""
+
+LEAVE_SLOT_QUEUE = f"""
+WITH now AS (SELECT {_NOW} AS us),
+ended AS (
+    UPDATE clustersync_semaphores AS s SET (waiters, arrivals, wexpires) = (
+        SELECT coalesce(array_agg(w ORDER BY a, w), '{{}}'),
+            coalesce(array_agg(a ORDER BY a, w), '{{}}'),
+            coalesce(array_agg(x ORDER BY a, w), '{{}}')
+        FROM unnest(s.waiters, s.arrivals, s.wexpires) AS q(w, a, x)
+        WHERE x > now.us AND w <> %(owner)s
+    )
+    FROM now
+    WHERE s.ns = %(ns)s AND s.name = %(name)s
+        AND s.wexpires[array_position(s.waiters, %(owner)s::text)] > now.us
+    RETURNING s.name, s.waiters_until_us
+),{_NOTIFY_WAITERS}
+SELECT (SELECT count(*) FROM told) FROM ended
+"""
+
+# Returns how many slots it ended (counted in the statement's snapshot: exact unless a
+# concurrent statement changed the slots meanwhile; only operators call this).
+BREAK_SLOTS = f"""
+WITH now AS (SELECT {_NOW} AS us),
+doomed AS (
+    SELECT count(*) AS n FROM clustersync_semaphores AS s, now,
+        unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+    WHERE s.ns = %(ns)s AND s.name = %(name)s AND e > now.us
+        AND (%(token)s::bigint IS NULL OR t = %(token)s::bigint)
+),
+ended AS (
+    UPDATE clustersync_semaphores AS s
+    SET (owners, tokens, expires) = {_KEPT_UNBROKEN}
+    FROM now
+    WHERE s.ns = %(ns)s AND s.name = %(name)s AND EXISTS (
+        SELECT 1 FROM unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+        WHERE e > now.us AND (%(token)s::bigint IS NULL OR t = %(token)s::bigint)
+    )
+    RETURNING s.name, s.waiters_until_us
+),{_NOTIFY_WAITERS}
+SELECT doomed.n, (SELECT count(*) FROM told) FROM ended, doomed
+"""
+
+LIST_SLOTS = f"""
+WITH now AS (SELECT {_NOW} AS us)
+SELECT o, t, e - now.us FROM clustersync_semaphores AS s, now,
+    unnest(s.owners, s.tokens, s.expires) AS u(o, t, e)
+WHERE s.ns = %(ns)s AND s.name = %(name)s AND e > now.us
+ORDER BY t
 """
 
 GET_METADATA = f"""

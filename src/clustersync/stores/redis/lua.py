@@ -13,6 +13,14 @@ namespace in one Redis Cluster slot):
 - ``P qi:<name>``  hash owner -> ``"<registration expiry µs>|<granted lease ms>"``
 - ``P g:<owner>``  grant list of one waiter: a release pushes the new token there after
                    writing the lease in the waiter's name; the waiter blocks on ``BLPOP``
+- ``P sl:<name>``  the live slots of a semaphore name: sorted set owner -> expiry (µs,
+                   Redis ``TIME``)
+- ``P st:<name>``  hash owner -> token of those slots
+- ``P sf:<name>``  the one fencing counter of the slots of the name (never expires)
+- ``P sw:<name>``  waiter flag of the slots (as ``P w:<name>`` is for a lease)
+- ``P sq:<name>``  the line of waiters for a slot: sorted set owner -> arrival (µs), so
+                   ``ZRANK`` is a waiter's place (equal arrivals by owner)
+- ``P sx:<name>``  hash owner -> expiry (µs) of each waiter's place
 - ``P meta``       hash: recurring job key -> last_finished (µs, Redis ``TIME``)
 - ``P j:<key>``    hash of one one-shot job: r (run_at µs), p (props JSON), o (claim
                    owner), c (claim counter)
@@ -245,6 +253,208 @@ local function remember(P, kind, key, due, started, finished, outcome, error, ow
     + str(RECENT_RUNS_KEPT - 1)
     + """)
 end
+"""
+)
+
+READ_LEASE = """
+-- KEYS[1] lease
+local value = redis.call('GET', KEYS[1])
+if not value then
+  return false
+end
+return {value, redis.call('PTTL', KEYS[1])}
+"""
+
+# Semaphore slots. Every key is passed in KEYS (all in the namespace's slot): KEYS[1] the
+# sorted set owner -> expiry µs, KEYS[2] the hash owner -> token, then (where used) the
+# fencing counter, the waiter flag and the line (KEYS[5] owner -> arrival, KEYS[6] owner
+# -> expiry). The events channel is not a key: it comes in ARGV.
+# Expired slots are dropped by whoever finds them; both keys live as long as their
+# latest slot (plus a second), so an abandoned semaphore leaves only its counter.
+_SLOTS = (
+    _NOW
+    + """
+local function drop_expired()
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+  if #expired > 0 then
+    redis.call('HDEL', KEYS[2], unpack(expired))
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  end
+end
+
+local function keep()
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+  if last then
+    local ms = math.floor((tonumber(last) - now) / 1000) + 1000
+    redis.call('PEXPIRE', KEYS[1], ms)
+    redis.call('PEXPIRE', KEYS[2], ms)
+  end
+end
+
+local function live_token(owner)
+  local expires = redis.call('ZSCORE', KEYS[1], owner)
+  if expires and tonumber(expires) > now then
+    return redis.call('HGET', KEYS[2], owner)
+  end
+  return false
+end
+"""
+)
+
+# Returns {1, token} (taken, or a retry of the owner's live slot) or {0, µs until the
+# earliest live slot or waiter ahead expires} (the owner then takes or keeps its place
+# in the line if ARGV[4] > 0, and the waiter flag is set as a failed lease acquire does).
+ACQUIRE_SLOT = (
+    _MINT
+    + _SLOTS
+    + """
+-- KEYS[3] fencing counter, KEYS[4] waiter flag, KEYS[5] line (owner -> arrival µs),
+-- KEYS[6] places (owner -> expiry µs); ARGV[1] owner, ARGV[2] limit, ARGV[3] ttl µs,
+-- ARGV[4] wait µs (0: do not queue)
+drop_expired()
+local places = redis.call('HGETALL', KEYS[6])
+for i = 1, #places, 2 do
+  if tonumber(places[i + 1]) <= now then
+    redis.call('ZREM', KEYS[5], places[i])
+    redis.call('HDEL', KEYS[6], places[i])
+  end
+end
+local untl = now + tonumber(ARGV[3])
+local mine = redis.call('HGET', KEYS[2], ARGV[1])
+if mine then
+  redis.call('ZADD', KEYS[1], untl, ARGV[1])
+  keep()
+  return {1, mine}
+end
+local place = redis.call('ZRANK', KEYS[5], ARGV[1])
+local before = place or redis.call('ZCARD', KEYS[5])
+local ahead = {}
+if before > 0 then  -- (a range that ends at -1 would be the whole line)
+  ahead = redis.call('ZRANGE', KEYS[5], 0, before - 1)
+end
+if redis.call('ZCARD', KEYS[1]) + #ahead >= tonumber(ARGV[2]) then
+  local wait = tonumber(ARGV[4])
+  local expiry = redis.call('HGET', KEYS[6], ARGV[1])
+  if wait > 0 and ((not expiry) or tonumber(expiry) - now < wait / 2) then
+    redis.call('ZADD', KEYS[5], 'NX', now, ARGV[1])
+    redis.call('HSET', KEYS[6], ARGV[1], string.format('%d', now + wait))
+    local ms = math.floor(wait / 1000) + 1000
+    for _, key in ipairs({KEYS[5], KEYS[6]}) do
+      if redis.call('PTTL', key) < ms then
+        redis.call('PEXPIRE', key, ms)
+      end
+    end
+  end
+  local earliest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or '0')
+  for _, waiter in ipairs(ahead) do
+    local until_ = tonumber(redis.call('HGET', KEYS[6], waiter))
+    if until_ and (earliest == 0 or until_ < earliest) then
+      earliest = until_
+    end
+  end
+  local left = earliest - now
+  local want = math.floor(left / 1000) + """
+    + str(WAITER_GRACE_MS)
+    + """
+  if redis.call('PTTL', KEYS[4]) < want then
+    redis.call('SET', KEYS[4], '1', 'PX', want)
+  end
+  return {0, string.format('%d', left)}
+end
+if place then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('HDEL', KEYS[6], ARGV[1])
+end
+local token = string.format('%d', mint(KEYS[3]))
+redis.call('ZADD', KEYS[1], untl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], token)
+keep()
+return {1, token}
+"""
+)
+
+LEAVE_SLOT_QUEUE = (
+    _NOW
+    + """
+-- KEYS[1] line, KEYS[2] places, KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] events
+-- channel, ARGV[3] name
+local expiry = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if not expiry or tonumber(expiry) <= now then
+  return 0
+end
+if redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('PUBLISH', ARGV[2], 'lease:' .. ARGV[3])
+end
+return 1
+"""
+)
+
+RENEW_SLOT = (
+    _SLOTS
+    + """
+-- ARGV[1] owner, ARGV[2] token, ARGV[3] ttl µs
+if live_token(ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+keep()
+return 1
+"""
+)
+
+RELEASE_SLOT = (
+    _SLOTS
+    + """
+-- KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] token, ARGV[3] events channel, ARGV[4] name
+if live_token(ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('PUBLISH', ARGV[3], 'lease:' .. ARGV[4])  -- contract.lease_channel(name)
+end
+return 1
+"""
+)
+
+BREAK_SLOTS = (
+    _SLOTS
+    + """
+-- KEYS[3] waiter flag; ARGV[1] token ('' for every slot), ARGV[2] events channel,
+-- ARGV[3] name
+drop_expired()
+local ended = 0
+for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if ARGV[1] == '' or redis.call('HGET', KEYS[2], owner) == ARGV[1] then
+    redis.call('ZREM', KEYS[1], owner)
+    redis.call('HDEL', KEYS[2], owner)
+    ended = ended + 1
+  end
+end
+if ended > 0 and redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('PUBLISH', ARGV[2], 'lease:' .. ARGV[3])
+end
+return ended
+"""
+)
+
+# {owner, token, µs left} of every live slot.
+LIST_SLOTS = (
+    _SLOTS
+    + """
+local out = {}
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf',
+  'WITHSCORES')
+for i = 1, #live, 2 do
+  local token = redis.call('HGET', KEYS[2], live[i])
+  if token then
+    out[#out + 1] = {live[i], token, string.format('%d', tonumber(live[i + 1]) - now)}
+  end
+end
+return out
 """
 )
 

@@ -328,6 +328,76 @@ class RedisBackend(PushNotifications):
         leases.sort(key=lambda info: info.name)
         return leases
 
+    def read_lease(self, name: str) -> LeaseInfo | None:
+        found = self._run("read a lease", "READ_LEASE", [self._prefix + "l:" + name], [])
+        if not found or int(found[1]) <= 0:
+            return None
+        token, _, owner = str(found[0]).partition("|")
+        return LeaseInfo(name, owner, int(token), int(found[1]) / 1000)
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def _slot_keys(self, name: str) -> list[str]:
+        """The slots, their tokens, the fencing counter, the waiter flag and the line
+        (arrivals, expiries) of ``name``."""
+        p = self._prefix
+        return [p + kind + ":" + name for kind in ("sl", "st", "sf", "sw", "sq", "sx")]
+
+    def acquire_slot(
+        self, name: str, owner: str, limit: int, ttl: float, wait: float
+    ) -> AcquireResult:
+        acquired, value = self._run(
+            "acquire a slot",
+            "ACQUIRE_SLOT",
+            self._slot_keys(name),
+            [owner, limit, _us(ttl), int(wait * _US) if wait > 0 else 0],
+        )
+        if int(acquired) == 1:
+            return AcquireResult(True, token=int(value))
+        return AcquireResult(False, retry_after=max(0, int(value)) / _US)
+
+    def leave_slot_queue(self, name: str, owner: str) -> bool:
+        keys = self._slot_keys(name)
+        result = self._run(
+            "leave the line of a semaphore",
+            "LEAVE_SLOT_QUEUE",
+            [keys[4], keys[5], keys[3]],
+            [owner, self._events, name],
+        )
+        return int(result) == 1
+
+    def renew_slot(self, name: str, owner: str, token: int, ttl: float) -> bool:
+        result = self._run(
+            "renew a slot", "RENEW_SLOT", self._slot_keys(name)[:2], [owner, token, _us(ttl)]
+        )
+        return int(result) == 1
+
+    def release_slot(self, name: str, owner: str, token: int) -> bool:
+        keys = self._slot_keys(name)
+        result = self._run(
+            "release a slot",
+            "RELEASE_SLOT",
+            [keys[0], keys[1], keys[3]],
+            [owner, token, self._events, name],
+        )
+        return int(result) == 1
+
+    def break_slots(self, name: str, token: int | None) -> int:
+        keys = self._slot_keys(name)
+        result = self._run(
+            "break slots",
+            "BREAK_SLOTS",
+            [keys[0], keys[1], keys[3]],
+            ["" if token is None else token, self._events, name],
+        )
+        return int(result)
+
+    def list_slots(self, name: str) -> list[LeaseInfo]:
+        rows = self._run("list slots", "LIST_SLOTS", self._slot_keys(name)[:2], [])
+        slots = [LeaseInfo(name, str(o), int(t), int(left) / _US) for o, t, left in rows]
+        slots.sort(key=lambda info: info.token)
+        return slots
+
     # -- recurring job metadata ----------------------------------------------------------
 
     def get_job_metadata(self, key: str) -> JobMetadataRecord:
@@ -659,6 +729,10 @@ def _job_args(jobs: Sequence[NewJob]) -> list[str]:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _us(seconds: float) -> int:
+    return max(1, int(seconds * _US))
 
 
 def _close_pubsub(pubsub: Any) -> None:
