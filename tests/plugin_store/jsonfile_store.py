@@ -310,6 +310,27 @@ class JsonFileBackend:
             ]
         return sorted(pending, key=lambda job: (job.run_at_us, job.key))
 
+    def list_jobs_page(
+        self, prefix: str, after: str | None, limit: int
+    ) -> tuple[list[StoredJob], str | None]:
+        with self._state() as state:
+            now = self.now_us()
+            keys = sorted(
+                key
+                for key in state["jobs"]
+                if key.startswith(prefix) and (after is None or key > after)
+            )[:limit]
+            page = [
+                StoredJob(key, row["run_at"], row["props"])
+                for key in keys
+                if (row := state["jobs"][key])["owner"] is None or row["due"] <= now
+            ]
+        return page, (keys[-1] if len(keys) == limit else None)
+
+    def count_jobs(self) -> int:
+        with self._state() as state:
+            return len(state["jobs"])
+
     def next_job_delay(self) -> float | None:
         with self._state() as state:
             dues = [row["due"] for row in state["jobs"].values()]

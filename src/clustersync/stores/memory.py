@@ -450,6 +450,27 @@ class MemoryBackend:
         pending.sort(key=lambda job: (job.run_at_us, job.key))
         return pending
 
+    def list_jobs_page(
+        self, prefix: str, after: str | None, limit: int
+    ) -> tuple[list[StoredJob], str | None]:
+        now = self.now_us()
+        with self._state.lock:
+            keys = sorted(
+                key
+                for key in self._ns.jobs
+                if key.startswith(prefix) and (after is None or key > after)
+            )[:limit]
+            page = [
+                StoredJob(key, row.run_at_us, row.props_json)
+                for key in keys
+                if (row := self._ns.jobs[key]).owner is None or row.due_us <= now
+            ]
+        return page, (keys[-1] if len(keys) == limit else None)
+
+    def count_jobs(self) -> int:
+        with self._state.lock:
+            return len(self._ns.jobs)
+
     def next_job_delay(self) -> float | None:
         now = self.now_us()
         with self._state.lock:

@@ -43,6 +43,7 @@ from .contract import (
     conflicting_job,
     job_channel,
     lease_channel,
+    prefix_end,
 )
 from .options import option_seconds, reject_unknown
 from .registry import StoreKind
@@ -690,6 +691,28 @@ class SQLiteBackend:
                 (self._ns, now),
             ).fetchall()
         return [StoredJob(r[0], r[1], r[2]) for r in rows]
+
+    def list_jobs_page(
+        self, prefix: str, after: str | None, limit: int
+    ) -> tuple[list[StoredJob], str | None]:
+        high = prefix_end(prefix)
+        with self._translate("list jobs"), self._read() as cur:
+            now = self.now_us()
+            rows = cur.execute(
+                "SELECT key, run_at_us, props, owner, due_us FROM clustersync_jobs"
+                " WHERE ns = ? AND key >= ? AND (? IS NULL OR key > ?)"
+                " AND (? IS NULL OR key < ?) ORDER BY key LIMIT ?",
+                (self._ns, prefix, after, after, high, high, limit),
+            ).fetchall()
+        page = [StoredJob(r[0], r[1], r[2]) for r in rows if r[3] is None or r[4] <= now]
+        return page, (rows[-1][0] if len(rows) == limit else None)
+
+    def count_jobs(self) -> int:
+        with self._translate("count jobs"), self._read() as cur:
+            count: int = cur.execute(
+                "SELECT count(*) FROM clustersync_jobs WHERE ns = ?", (self._ns,)
+            ).fetchone()[0]
+        return count
 
     def next_job_delay(self) -> float | None:
         with self._translate("find the next due job"), self._read() as cur:

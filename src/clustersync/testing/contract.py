@@ -360,6 +360,28 @@ class StoreContract:
             ("b", base, '{"n":1}'),
         ]
 
+    def test_pages_of_jobs_by_key_prefix(self, opened: cs.Store) -> None:
+        later = int(time.time() + 3600) * _US
+        keys = ["user:1:a", "user:1:b", "user:10:a", "user:2:a", "other", "user:1", "usex"]
+        opened._ops.put_jobs([NewJob(key, later, "null") for key in keys])
+        opened._ops.put_jobs([NewJob("user:1:running", int(time.time() - 1) * _US, "null")])
+        opened._ops.claim_due_jobs("owner", 5, LONG_TTL)
+        assert opened._ops.count_jobs() == len(keys) + 1, "running jobs count too"
+        seen: list[str] = []
+        after = None
+        while True:
+            page, after = opened._ops.list_jobs_page("user:1", after, 2)
+            assert len(page) <= 2
+            seen += [job.key for job in page]
+            if after is None:
+                break
+        assert seen == ["user:1", "user:10:a", "user:1:a", "user:1:b"], "key order, no claimed"
+        everything, cursor = opened._ops.list_jobs_page("", None, 100)
+        assert cursor is None
+        assert [job.key for job in everything] == sorted(keys)
+        assert everything[0].run_at_us == later
+        assert opened._ops.list_jobs_page("zzz", None, 10) == ([], None)
+
     def test_next_job_delay(self, opened: cs.Store) -> None:
         assert opened._ops.next_job_delay() is None
         opened._ops.put_jobs([self._job("later", 60)])

@@ -34,6 +34,7 @@ from .records import (
     job_channel,
     lease_channel,
     parse_jobs_due,
+    prefix_end,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "job_channel",
     "lease_channel",
     "parse_jobs_due",
+    "prefix_end",
 ]
 
 

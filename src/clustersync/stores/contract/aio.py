@@ -168,6 +168,20 @@ class Backend(Protocol):
         """The pending jobs (not under a live claim), sorted by ``run_at`` then key."""
         ...
 
+    async def list_jobs_page(
+        self, prefix: str, after: str | None, limit: int
+    ) -> tuple[list[StoredJob], str | None]:
+        """Up to ``limit`` pending jobs whose key starts with ``prefix``, in key order,
+        after the key ``after`` (None: from the first), from an index (a page of a
+        million jobs costs what a page of ten does); and the cursor of the next page
+        (None when there is none). A page may hold fewer than ``limit`` jobs while more
+        follow (jobs under a live claim are skipped)."""
+        ...
+
+    async def count_jobs(self) -> int:
+        """How many one-shot jobs are stored (pending or running), cheaply."""
+        ...
+
     async def next_job_delay(self) -> float | None:
         """Seconds until the earliest job is due (0 if one is due now), None if none."""
         ...

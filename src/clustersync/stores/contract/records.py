@@ -168,3 +168,16 @@ def conflicting_job(jobs: Sequence[NewJob], stored: Mapping[str, tuple[int, str]
         if existing is not None and existing != (job.run_at_us, job.props_json):
             return job.key
     return None
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix`` (None:
+    there is none, e.g. for ``""``): keys starting with ``prefix`` are exactly those with
+    ``prefix <= key < prefix_end(prefix)``, in code point (UTF-8 byte) order."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            step = 0xE000 if last + 1 == 0xD800 else last + 1  # no lone surrogates
+            return "".join(chars) + chr(step)
+    return None

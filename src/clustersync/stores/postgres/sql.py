@@ -319,3 +319,16 @@ ORDER BY run_at_us, key
 NEXT_DELAY = f"""
 SELECT (SELECT due_us FROM clustersync_jobs WHERE ns = %(ns)s ORDER BY due_us LIMIT 1) - {_NOW}
 """
+
+# Key order is byte order (COLLATE "C"), the same in every store; the primary key's index
+# serves the range.
+LIST_JOBS_PAGE = f"""
+WITH now AS (SELECT {_NOW} AS us)
+SELECT key, run_at_us, props, owner IS NULL OR due_us <= now.us FROM clustersync_jobs, now
+WHERE ns = %(ns)s AND key COLLATE "C" >= %(prefix)s
+    AND (%(after)s::text IS NULL OR key COLLATE "C" > %(after)s::text)
+    AND (%(high)s::text IS NULL OR key COLLATE "C" < %(high)s::text)
+ORDER BY key COLLATE "C" LIMIT %(limit)s
+"""
+
+COUNT_JOBS = "SELECT count(*) FROM clustersync_jobs WHERE ns = %(ns)s"

@@ -61,6 +61,7 @@ from ..contract import (
     RecurringJobRecord,
     StoredJob,
     conflicting_job,
+    prefix_end,
 )
 from ..feed.sync import POLL, ChangeFeed, PushNotifications
 from ..options import option_count, option_timeout
@@ -579,6 +580,24 @@ class PostgresBackend(PushNotifications):
     def list_jobs(self) -> list[StoredJob]:
         rows = self._fetch("list jobs", q.LIST_JOBS, {"ns": self._ns})
         return [StoredJob(str(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+    def list_jobs_page(
+        self, prefix: str, after: str | None, limit: int
+    ) -> tuple[list[StoredJob], str | None]:
+        params = {
+            "ns": self._ns,
+            "prefix": prefix,
+            "after": after,
+            "high": prefix_end(prefix),
+            "limit": limit,
+        }
+        rows = self._fetch("list jobs", q.LIST_JOBS_PAGE, params)
+        page = [StoredJob(str(r[0]), int(r[1]), str(r[2])) for r in rows if r[3]]
+        return page, (str(rows[-1][0]) if len(rows) == limit else None)
+
+    def count_jobs(self) -> int:
+        rows = self._fetch("count jobs", q.COUNT_JOBS, {"ns": self._ns})
+        return int(rows[0][0])
 
     def next_job_delay(self) -> float | None:
         rows = self._fetch("find the next due job", q.NEXT_DELAY, {"ns": self._ns})

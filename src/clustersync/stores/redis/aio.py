@@ -38,6 +38,7 @@ from ..contract import (
     RecurringJobRecord,
     StoredJob,
     conflicting_job,
+    prefix_end,
 )
 from ..feed.aio import POLL, ChangeFeed, PushNotifications
 from ..options import option_count, option_timeout
@@ -147,6 +148,7 @@ class RedisBackend(PushNotifications):
         try:
             async with backend._translate("connect"):
                 await client.ping()
+                await backend._index_keys()
                 await backend._feed.start()
         except BaseException:
             await backend.close()
@@ -175,6 +177,20 @@ class RedisBackend(PushNotifications):
         may be stuck too), so that the next call opens a new one."""
         with contextlib.suppress(Exception):
             await self._client.connection_pool.disconnect(inuse_connections=False)
+
+    async def _index_keys(self) -> None:
+        """Add the jobs stored before the key index existed to it (once per namespace)."""
+        marker = self._prefix + "keys:complete"
+        if await self._client.exists(marker):
+            return
+        start = 0
+        while True:
+            seen = await self._scripts["BACKFILL_KEYS"](
+                keys=[self._runat, self._prefix + "keys", marker], args=[start, _PUT_STEP]
+            )
+            if int(seen) < _PUT_STEP:
+                return
+            start += _PUT_STEP
 
     async def _run(self, action: str, script: str, keys: list[str], args: list[Any]) -> Any:
         async with self._translate(action):
@@ -481,6 +497,24 @@ class RedisBackend(PushNotifications):
                 break
         jobs.sort(key=lambda job: (job.run_at_us, job.key))
         return jobs
+
+    async def list_jobs_page(
+        self, prefix: str, after: str | None, limit: int
+    ) -> tuple[list[StoredJob], str | None]:
+        low = "(" + after if after is not None and after >= prefix else "[" + prefix
+        end = prefix_end(prefix)
+        high = "+" if end is None else "(" + end
+        last, scanned, rows = await self._run(
+            "list jobs",
+            "LIST_KEYS_PAGE",
+            [self._prefix + "keys", self._due],
+            [self._prefix, low, high, limit],
+        )
+        page = [StoredJob(str(k), int(r), str(p)) for k, r, p in rows]
+        return page, (str(last) if int(scanned) == limit and last else None)
+
+    async def count_jobs(self) -> int:
+        return int(await self._run("count jobs", "COUNT_JOBS", [self._due], []))
 
     async def next_job_delay(self) -> float | None:
         delay = await self._run("find the next due job", "NEXT_DELAY", [self._due], [])

@@ -399,6 +399,7 @@ for i = 3, #ARGV, 3 do
     redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0)
     redis.call('ZADD', KEYS[1], ARGV[i + 1], key)
     redis.call('ZADD', KEYS[2], ARGV[i + 1], key)
+    redis.call('ZADD', prefix .. 'keys', 0, key)
     if earliest and tonumber(ARGV[i + 1]) < earliest then
       wake = true
     end
@@ -421,6 +422,7 @@ for i = 2, #ARGV, 3 do
     redis.call('DEL', h)
     redis.call('ZREM', KEYS[1], ARGV[i])
     redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('ZREM', ARGV[1] .. 'keys', ARGV[i])
   end
 end
 return 0
@@ -441,6 +443,7 @@ for _, key in ipairs(keys) do
     -- An index entry whose job is gone (evicted, or deleted by hand): drop it.
     redis.call('ZREM', KEYS[1], key)
     redis.call('ZREM', ARGV[1] .. 'runat', key)
+    redis.call('ZREM', ARGV[1] .. 'keys', key)
   else
     local claim = redis.call('HINCRBY', h, 'c', 1)
     redis.call('HSET', h, 'o', ARGV[2])
@@ -482,6 +485,7 @@ if v[1] == ARGV[3] and v[2] == ARGV[4] then
   redis.call('DEL', h)
   redis.call('ZREM', KEYS[1], ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', ARGV[1] .. 'keys', ARGV[2])
   return 1
 end
 return 0
@@ -502,6 +506,7 @@ local due = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
 redis.call('DEL', h)
 redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', ARGV[1] .. 'keys', ARGV[2])
 redis.call('PUBLISH', KEYS[3], 'jobs')
 if (not owner) or due <= now then
   return 1
@@ -590,6 +595,49 @@ return string.format('%d', tonumber(first[2]) - now)
 )
 
 NOW = _NOW + "\nreturn string.format('%d', now)\n"
+
+# A page of the jobs in key order: "P keys" holds every job key with score 0, so that
+# ZRANGE BYLEX serves a key range from the index (Redis orders equal scores by bytes).
+LIST_KEYS_PAGE = (
+    """
+-- KEYS[1] keys index, KEYS[2] due; ARGV[1] prefix P, ARGV[2] lex min, ARGV[3] lex max,
+-- ARGV[4] limit
+"""
+    + _NOW
+    + """
+local keys = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3], 'BYLEX', 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for _, key in ipairs(keys) do
+  local v = redis.call('HMGET', ARGV[1] .. 'j:' .. key, 'r', 'p', 'o')
+  local due = redis.call('ZSCORE', KEYS[2], key)
+  if v[1] and (not v[3] or (due and tonumber(due) <= now)) then
+    out[#out + 1] = {key, v[1], v[2]}
+  end
+end
+return {keys[#keys] or false, #keys, out}
+"""
+)
+
+COUNT_JOBS = """
+-- KEYS[1] due
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# Builds "P keys" for jobs stored before it existed: one step of at most ARGV[2] jobs from
+# rank ARGV[1] of "P runat"; returns how many it saw (fewer than asked: done, then marks
+# the index as complete with KEYS[3]).
+BACKFILL_KEYS = """
+-- KEYS[1] runat, KEYS[2] keys index, KEYS[3] marker; ARGV[1] start rank, ARGV[2] count
+local first = tonumber(ARGV[1])
+local keys = redis.call('ZRANGE', KEYS[1], first, first + tonumber(ARGV[2]) - 1)
+for _, key in ipairs(keys) do
+  redis.call('ZADD', KEYS[2], 0, key)
+end
+if #keys < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[3], '1')
+end
+return #keys
+"""
 
 
 #: Every script, by name (what the store registers with ``EVALSHA``).

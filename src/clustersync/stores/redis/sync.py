@@ -40,6 +40,7 @@ from ..contract import (
     RecurringJobRecord,
     StoredJob,
     conflicting_job,
+    prefix_end,
 )
 from ..feed.sync import POLL, ChangeFeed, PushNotifications
 from ..options import option_count, option_timeout
@@ -149,6 +150,7 @@ class RedisBackend(PushNotifications):
         try:
             with backend._translate("connect"):
                 client.ping()
+                backend._index_keys()
                 backend._feed.start()
         except BaseException:
             backend.close()
@@ -177,6 +179,20 @@ class RedisBackend(PushNotifications):
         may be stuck too), so that the next call opens a new one."""
         with contextlib.suppress(Exception):
             self._client.connection_pool.disconnect(inuse_connections=False)
+
+    def _index_keys(self) -> None:
+        """Add the jobs stored before the key index existed to it (once per namespace)."""
+        marker = self._prefix + "keys:complete"
+        if self._client.exists(marker):
+            return
+        start = 0
+        while True:
+            seen = self._scripts["BACKFILL_KEYS"](
+                keys=[self._runat, self._prefix + "keys", marker], args=[start, _PUT_STEP]
+            )
+            if int(seen) < _PUT_STEP:
+                return
+            start += _PUT_STEP
 
     def _run(self, action: str, script: str, keys: list[str], args: list[Any]) -> Any:
         with self._translate(action):
@@ -483,6 +499,24 @@ class RedisBackend(PushNotifications):
                 break
         jobs.sort(key=lambda job: (job.run_at_us, job.key))
         return jobs
+
+    def list_jobs_page(
+        self, prefix: str, after: str | None, limit: int
+    ) -> tuple[list[StoredJob], str | None]:
+        low = "(" + after if after is not None and after >= prefix else "[" + prefix
+        end = prefix_end(prefix)
+        high = "+" if end is None else "(" + end
+        last, scanned, rows = self._run(
+            "list jobs",
+            "LIST_KEYS_PAGE",
+            [self._prefix + "keys", self._due],
+            [self._prefix, low, high, limit],
+        )
+        page = [StoredJob(str(k), int(r), str(p)) for k, r, p in rows]
+        return page, (str(last) if int(scanned) == limit and last else None)
+
+    def count_jobs(self) -> int:
+        return int(self._run("count jobs", "COUNT_JOBS", [self._due], []))
 
     def next_job_delay(self) -> float | None:
         delay = self._run("find the next due job", "NEXT_DELAY", [self._due], [])
