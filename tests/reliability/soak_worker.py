@@ -7,7 +7,8 @@ threading API, until the file ``config["stop"]`` exists:
   the other, and in each hold writes twice to the shared fenced resource
   ``config["fence"]`` with the hold's token. Logs ``acquired`` (name, token, start) right
   after ``acquire`` returns and ``hold`` (… end, lost, the two writes' outcomes) after
-  ``release``; ``lost`` means ``release()`` raised ``LockLostError``.
+  ``release``; ``lost`` means ``release()`` raised ``LockLostError``; ``on_lost`` (name,
+  token) when the mutex's ``on_lost`` callback runs.
 - ``scheduler`` — runs a one-shot scheduler (callback: logs ``fired``, works
   ``props["work"]`` seconds, logs ``finished``) and the recurring job ``soak-tick``
   (logs ``run_start``/``run_end``).
@@ -57,7 +58,13 @@ def holder(store: cs.Store, cfg: dict[str, Any], report: Reporter) -> None:
     stop = Path(cfg["stop"])
     rng = random.Random(os.getpid())
     fence = SharedFencedResource(cfg["fence"])
-    mutexes = {name: cs.Mutex(store, name, ttl=cfg["ttl"]) for name in cfg["names"]}
+    mutexes: dict[str, cs.Mutex] = {}
+
+    def told(name: str) -> None:
+        report("on_lost", name=name, token=mutexes[name].token, t_lost=time.monotonic())
+
+    for name in cfg["names"]:
+        mutexes[name] = cs.Mutex(store, name, ttl=cfg["ttl"], on_lost=lambda name=name: told(name))
     report("ready")
     while not stop.exists():
         name = rng.choice(cfg["names"])

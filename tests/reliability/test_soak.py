@@ -159,6 +159,12 @@ class Soak:
     scheduled: set[str] = field(default_factory=set)
     counter: Iterator[int] = field(default_factory=itertools.count)
     rng: random.Random = field(default_factory=lambda: random.Random(0x50A4))
+    #: The workers' leases: mutexes, one-shot claims, the recurring job.
+    mutex_ttl: float = MUTEX_TTL
+    claim_ttl: float = CLAIM_TTL
+    job_ttl: float = JOB_TTL
+    #: Longest pause of a holder between its two writes of a hold.
+    hold: float = 0.003
 
     @property
     def fence_path(self) -> Path:
@@ -170,7 +176,8 @@ class Soak:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def spawn(self, role: str) -> Worker:
+    def spawn(self, role: str, **overrides: Any) -> Worker:
+        """Start a worker of ``role``; ``overrides`` replace entries of its config."""
         name = f"{role[0]}{next(self.counter)}"
         log = self.directory / f"{name}.events"
         config: dict[str, Any] = {
@@ -184,12 +191,18 @@ class Soak:
         if role == "holder":
             config |= {
                 "names": MUTEX_NAMES,
-                "ttl": MUTEX_TTL,
+                "ttl": self.mutex_ttl,
                 "fence": str(self.fence_path),
-                "hold": 0.003,
+                "hold": self.hold,
             }
         else:
-            config |= {"claim_ttl": CLAIM_TTL, "job_ttl": JOB_TTL, "interval": 0.25, "work": 0.03}
+            config |= {
+                "claim_ttl": self.claim_ttl,
+                "job_ttl": self.job_ttl,
+                "interval": 0.25,
+                "work": 0.03,
+            }
+        config |= overrides
         stderr = (self.directory / f"{name}.stderr").open("wb")
         with stderr:
             proc = subprocess.Popen(

@@ -566,12 +566,16 @@ class StoreModel(RuleBasedStateMachine):
 
     Servers judge time by their own clock, so only outcomes that do not depend on exact
     times are compared: whether a lease was acquired, renewed or released, owner checks,
-    duplicate errors, token *differences* (Redis starts a fresh counter at its clock, the
-    others at 1), which jobs are claimed, listing order, and whether the next due job is
-    due now, later or never. To keep that deterministic, a lease or claim is either long
-    (it never expires during an example) or short (it has expired on every store
-    ``MODEL_SETTLE`` seconds later, and the rule waits that long); one-shot jobs run a day
-    in the past or a day in the future, each key at its own run time.
+    duplicate errors, which jobs are claimed, listing order, whether the next due job is
+    due now, later or never, and tokens by *order and identity*, not value (the others
+    count from 1, Redis tokens follow its clock): an acquisition that mints a token on
+    the reference mints a new one on the store under test, higher than every token of
+    the name before; one that gets its token back (the owner's retry) gets it back on
+    both; a listed lease carries the token of the same acquisition on both. To keep that
+    deterministic, a lease or claim is either long (it never expires during an example)
+    or short (it has expired on every store ``MODEL_SETTLE`` seconds later, and the rule
+    waits that long); one-shot jobs run a day in the past or a day in the future, each
+    key at its own run time.
 
     Invariants checked after every step, on the store under test: fencing tokens of a
     name strictly increase, at most one live lease per name, and both stores list the
@@ -593,8 +597,10 @@ class StoreModel(RuleBasedStateMachine):
         except BaseException:
             self.ref.close()
             raise
-        # The first token of each name on each store: tokens are compared as differences.
-        self.base: dict[str, tuple[int, int]] = {}
+        # Per name: the token each acquisition got on the reference -> on the store under
+        # test, and back (tokens are compared by identity and order, not by value).
+        self.tokens: dict[str, dict[int, int]] = {}
+        self.ref_tokens: dict[str, dict[int, int]] = {}
         self.last_token: dict[str, int] = {}
         self.last_owner: dict[str, str] = {}
         now = int(time.time() * _US)
@@ -612,18 +618,24 @@ class StoreModel(RuleBasedStateMachine):
         return (self.past_us if past else self.future_us) + JOB_KEYS.index(key) * 1000
 
     def sut_token(self, name: str, ref_token: int) -> int:
-        """The token on the store under test that corresponds to ``ref_token``."""
-        base = self.base.get(name)
-        if base is None:
-            return ref_token
-        return base[1] + (ref_token - base[0])
+        """The token on the store under test of the acquisition that got ``ref_token`` on
+        the reference; for a token the reference never handed out, one that the store
+        under test never hands out either (tokens are positive)."""
+        return self.tokens.get(name, {}).get(ref_token, -1 - ref_token)
 
     def lease_view(self, leases: list[LeaseInfo], store: int) -> list[tuple[str, str, int]]:
+        """(name, owner, token on the reference) of each live lease."""
         view = []
         for lease in leases:
-            base = self.base.get(lease.name)
-            assert base is not None, f"a live lease {lease.name!r} that was never acquired"
-            view.append((lease.name, lease.owner, lease.token - base[store]))
+            token = lease.token
+            if store == 1:
+                known = self.ref_tokens.get(lease.name, {})
+                assert token in known, f"a live lease {lease} with a token never handed out"
+                token = known[token]
+            else:
+                known = self.tokens.get(lease.name, {})
+                assert token in known, f"a live lease {lease} that was never acquired"
+            view.append((lease.name, lease.owner, token))
             assert 0 < lease.expires_in <= MODEL_LONG_TTL + 1, lease
         return view
 
@@ -664,10 +676,14 @@ class StoreModel(RuleBasedStateMachine):
             assert last is None or sut.token > last, "fencing tokens must strictly increase"
         self.last_token[name] = sut.token
         self.last_owner[name] = owner
-        if name not in self.base:
-            self.base[name] = (ref.token, sut.token)
-        base_ref, base_sut = self.base[name]
-        assert sut.token - base_sut == ref.token - base_ref, "tokens must grow by one"
+        tokens = self.tokens.setdefault(name, {})
+        ref_tokens = self.ref_tokens.setdefault(name, {})
+        if ref.token in tokens:  # the reference gave the owner its token back: so must the store
+            assert tokens[ref.token] == sut.token, "a retry must get the same token back"
+        else:  # a new token on the reference: a new one on the store too
+            assert sut.token not in ref_tokens, "a token was handed out twice"
+            tokens[ref.token] = sut.token
+            ref_tokens[sut.token] = ref.token
         return _Held(name, owner, ref.token, sut.token)
 
     @rule(held=held, short=st.booleans(), other_owner=st.booleans())
