@@ -66,7 +66,7 @@ from tests.topologies import (
 )
 
 from .conftest import soak_mode
-from .test_soak import SHORT, Soak, when_available
+from .test_soak import MUTEX_NAMES, SHORT, Soak, when_available
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +118,9 @@ class Failovers:
     def start(self) -> None:
         for config in self.configs:
             config.run.spawn("holder")
-            config.run.spawn("holder", hold=3.0)  # holds across renewals
+            config.run.spawn("holder")
+            # Holds across renewals, on a mutex of its own and one of the others.
+            config.run.spawn("holder", hold=3.0, names=["long", MUTEX_NAMES[1]])
             config.run.spawn("scheduler")
             config.run.spawn("scheduler")
         deadline = time.monotonic() + PATIENCE
@@ -211,7 +213,26 @@ class Failovers:
 
     # -- the end ---------------------------------------------------------------------------
 
+    def resumed(self) -> None:
+        """Every holder acquires again after the last fault (waiting acquires resume)."""
+        last_fault_end = max(end for _, _, end in self.log)
+        deadline = time.monotonic() + PATIENCE
+        for config in self.configs:
+            for worker in config.run.workers:
+                if worker.role != "holder":
+                    continue
+                while not any(
+                    e["event"] == "acquired" and e["start"] > last_fault_end for e in worker.events
+                ):
+                    assert time.monotonic() < deadline, (
+                        f"{config.label}: {worker.name} did not acquire again after the"
+                        f" last fault:\n{config.run.diagnostics()}"
+                    )
+                    time.sleep(0.05)
+                    config.run.poll()
+
     def finish(self) -> dict[str, Any]:
+        self.resumed()
         self.stop.set()
         for config in self.configs:
             for thread in config.threads:
@@ -294,12 +315,6 @@ class Failovers:
         # Both: tokens never repeat or go backwards, and nobody stopped working.
         assert token_violations == [], explain
         assert report.writes.accepted > 0
-        last_fault_end = max(end for _, _, end in self.log)
-        for worker in run.workers:
-            if worker.role == "holder":
-                later = [e for e in worker.events if e["event"] == "acquired"]
-                assert later, f"{worker.name} never acquired"
-                assert later[-1]["start"] > last_fault_end, f"{worker.name} stopped acquiring"
         if strict:
             assert violations == [], explain
             assert far_lost == [], explain
@@ -451,11 +466,14 @@ def test_cluster_failovers_under_load(
 def _lose_the_last_writes(
     replica: RedisNode, master: RedisNode, write: Callable[[], None]
 ) -> float:
-    """Pause ``replica``, ``write`` on the master (acknowledged, never replicated), kill
-    the master, resume the replica. Returns when the master died."""
+    """Pause ``replica`` and cut its link (what it received before stays in its socket),
+    ``write`` on the master (acknowledged, never replicated), kill the master, resume the
+    replica. Returns when the master died."""
     assert replica.pid is not None
     os.kill(replica.pid, signal.SIGSTOP)
     try:
+        with master.client() as client:
+            assert int(client.execute_command("CLIENT", "KILL", "TYPE", "replica")) == 1
         write()
         master.kill()
         return time.monotonic()

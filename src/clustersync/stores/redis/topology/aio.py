@@ -230,6 +230,8 @@ class SentinelRoute(Route):
         super().__init__(self._master.connection_pool)
         self._addresses = target.addresses
         self._watches: list[ChangeFeed[tuple[Any, Any]]] = []
+        #: The master of the last switch announced (each sentinel announces it).
+        self._switched_to: Address | None = None
         self._on_switch: Callable[[], None] | None = None
 
     async def start(self, on_switch: Callable[[], None]) -> None:
@@ -290,7 +292,11 @@ class SentinelRoute(Route):
             self._sentinel.fence = (old, shim.monotonic() + FENCE_SECONDS)
             await self._reset()
         elif event == "+switch-master":
-            logger.warning("Redis Sentinel %r: new master %s:%s", self.service, *fields[3:5])
+            new = (fields[3], int(fields[4]))
+            if self._sentinel.fence is None and new == self._switched_to:
+                return  # the same switch, heard from another sentinel
+            self._switched_to = new
+            logger.warning("Redis Sentinel %r: new master %s:%s", self.service, *new)
             self._sentinel.fence = None
             await self._reset()
         else:  # the failover was aborted: the old master stays the master
