@@ -45,7 +45,8 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,7 +56,7 @@ import pytest
 
 import clustersync as cs
 from clustersync.stores.redis.sync import key_prefix
-from clustersync.testing.checker import SharedFencedResource, check
+from clustersync.testing.checker import Firing, SharedFencedResource, check
 from tests.topologies import (
     RedisClusterTopology,
     RedisNode,
@@ -96,6 +97,8 @@ class Config:
     store: cs.Store | None = None
     #: far-future job key -> when its scheduling was acknowledged.
     far: dict[str, float] = field(default_factory=dict)
+    #: due job key -> when its scheduling was acknowledged.
+    acked: dict[str, float] = field(default_factory=dict)
     #: times (reference clock) the probe got an answer.
     answers: list[float] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
@@ -154,6 +157,7 @@ class Failovers:
             due = f"due-{n}"
             schedule(jobs, due, datetime.now(UTC) + timedelta(seconds=0.1 + (n % 10) / 20))
             config.run.scheduled.add(due)
+            config.acked[due] = time.monotonic()
             far = f"far-{n}"
             schedule(jobs, far, datetime.now(UTC) + timedelta(days=1))
             config.far[far] = time.monotonic()
@@ -242,6 +246,7 @@ class Failovers:
             "topology": self.topology.kind,
             "rounds": ROUNDS,
             "faults": [fault for fault, _, _ in self.log],
+            "fault_seconds": [round(end - start, 2) for _, start, end in self.log],
         }
         for config in self.configs:
             figures[config.label] = self.judge(config)
@@ -291,7 +296,7 @@ class Failovers:
         assert report.writes is not None
         assert report.jobs is not None
         violations = report.violations
-        token_violations = [v for v in violations if "token" in v.split(":")[0]]
+        token_violations = [v for v in violations if "token" in v.split(":", maxsplit=1)[0]]
         figures = {
             "acquisitions_checked": report.holds.holds,
             "holds_lost_and_told": report.holds.lost,
@@ -307,11 +312,15 @@ class Failovers:
             "far_jobs_lost": len(far_lost),
             "token_violations": len(token_violations),
             "violations": len(violations),
+            "violation_kinds": dict(Counter(_kind_of(v) for v in violations)),
+            "losses_by_fault": self.losses(config, far_lost, report.jobs.repeated, firings),
             "unavailable_seconds": {
                 fault: [round(gap, 2) for gap in self.gaps(config, fault)] for fault in FAULTS
             },
         }
         explain = run.explain(violations) + f"\nfar jobs lost: {far_lost[:20]}"
+        if violations and not strict:
+            print(f"\n{config.label} (measured, not asserted):\n" + "\n".join(violations[:10]))
         # Both: tokens never repeat or go backwards, and nobody stopped working.
         assert token_violations == [], explain
         assert report.writes.accepted > 0
@@ -320,6 +329,37 @@ class Failovers:
             assert far_lost == [], explain
             assert report.jobs.lost == 0
         return figures
+
+    def fault_at(self, moment: float) -> str:
+        """The fault an event at ``moment`` follows (the last one injected up to a second
+        after it: the clients may notice a fault before its helper starts timing it)."""
+        found = "before any fault"
+        for kind, start, _ in self.log:
+            if start - 1.0 <= moment:
+                found = kind
+        return found
+
+    def losses(
+        self,
+        config: Config,
+        far_lost: list[str],
+        repeated: Mapping[str, int],
+        firings: list[Firing],
+    ) -> dict[str, dict[str, int]]:
+        """Per fault: acknowledged far jobs lost (by when they were acknowledged), due
+        jobs never fired (by when they were acknowledged) and run twice (by their second
+        run)."""
+        found: dict[str, Counter[str]] = {}
+        for key in far_lost:
+            found.setdefault(self.fault_at(config.far[key]), Counter())["far_jobs_lost"] += 1
+        fired = {f.key for f in firings}
+        for key in sorted(config.run.scheduled - fired):
+            moment = config.acked.get(key, 0.0)
+            found.setdefault(self.fault_at(moment), Counter())["due_jobs_never_fired"] += 1
+        for key in repeated:
+            second = sorted(f.start for f in firings if f.key == key)[1]
+            found.setdefault(self.fault_at(second), Counter())["due_jobs_run_twice"] += 1
+        return {fault: dict(counts) for fault, counts in found.items()}
 
     def gaps(self, config: Config, fault: str) -> list[float]:
         """Per fault of that kind: the longest time without an answer to the probe that
@@ -335,6 +375,22 @@ class Failovers:
                     gap = max(gap, after - before)
             found.append(gap)
         return found
+
+
+def _kind_of(violation: str) -> str:
+    """The kind of a checker violation, for the figures."""
+    for kind in (
+        "fired again",
+        "never fired",
+        "overlapping holds",
+        "rejected",
+        "stale write",
+        "token",
+        "overlap",
+    ):
+        if kind in violation:
+            return kind
+    return violation.split(":", maxsplit=1)[0]
 
 
 def schedule(jobs: cs.JobOnceScheduler, key: str, run_at: datetime) -> None:
