@@ -20,6 +20,7 @@ the test process dies.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -64,7 +65,7 @@ def holder(store: cs.Store, cfg: dict[str, Any], report: Reporter) -> None:
         report("on_lost", name=name, token=mutexes[name].token, t_lost=time.monotonic())
 
     for name in cfg["names"]:
-        mutexes[name] = cs.Mutex(store, name, ttl=cfg["ttl"], on_lost=lambda name=name: told(name))
+        mutexes[name] = cs.Mutex(store, name, ttl=cfg["ttl"], on_lost=functools.partial(told, name))
     report("ready")
     while not stop.exists():
         name = rng.choice(cfg["names"])

@@ -258,7 +258,7 @@ class SentinelRoute(Route):
             # Events may have been missed while this watch was down: look again.
             await self._check_master()
         except BaseException:
-            await shim.shielded(_close_watch(watch))
+            await shim.shielded(_closed_watch(watch))
             raise
         return watch
 
@@ -422,12 +422,13 @@ class ClusterRoute(Route):
             await self._cluster.aclose()
 
 
-async def _put_back(pool: Any, conn: Any, broken: bool) -> None:
-    """Return ``conn`` to ``pool``, closed first if it cannot be reused."""
+async def _put_back(pool: Any, conn: Any, broken: bool) -> bool:
+    """Return ``conn`` to ``pool``, closed first if it cannot be reused (returned)."""
     if broken:
         with contextlib.suppress(Exception):
             await conn.disconnect()
     await pool.release(conn)
+    return broken
 
 
 async def _close_watch(watch: tuple[Any, Any]) -> None:
@@ -436,6 +437,12 @@ async def _close_watch(watch: tuple[Any, Any]) -> None:
         await pubsub.aclose()
     finally:
         await client.aclose()
+
+
+async def _closed_watch(watch: tuple[Any, Any]) -> bool:
+    """:func:`_close_watch`, for ``shim.shielded`` (which passes a result on)."""
+    await _close_watch(watch)
+    return True
 
 
 async def _ping_watch(watch: tuple[Any, Any]) -> bool:

@@ -260,7 +260,7 @@ class SentinelRoute(Route):
             # Events may have been missed while this watch was down: look again.
             self._check_master()
         except BaseException:
-            shim.shielded(_close_watch(watch))
+            shim.shielded(_closed_watch(watch))
             raise
         return watch
 
@@ -424,12 +424,13 @@ class ClusterRoute(Route):
             self._cluster.close()
 
 
-def _put_back(pool: Any, conn: Any, broken: bool) -> None:
-    """Return ``conn`` to ``pool``, closed first if it cannot be reused."""
+def _put_back(pool: Any, conn: Any, broken: bool) -> bool:
+    """Return ``conn`` to ``pool``, closed first if it cannot be reused (returned)."""
     if broken:
         with contextlib.suppress(Exception):
             conn.disconnect()
     pool.release(conn)
+    return broken
 
 
 def _close_watch(watch: tuple[Any, Any]) -> None:
@@ -438,6 +439,12 @@ def _close_watch(watch: tuple[Any, Any]) -> None:
         pubsub.close()
     finally:
         client.close()
+
+
+def _closed_watch(watch: tuple[Any, Any]) -> bool:
+    """:func:`_close_watch`, for ``shim.shielded`` (which passes a result on)."""
+    _close_watch(watch)
+    return True
 
 
 def _ping_watch(watch: tuple[Any, Any]) -> bool:
