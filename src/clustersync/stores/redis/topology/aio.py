@@ -48,6 +48,8 @@ logger = logging.getLogger("clustersync.redis")
 #: Longest fence of an old master after its replica was promoted, if neither the switch
 #: nor an abort is heard (a sentinel's messages may be missed while reconnecting).
 FENCE_SECONDS = 10.0
+#: Longest wait for a sentinel's answer (or connection).
+SENTINEL_TIMEOUT = 1.0
 #: Shortest time between two refreshes of a cluster's slot map.
 MIN_REFRESH = 0.1
 #: The Sentinel events a route acts on (see :class:`SentinelRoute`).
@@ -205,9 +207,11 @@ class SentinelRoute(Route):
         max_connections: int | None,
         sentinel_password: str | None,
     ) -> None:
+        # Sentinels answer from memory: one that takes a second is as good as gone (every
+        # discovery asks all of them).
         sentinel_options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": min(socket_timeout, SENTINEL_TIMEOUT),
+            "socket_connect_timeout": min(connect_timeout, SENTINEL_TIMEOUT),
             "decode_responses": True,
             "retry": Retry(backoff.NoBackoff(), 0),
         }
@@ -290,7 +294,7 @@ class SentinelRoute(Route):
                 *old,
             )
             self._sentinel.fence = (old, shim.monotonic() + FENCE_SECONDS)
-            await self._reset()
+            await self._reset(announce=False)
         elif event == "+switch-master":
             new = (fields[3], int(fields[4]))
             if self._sentinel.fence is None and new == self._switched_to:
@@ -312,12 +316,14 @@ class SentinelRoute(Route):
         if known is not None and current != known:
             await self._reset()
 
-    async def _reset(self) -> None:
-        """Close every connection to the master, in use or not: they reconnect to the
-        master the sentinels name (a call in flight fails, outcome unknown)."""
+    async def _reset(self, *, announce: bool = True) -> None:
+        """Close every connection to the master, in use or not (the subscription too):
+        they reconnect to the master the sentinels name (a call in flight fails, outcome
+        unknown). ``announce``: a new master is known, tell the store (it resubscribes at
+        once and wakes its waiters)."""
         with contextlib.suppress(Exception):
             await self._pool_of_server.disconnect(inuse_connections=True)
-        if self._on_switch is not None:
+        if announce and self._on_switch is not None:
             self._on_switch()
 
     async def close(self) -> None:
