@@ -48,6 +48,7 @@ from clustersync.testing.checker import (
     FenceWrite,
     Firing,
     HoldLog,
+    Report,
     Run,
     SharedFencedResource,
     check,
@@ -394,6 +395,26 @@ class Soak:
         crashes = {w.name: [w.killed_at] for w in self.workers if w.killed_at is not None}
         return firings, crashes
 
+    def check(self) -> tuple[Report, list[Firing]]:
+        """Judge every hold, fenced write, one-shot firing and recurring run logged (the
+        workers have stopped); also returns the firings."""
+        writes = SharedFencedResource.read(self.fence_path)
+        firings, crashes = self.one_shot()
+        report = check(
+            holds=self.holds(writes),
+            writes=writes,
+            scheduled=self.scheduled,
+            firings=firings,
+            crashes=crashes,
+            runs=self.runs(),
+            raise_on_violation=False,
+        )
+        assert report.holds is not None
+        assert report.writes is not None
+        assert report.jobs is not None
+        assert report.runs is not None
+        return report, firings
+
     def runs(self) -> list[Run]:
         runs = []
         for worker in self.workers:
@@ -485,18 +506,7 @@ def run_soak(soak: Soak, request: pytest.FixtureRequest) -> dict[str, Any]:
         soak.poll()
         pending = when_available(cs.get_job_once_scheduler(store).list_scheduled_jobs)
 
-    writes = SharedFencedResource.read(soak.fence_path)
-    holds = soak.holds(writes)
-    firings, crashes = soak.one_shot()
-    report = check(
-        holds=holds,
-        writes=writes,
-        scheduled=soak.scheduled,
-        firings=firings,
-        crashes=crashes,
-        runs=soak.runs(),
-        raise_on_violation=False,
-    )
+    report, _ = soak.check()
     assert report.holds is not None
     assert report.writes is not None
     assert report.jobs is not None

@@ -16,19 +16,26 @@ from __future__ import annotations
 
 from ..registry import StoreKind
 
-_BACKEND = "clustersync.stores.redis.sync:open_backend"
-_ASYNC_BACKEND = "clustersync.stores.redis.aio:open_backend"
 
-KIND = StoreKind(
-    name="redis",
-    schemes=("redis", "rediss", "unix"),
-    backend=_BACKEND,
-    async_backend=_ASYNC_BACKEND,
-    url_forms=("redis://[:password@]host:port/db", "rediss://…", "unix:///path.sock"),
-    extra="redis",
-    reach="cluster",
-    durable=True,
-    capabilities=frozenset({"grant"}),
+def _kind(name: str, schemes: tuple[str, ...], url_forms: tuple[str, ...]) -> StoreKind:
+    """A kind of the Redis family: the same backend, options and capabilities."""
+    return StoreKind(
+        name=name,
+        schemes=schemes,
+        backend="clustersync.stores.redis.sync:open_backend",
+        async_backend="clustersync.stores.redis.aio:open_backend",
+        url_forms=url_forms,
+        extra="redis",
+        reach="cluster",
+        durable=True,
+        capabilities=frozenset({"grant"}),
+    )
+
+
+KIND = _kind(
+    "redis",
+    ("redis", "rediss", "unix"),
+    ("redis://[:password@]host:port/db", "rediss://…", "unix:///path.sock"),
 )
 """Redis store (``redis://``, ``rediss://``, ``unix://``): a cluster on the Redis you run.
 
@@ -47,16 +54,10 @@ reconnect of the subscription every waiter is woken to recheck. Without persiste
 ``min_replicas=N`` makes every write wait for N replicas (``WAIT``).
 """
 
-SENTINEL_KIND = StoreKind(
-    name="redis-sentinel",
-    schemes=("redis+sentinel",),
-    backend=_BACKEND,
-    async_backend=_ASYNC_BACKEND,
-    url_forms=("redis+sentinel://[:password@]host:port[,host:port…]/SERVICE[/DB]",),
-    extra="redis",
-    reach="cluster",
-    durable=True,
-    capabilities=frozenset({"grant"}),
+SENTINEL_KIND = _kind(
+    "redis-sentinel",
+    ("redis+sentinel",),
+    ("redis+sentinel://[:password@]host:port[,host:port…]/SERVICE[/DB]",),
 )
 """Redis behind Sentinel (``redis+sentinel://``): the addresses are sentinels, and the
 master of ``SERVICE`` is found through them and followed across failovers (also when a
@@ -70,16 +71,8 @@ Replication is asynchronous: without ``min_replicas`` a failover may lose the la
 acknowledged writes (docs/reliability.md measures how many).
 """
 
-CLUSTER_KIND = StoreKind(
-    name="redis-cluster",
-    schemes=("redis+cluster",),
-    backend=_BACKEND,
-    async_backend=_ASYNC_BACKEND,
-    url_forms=("redis+cluster://[:password@]host:port[,host:port…]",),
-    extra="redis",
-    reach="cluster",
-    durable=True,
-    capabilities=frozenset({"grant"}),
+CLUSTER_KIND = _kind(
+    "redis-cluster", ("redis+cluster",), ("redis+cluster://[:password@]host:port[,host:port…]",)
 )
 """Redis Cluster (``redis+cluster://``, Redis 7+): the addresses are seed nodes. A
 namespace lives in one hash slot (keys ``cs:{namespace}:…``), so every call goes to that

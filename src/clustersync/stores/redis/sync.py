@@ -291,8 +291,11 @@ class RedisBackend(PushNotifications):
         confirm: bool = True,
     ) -> tuple[Any, int]:
         """The reply of ``script``, and how many replicas acknowledged it (``WAIT``, sent
-        after a script that writes when ``min_replicas`` is set and ``confirm``; else 0)."""
+        after a script that writes when ``min_replicas`` is set and ``confirm``; else 0).
+        ``idempotent``: running it twice is harmless (always so for the scripts that only
+        read), so it may be retried after an unknown outcome."""
         sha, text = self._scripts[script]
+        idempotent = idempotent or script in lua.READS
         wait = self.min_replicas if confirm and script not in lua.READS else 0
         commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
         if wait:
@@ -307,21 +310,13 @@ class RedisBackend(PushNotifications):
         return replies[0], (int(replies[1]) if wait else 0)
 
     def _run(
-        self,
-        action: str,
-        script: str,
-        keys: list[str],
-        args: list[Any],
-        idempotent: bool = False,
-        confirm: bool = True,
+        self, action: str, script: str, keys: list[str], args: list[Any], **options: bool
     ) -> Any:
-        """The reply of ``script``; with ``min_replicas`` (and ``confirm``),
-        StoreUnavailableError if a write was not acknowledged by enough replicas (outcome
-        unknown)."""
-        reply, acks = self._eval(
-            action, script, keys, args, idempotent=idempotent, confirm=confirm
-        )
-        if confirm and acks < self.min_replicas and script not in lua.READS:
+        """The reply of ``script`` (``options`` as for :meth:`_eval`); with
+        ``min_replicas``, StoreUnavailableError if a write that asked for confirmation was
+        not acknowledged by enough replicas (outcome unknown)."""
+        reply, acks = self._eval(action, script, keys, args, **options)
+        if options.get("confirm", True) and acks < self.min_replicas and script not in lua.READS:
             raise self._unconfirmed(action, acks)
         return reply
 
@@ -402,7 +397,7 @@ class RedisBackend(PushNotifications):
         return [self._prefix + part + name for part in lua.LEASE_KEYS] + [self._events]
 
     def now_us(self) -> int:
-        return int(self._run("read the time", "NOW", [self._due], [], idempotent=True))
+        return int(self._run("read the time", "NOW", [self._due], []))
 
     def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
         keys = self._lease_keys(name)[:3]
@@ -538,7 +533,7 @@ class RedisBackend(PushNotifications):
                 )
             keys = [str(key) for key in keys]
             if keys:
-                rows = self._run("list leases", "LEASES", keys, [], idempotent=True)
+                rows = self._run("list leases", "LEASES", keys, [])
                 for key, (value, pttl) in zip(keys, rows, strict=True):
                     if not value or pttl is None or int(pttl) <= 0:
                         continue
@@ -558,7 +553,6 @@ class RedisBackend(PushNotifications):
             "GET_METADATA",
             [self._prefix + "r:" + key, self._meta],
             [key],
-            idempotent=True,
         )
         return JobMetadataRecord(
             int(last) if last else None, int(now), int(paused) == 1, int(triggered) == 1
@@ -628,11 +622,7 @@ class RedisBackend(PushNotifications):
 
     def list_recurring_jobs(self) -> list[RecurringJobRecord]:
         rows = self._run(
-            "list recurring jobs",
-            "LIST_RECURRING",
-            [self._recurring],
-            [self._prefix],
-            idempotent=True,
+            "list recurring jobs", "LIST_RECURRING", [self._recurring], [self._prefix]
         )
         return [_recurring_record(row) for row in rows]
 
@@ -740,7 +730,6 @@ class RedisBackend(PushNotifications):
                 "LIST_PAGE",
                 [self._due, self._runat],
                 [self._prefix, _LIST_PAGE, *cursor],
-                True,
             )
             jobs += [StoredJob(str(k), int(r), str(p)) for k, r, p in rows]
             if int(scanned) < _LIST_PAGE:
@@ -759,18 +748,15 @@ class RedisBackend(PushNotifications):
             "LIST_KEYS_PAGE",
             [self._index, self._due],
             [self._prefix, low, high, limit],
-            idempotent=True,
         )
         page = [StoredJob(str(k), int(r), str(p)) for k, r, p in rows]
         return page, (str(last) if int(scanned) == limit and last else None)
 
     def count_jobs(self) -> int:
-        return int(self._run("count jobs", "COUNT_JOBS", [self._due], [], idempotent=True))
+        return int(self._run("count jobs", "COUNT_JOBS", [self._due], []))
 
     def next_job_delay(self) -> float | None:
-        delay = self._run(
-            "find the next due job", "NEXT_DELAY", [self._due], [], idempotent=True
-        )
+        delay = self._run("find the next due job", "NEXT_DELAY", [self._due], [])
         if delay is None or delay is False:
             return None
         return max(0.0, int(delay) / _US)
