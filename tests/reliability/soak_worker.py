@@ -20,11 +20,13 @@ the test process dies.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -145,6 +147,7 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s [{cfg['name']} {os.getpid()}] %(name)s %(levelname)s %(message)s",
     )
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on demand (stderr)
     report = Reporter(cfg["log"])
     report("started", role=role)
     with open_store(cfg) as store:

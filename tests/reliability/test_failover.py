@@ -42,6 +42,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import threading
 import time
 import uuid
@@ -276,8 +277,14 @@ class Failovers:
         for worker in run.workers:
             try:
                 worker.proc.wait(timeout=PATIENCE)
-            except Exception:
-                pytest.fail(f"{worker.name} did not stop:\n{run.diagnostics()}")
+            except subprocess.TimeoutExpired:
+                worker.proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
+                time.sleep(1.0)
+                events = "\n".join(json.dumps(e) for e in worker.events[-20:])
+                pytest.fail(
+                    f"{config.label}: {worker.name} did not stop; its last events:\n{events}\n"
+                    + run.diagnostics()
+                )
             assert worker.proc.returncode == 0, f"{worker.name}:\n{run.diagnostics()}"
         run.poll()
         report, firings = run.check()
@@ -388,7 +395,7 @@ def schedule(jobs: cs.JobOnceScheduler, key: str, run_at: datetime) -> None:
     deadline = time.monotonic() + PATIENCE
     while True:
         try:
-            jobs.schedule_once(key, run_at, None)
+            jobs.schedule_once(key, run_at, {"work": 0.01})
             return
         except cs.StoreUnavailableError:
             if time.monotonic() > deadline:
