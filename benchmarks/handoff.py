@@ -7,11 +7,15 @@ Usage::
     .venv/bin/python benchmarks/handoff.py --backend redis      # a private redis-server
     .venv/bin/python benchmarks/handoff.py --backend postgres   # a private PostgreSQL
     .venv/bin/python benchmarks/handoff.py --url redis://127.0.0.1:6379/0
+    .venv/bin/python benchmarks/handoff.py --backend redis --replica --min-replicas 1
 
 With ``--backend redis|postgres`` the benchmark starts a private server on loopback
 (``tests/servers.py``: a free port, a temporary directory, removed at the end; PostgreSQL
 with ``fsync``/``synchronous_commit`` off like the test servers unless ``--durable``). With
 ``--url`` it uses that store, in a fresh namespace (what it writes there stays behind).
+``--replica`` gives the private Redis a replica (the store talks to the master), and
+``--min-replicas N`` opens the store with ``min_replicas=N`` (every write waits for N
+replicas: the cost of ``WAIT``).
 
 Measures, on one store:
 
@@ -54,10 +58,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 import clustersync
+
+if TYPE_CHECKING:
+    from tests.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTEX = "bench-handoff"
@@ -307,9 +314,13 @@ def store_url(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     from tests.servers import PostgresServer, RedisServer
 
     if args.backend == "redis":
-        with RedisServer(persistence=args.durable) as redis_srv:
+        with RedisServer(persistence=args.durable) as redis_srv, contextlib.ExitStack() as stack:
             aof = "AOF everysec" if args.durable else "no persistence"
-            yield redis_srv.url, f"private redis-server on port {redis_srv.port} ({aof})"
+            origin = f"private redis-server on port {redis_srv.port} ({aof}"
+            if args.replica:
+                replica = stack.enter_context(replica_of(redis_srv, durable=args.durable))
+                origin += f", replica on port {replica.port}"
+            yield redis_srv.url, origin + ")"
     else:
         with PostgresServer(fsync=args.durable) as pg_srv:
             sync = "on" if args.durable else "off"
@@ -317,6 +328,23 @@ def store_url(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
                 pg_srv.url,
                 f"private PostgreSQL on port {pg_srv.port} (fsync/synchronous_commit {sync})",
             )
+
+
+@contextlib.contextmanager
+def replica_of(master: RedisServer, *, durable: bool) -> Iterator[RedisServer]:
+    """A private replica of ``master``, in sync when it is yielded."""
+    import redis
+    from tests.servers import LOOPBACK, RedisServer
+
+    args = ["--replicaof", LOOPBACK, str(master.port), "--repl-diskless-sync-delay", "0"]
+    with RedisServer(persistence=durable, extra_args=args) as replica:
+        with redis.Redis.from_url(replica.url, decode_responses=True) as client:
+            deadline = time.monotonic() + 30
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise SystemExit("the replica did not sync within 30 s")
+                time.sleep(0.05)
+        yield replica
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,12 +368,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="private servers: PostgreSQL fsync on, Redis AOF (default: like the tests)",
     )
+    parser.add_argument(
+        "--replica", action="store_true", help="--backend redis: give the server a replica"
+    )
+    parser.add_argument(
+        "--min-replicas",
+        type=int,
+        default=0,
+        help="Redis: open the store with min_replicas=N (writes wait for N replicas)",
+    )
     args = parser.parse_args(argv)
     race_rounds = args.rounds if args.race_rounds is None else args.race_rounds
     namespace = f"bench-{uuid.uuid4().hex[:12]}"
 
-    with store_url(args) as (url, origin):
-        backend = backend_of(url)
+    with store_url(args) as (raw_url, place):
+        backend = backend_of(raw_url)
+        url, origin = raw_url, place
+        if args.min_replicas:
+            url += ("&" if "?" in url else "?") + f"min_replicas={args.min_replicas}"
+            origin += f"; min_replicas={args.min_replicas}"
         clustersync.open_store(url, namespace=namespace).close()  # create the schema once
         results: dict[str, Stats] = {}
         results["cross_process"] = summary(
@@ -362,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         results["uncontended_cold"] = summary(
             uncontended(url, namespace, args.cold_rounds, COLD_IDLE)
         )
-        with raw_client(url) as (raw_what, raw_call):
+        with raw_client(raw_url) as (raw_what, raw_call):
             results["raw_rtt_hot"] = summary(timed(raw_call, args.hot_rounds, None))
             results["raw_rtt_cold"] = summary(timed(raw_call, args.cold_rounds, COLD_IDLE))
 
@@ -382,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         "backend": backend,
         "durable": bool(args.durable) if not args.url and backend != "sqlite" else None,
         "rounds": args.rounds,
+        "replica": bool(args.replica),
+        "min_replicas": args.min_replicas,
         "raw_rtt": raw_what,
         **results,
     }

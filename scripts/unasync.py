@@ -59,6 +59,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\basynccontextmanager\b", "contextmanager"),
     (r"\baclose\b", "close"),
     (r"^import redis\.asyncio as redis_client$", "import redis as redis_client"),
+    (r"^from redis\.asyncio\.(\w+) import\b", r"from redis.\1 import"),
     (r"\bpsycopg\.AsyncConnection\b", "psycopg.Connection"),
     (r"\basyncio orchestration\b", "threading orchestration"),
     (r"^from clustersync import aio as cs$", "import clustersync as cs"),

@@ -4,14 +4,18 @@ The stores come from the registry (:func:`clustersync.stores.store_kinds`): one 
 per registered kind, plus one per mode worth testing on its own (``redis-grant``: Redis
 with ``handoff="grant"``, for every kind that offers the ``grant`` capability).
 ``CLUSTERSYNC_TEST_BACKENDS`` (comma-separated targets) selects some; the default is
-every target. Each test gets its own namespace.
+every target, except that the targets served by a deployment of several servers run only
+the store suites (``tests/conformance``, ``tests/contract``) by default (name them in
+``CLUSTERSYNC_TEST_BACKENDS`` to run everything on them):
 
-*Topology targets* run a kind through a deployment of its own (:data:`TOPOLOGY_TARGETS`):
-``postgres-multihost`` (the multi-host URL of a primary and a streaming standby) and
-``postgres-pgbouncer`` (a transaction-pooling PgBouncer, with ``wakeups=poll``). By
-default only the conformance and contract suites run on them (their conftests use
-:func:`suite_backends`); the other suites do when ``CLUSTERSYNC_TEST_BACKENDS`` names
-them.
+- the kinds of :data:`TOPOLOGY_KINDS` (Redis Sentinel, Redis Cluster), without their
+  modes;
+- the *topology targets* of :data:`TOPOLOGY_TARGETS`, which run a kind through a
+  deployment of its own: ``postgres-multihost`` (the multi-host URL of a primary and a
+  streaming standby) and ``postgres-pgbouncer`` (a transaction-pooling PgBouncer, with
+  ``wakeups=poll``).
+
+Each test gets its own namespace.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from clustersync.stores import StoreKind, store_kinds
 from tests.servers import postgres_server, private_server, redis_server
 from tests.topologies import (
+    RedisClusterTopology,
+    RedisSentinel,
     pgbouncer,
     postgres_replicated,
     postgres_sync_replicated,
@@ -48,6 +55,8 @@ __all__ = [
 
 pytest.register_assert_rewrite("clustersync.testing.contract")
 
+T = TypeVar("T")
+
 #: A test URL per built-in kind: fresh for memory and SQLite; the session's server for
 #: Redis and PostgreSQL (tests are isolated there by their own namespace).
 UrlFactory = Callable[[Path, pytest.FixtureRequest], str]
@@ -56,7 +65,14 @@ TEST_URLS: dict[str, UrlFactory] = {
     "sqlite": lambda tmp, request: f"sqlite:///{tmp / 'cluster.db'}",
     "redis": lambda tmp, request: str(request.getfixturevalue("redis_server").url),
     "postgres": lambda tmp, request: str(request.getfixturevalue("postgres_server").url),
+    "redis-sentinel": lambda tmp, request: _topology(request, "redis_sentinel", RedisSentinel).url,
+    "redis-cluster": lambda tmp, request: (
+        _topology(request, "redis_cluster", RedisClusterTopology).url
+    ),
 }
+#: Kinds served by a topology of several servers (session fixtures of tests/topologies.py):
+#: by default only the store suites run on them, without their modes (see the docstring).
+TOPOLOGY_KINDS = frozenset({"redis-sentinel", "redis-cluster"})
 #: Modes tested as targets of their own: capability -> (suffix, URL query).
 MODES = {"grant": ("-grant", "handoff=grant")}
 #: Topology targets: name -> (kind name, URL of the session's deployment).
@@ -103,8 +119,14 @@ def kind_of(target: str) -> StoreKind:
     return TARGETS[target][0]
 
 
-def _chosen() -> list[str] | None:
-    """The targets ``CLUSTERSYNC_TEST_BACKENDS`` names (None: not set)."""
+def _topology(request: pytest.FixtureRequest, fixture: str, kind: type[T]) -> T:
+    topology = request.getfixturevalue(fixture)
+    assert isinstance(topology, kind)
+    return topology
+
+
+def _named_backends() -> list[str] | None:
+    """The targets ``CLUSTERSYNC_TEST_BACKENDS`` names, or None if it is not set."""
     raw = os.environ.get("CLUSTERSYNC_TEST_BACKENDS", "")
     chosen = [b.strip() for b in raw.split(",") if b.strip()]
     unknown = sorted(set(chosen) - set(ALL_BACKENDS))
@@ -114,18 +136,25 @@ def _chosen() -> list[str] | None:
 
 
 def selected_backends() -> list[str]:
-    """The targets every suite runs on: those chosen, else every store target (the
-    topology targets only when chosen)."""
-    chosen = _chosen()
-    if chosen is not None:
-        return chosen
-    return [b for b in ALL_BACKENDS if b not in TOPOLOGY_TARGETS]
+    """The targets of the whole suite: those named, else every target but those that
+    only the store suites run on by default (see the module docstring)."""
+    named = _named_backends()
+    if named is not None:
+        return named
+    return [
+        b
+        for b in ALL_BACKENDS
+        if b not in TOPOLOGY_TARGETS and kind_of(b).name not in TOPOLOGY_KINDS
+    ]
 
 
-def suite_backends() -> list[str]:
-    """The targets of the conformance and contract suites: those chosen, else every
-    target, topology targets included."""
-    return _chosen() or list(ALL_BACKENDS)
+def store_suite_backends() -> list[str]:
+    """The targets of the store suites (tests/conformance, tests/contract): those named,
+    else every target but the modes of the kinds of :data:`TOPOLOGY_KINDS`."""
+    named = _named_backends()
+    if named is not None:
+        return named
+    return [b for b in ALL_BACKENDS if kind_of(b).name not in TOPOLOGY_KINDS or b in TOPOLOGY_KINDS]
 
 
 def shared_backends() -> list[str]:

@@ -7,7 +7,8 @@ threading API, until the file ``config["stop"]`` exists:
   the other, and in each hold writes twice to the shared fenced resource
   ``config["fence"]`` with the hold's token. Logs ``acquired`` (name, token, start) right
   after ``acquire`` returns and ``hold`` (… end, lost, the two writes' outcomes) after
-  ``release``; ``lost`` means ``release()`` raised ``LockLostError``.
+  ``release``; ``lost`` means ``release()`` raised ``LockLostError``; ``on_lost`` (name,
+  token) when the mutex's ``on_lost`` callback runs.
 - ``scheduler`` — runs a one-shot scheduler (callback: logs ``fired``, works
   ``props["work"]`` seconds, logs ``finished``) and the recurring job ``soak-tick``
   (logs ``run_start``/``run_end``).
@@ -19,10 +20,13 @@ the test process dies.
 
 from __future__ import annotations
 
+import faulthandler
+import functools
 import json
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -57,7 +61,13 @@ def holder(store: cs.Store, cfg: dict[str, Any], report: Reporter) -> None:
     stop = Path(cfg["stop"])
     rng = random.Random(os.getpid())
     fence = SharedFencedResource(cfg["fence"])
-    mutexes = {name: cs.Mutex(store, name, ttl=cfg["ttl"]) for name in cfg["names"]}
+    mutexes: dict[str, cs.Mutex] = {}
+
+    def told(name: str) -> None:
+        report("on_lost", name=name, token=mutexes[name].token, t_lost=time.monotonic())
+
+    for name in cfg["names"]:
+        mutexes[name] = cs.Mutex(store, name, ttl=cfg["ttl"], on_lost=functools.partial(told, name))
     report("ready")
     while not stop.exists():
         name = rng.choice(cfg["names"])
@@ -137,6 +147,7 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s [{cfg['name']} {os.getpid()}] %(name)s %(levelname)s %(message)s",
     )
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on demand (stderr)
     report = Reporter(cfg["log"])
     report("started", role=role)
     with open_store(cfg) as store:

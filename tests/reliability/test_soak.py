@@ -48,6 +48,7 @@ from clustersync.testing.checker import (
     FenceWrite,
     Firing,
     HoldLog,
+    Report,
     Run,
     SharedFencedResource,
     check,
@@ -159,6 +160,12 @@ class Soak:
     scheduled: set[str] = field(default_factory=set)
     counter: Iterator[int] = field(default_factory=itertools.count)
     rng: random.Random = field(default_factory=lambda: random.Random(0x50A4))
+    #: The workers' leases: mutexes, one-shot claims, the recurring job.
+    mutex_ttl: float = MUTEX_TTL
+    claim_ttl: float = CLAIM_TTL
+    job_ttl: float = JOB_TTL
+    #: Longest pause of a holder between its two writes of a hold.
+    hold: float = 0.003
 
     @property
     def fence_path(self) -> Path:
@@ -170,7 +177,8 @@ class Soak:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def spawn(self, role: str) -> Worker:
+    def spawn(self, role: str, **overrides: Any) -> Worker:
+        """Start a worker of ``role``; ``overrides`` replace entries of its config."""
         name = f"{role[0]}{next(self.counter)}"
         log = self.directory / f"{name}.events"
         config: dict[str, Any] = {
@@ -184,12 +192,18 @@ class Soak:
         if role == "holder":
             config |= {
                 "names": MUTEX_NAMES,
-                "ttl": MUTEX_TTL,
+                "ttl": self.mutex_ttl,
                 "fence": str(self.fence_path),
-                "hold": 0.003,
+                "hold": self.hold,
             }
         else:
-            config |= {"claim_ttl": CLAIM_TTL, "job_ttl": JOB_TTL, "interval": 0.25, "work": 0.03}
+            config |= {
+                "claim_ttl": self.claim_ttl,
+                "job_ttl": self.job_ttl,
+                "interval": 0.25,
+                "work": 0.03,
+            }
+        config |= overrides
         stderr = (self.directory / f"{name}.stderr").open("wb")
         with stderr:
             proc = subprocess.Popen(
@@ -381,6 +395,26 @@ class Soak:
         crashes = {w.name: [w.killed_at] for w in self.workers if w.killed_at is not None}
         return firings, crashes
 
+    def check(self) -> tuple[Report, list[Firing]]:
+        """Judge every hold, fenced write, one-shot firing and recurring run logged (the
+        workers have stopped); also returns the firings."""
+        writes = SharedFencedResource.read(self.fence_path)
+        firings, crashes = self.one_shot()
+        report = check(
+            holds=self.holds(writes),
+            writes=writes,
+            scheduled=self.scheduled,
+            firings=firings,
+            crashes=crashes,
+            runs=self.runs(),
+            raise_on_violation=False,
+        )
+        assert report.holds is not None
+        assert report.writes is not None
+        assert report.jobs is not None
+        assert report.runs is not None
+        return report, firings
+
     def runs(self) -> list[Run]:
         runs = []
         for worker in self.workers:
@@ -472,18 +506,7 @@ def run_soak(soak: Soak, request: pytest.FixtureRequest) -> dict[str, Any]:
         soak.poll()
         pending = when_available(cs.get_job_once_scheduler(store).list_scheduled_jobs)
 
-    writes = SharedFencedResource.read(soak.fence_path)
-    holds = soak.holds(writes)
-    firings, crashes = soak.one_shot()
-    report = check(
-        holds=holds,
-        writes=writes,
-        scheduled=soak.scheduled,
-        firings=firings,
-        crashes=crashes,
-        runs=soak.runs(),
-        raise_on_violation=False,
-    )
+    report, _ = soak.check()
     assert report.holds is not None
     assert report.writes is not None
     assert report.jobs is not None

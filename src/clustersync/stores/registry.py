@@ -132,7 +132,7 @@ class _Registry:
             self.loaded = True
         from . import memory, postgres, redis, sqlite
 
-        for kind in (memory.KIND, sqlite.KIND, redis.KIND, postgres.KIND):
+        for kind in (memory.KIND, sqlite.KIND, *redis.KINDS, postgres.KIND):
             self.add(kind, keep_existing=True)
         for entry in entry_points(group=ENTRY_POINT_GROUP):
             try:

@@ -801,11 +801,12 @@ class StoreModel(RuleBasedStateMachine):
 
     Servers judge time by their own clock, so only outcomes that do not depend on exact
     times are compared: whether a lease was acquired, renewed or released, owner checks,
-    duplicate errors, the *order* of tokens (the contract only promises that they
-    strictly increase per name: Redis and PostgreSQL mint at least their clock in
-    microseconds, the others count from 1; each token of the store under test is
-    matched with the reference's token of the same acquisition), which jobs are claimed,
-    listing order, and whether the next due job is due now, later or never. To keep that
+    duplicate errors, which jobs are claimed, listing order, whether the next due job is
+    due now, later or never, and tokens by *order and identity*, not value (the others
+    count from 1, Redis tokens follow its clock): an acquisition that mints a token on
+    the reference mints a new one on the store under test, higher than every token of
+    the name before; one that gets its token back (the owner's retry) gets it back on
+    both; a listed lease carries the token of the same acquisition on both. To keep that
     deterministic, a lease or claim is either long (it never expires during an example)
     or short (it has expired on every store ``MODEL_SETTLE`` seconds later, and the rule
     waits that long); one-shot jobs run a day in the past or a day in the future, each
@@ -832,8 +833,10 @@ class StoreModel(RuleBasedStateMachine):
         except BaseException:
             self.ref.close()
             raise
-        # Per name, the token of each acquisition on the reference and on the store.
+        # Per name: the token each acquisition got on the reference -> on the store under
+        # test, and back (tokens are compared by identity and order, not by value).
         self.tokens: dict[str, dict[int, int]] = {}
+        self.ref_tokens: dict[str, dict[int, int]] = {}
         self.slot_tokens: dict[str, dict[int, int]] = {}
         self.last_token: dict[str, int] = {}
         self.last_owner: dict[str, str] = {}
@@ -852,23 +855,24 @@ class StoreModel(RuleBasedStateMachine):
         return (self.past_us if past else self.future_us) + JOB_KEYS.index(key) * 1000
 
     def sut_token(self, name: str, ref_token: int) -> int:
-        """The token on the store under test that corresponds to ``ref_token``: the one
-        the same acquisition got, else one it never handed out (below its first)."""
-        pairs = self.tokens.get(name)
-        if not pairs:
-            return ref_token
-        if ref_token in pairs:
-            return pairs[ref_token]
-        return min(pairs.values()) - 1 - abs(ref_token)
+        """The token on the store under test of the acquisition that got ``ref_token`` on
+        the reference; for a token the reference never handed out, one that the store
+        under test never hands out either (tokens are positive)."""
+        return self.tokens.get(name, {}).get(ref_token, -1 - ref_token)
 
     def lease_view(self, leases: list[LeaseInfo], store: int) -> list[tuple[str, str, int]]:
-        """(name, owner, token) of each lease, the store's tokens as the reference's."""
+        """(name, owner, token on the reference) of each live lease."""
         view = []
         for lease in leases:
-            pairs = self.tokens.get(lease.name, {})
-            as_ref = {sut: ref for ref, sut in pairs.items()} if store else {r: r for r in pairs}
-            assert lease.token in as_ref, f"a live lease {lease} that was never acquired"
-            view.append((lease.name, lease.owner, as_ref[lease.token]))
+            token = lease.token
+            if store == 1:
+                known = self.ref_tokens.get(lease.name, {})
+                assert token in known, f"a live lease {lease} with a token never handed out"
+                token = known[token]
+            else:
+                known = self.tokens.get(lease.name, {})
+                assert token in known, f"a live lease {lease} that was never acquired"
+            view.append((lease.name, lease.owner, token))
             assert 0 < lease.expires_in <= MODEL_LONG_TTL + 1, lease
         return view
 
@@ -909,12 +913,14 @@ class StoreModel(RuleBasedStateMachine):
             assert last is None or sut.token > last, "fencing tokens must strictly increase"
         self.last_token[name] = sut.token
         self.last_owner[name] = owner
-        pairs = self.tokens.setdefault(name, {})
-        if ref.token in pairs:  # a retry of the live lease's owner, on the reference
-            assert sut.token == pairs[ref.token], "the live lease's owner keeps its token"
-        else:
-            assert sut.token not in pairs.values(), "a new acquisition got an old token"
-            pairs[ref.token] = sut.token
+        tokens = self.tokens.setdefault(name, {})
+        ref_tokens = self.ref_tokens.setdefault(name, {})
+        if ref.token in tokens:  # the reference gave the owner its token back: so must the store
+            assert tokens[ref.token] == sut.token, "a retry must get the same token back"
+        else:  # a new token on the reference: a new one on the store too
+            assert sut.token not in ref_tokens, "a token was handed out twice"
+            tokens[ref.token] = sut.token
+            ref_tokens[sut.token] = ref.token
         return _Held(name, owner, ref.token, sut.token)
 
     @rule(held=held, short=st.booleans(), other_owner=st.booleans())

@@ -14,7 +14,7 @@ import pytest
 import clustersync as cs
 from clustersync._concurrency import threads as shim
 from clustersync.testing import ManualClock
-from tests.conftest import kind_of
+from tests.conftest import kind_of, store_suite_backends
 
 #: How long a watch for something that must not happen lasts while a manual clock
 #: stands still (real time only reveals bugs that do not need the store's time to move).
@@ -31,6 +31,14 @@ def _micros(moment: datetime) -> int:
 
 def _moment(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
+
+
+@pytest.fixture(params=store_suite_backends())
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store under test (overrides the suite-wide ``backend``: the store suites also
+    run on the topologies of several servers, see ``tests/conftest.py``)."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture

@@ -37,6 +37,10 @@ POLL = 0.1
 KEEPALIVE = 5.0
 
 
+class _Replaced(Exception):
+    """The feed was asked to replace its connection (:meth:`ChangeFeed.reset`)."""
+
+
 class PushNotifications:
     """The listener plumbing shared by backends whose server pushes changes."""
 
@@ -87,18 +91,37 @@ class ChangeFeed(Generic[C]):
         self._conn: C | None = None
         self._reader: shim.Task | None = None
         self._closed = False
+        self._reset = False
+        self._waker: shim.Waker | None = None
 
-    def start(self) -> None:
-        """Subscribe (errors propagate to ``open_store``) and start reading."""
-        self._conn = self._connect()
+    def start(self, *, wait: bool = True) -> None:
+        """Subscribe (errors propagate to ``open_store``) and start reading; with
+        ``wait=False``, start reading at once and subscribe in the background (retried
+        with backoff, as after a lost connection)."""
+        if wait:
+            self._conn = self._connect()
         self._reader = shim.spawn(self._read, name=f"clustersync-{self._what}")
 
+    def reset(self) -> None:
+        """Replace the connection soon (within :data:`POLL`): the server it is subscribed
+        on may no longer be the one that publishes (a failover). Every waiter is woken
+        once the new subscription is made. Callable from any thread."""
+        self._reset = True
+        waker = self._waker
+        if waker is not None:
+            waker.set_threadsafe()  # cut a reconnection backoff short
+
     def _read(self) -> None:
+        self._waker = shim.Waker()
+        errors: tuple[type[BaseException], ...] = (*self._errors, _Replaced)
         backoff = Backoff(cap=2.0)
         heard = pinged = shim.monotonic()
         while not self._closed:
             conn = self._conn
             try:
+                if self._reset:
+                    self._reset = False
+                    raise _Replaced(f"{self._what} replaced: the server may have changed")
                 if conn is None:
                     conn = self._conn = self._connect()
                     heard = pinged = shim.monotonic()
@@ -114,23 +137,28 @@ class ChangeFeed(Generic[C]):
                     if self._ping(conn):
                         heard = shim.monotonic()
                 backoff.reset()
-            except self._errors as exc:
+            except errors as exc:
                 if self._closed:
                     return
-                delay = backoff.next_delay()
+                delay = 0.0 if isinstance(exc, _Replaced) else backoff.next_delay()
                 logger.warning("%s lost; reconnecting in %.2fs: %s", self._what, delay, exc)
                 self._conn = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         self._disconnect(conn)
                 self._notify(ANY_CHANNEL)
-                shim.sleep(delay)
+                if delay > 0 and not self._reset:
+                    self._waker.wait(delay)
+                self._waker.clear()
                 continue
             for channel in channels:
                 self._notify(channel)
 
     def close(self) -> None:
         self._closed = True
+        waker = self._waker
+        if waker is not None:
+            waker.set_threadsafe()
         reader = self._reader
         if reader is not None and not shim.in_task(reader):
             shim.cancel_task(reader)

@@ -1,17 +1,36 @@
-"""Redis store (``redis://``, ``rediss://``, ``unix://``): a cluster on the Redis you run.
+"""The Redis store on redis-py's asyncio client (the source; ``sync.py`` is generated).
 
-Every operation is one round trip through a Lua script (``EVALSHA``, loaded once, with
-redis-py's automatic fallback), so it is atomic; expiry is judged by Redis's own clock
-(``PX`` leases, ``TIME``). See :mod:`clustersync.stores.redis.lua` for the key layout
-and how fencing tokens survive a restart that lost the data.
+One server (``redis://``, ``rediss://``, ``unix://``), a Sentinel service
+(``redis+sentinel://``) or a Redis Cluster (``redis+cluster://``): every call goes to the
+master serving the namespace (:mod:`.topology`), as one round trip on one connection.
+
+Every operation is a Lua script (``EVALSHA``; ``EVAL`` when the server does not know it
+yet, e.g. a freshly promoted replica), so it is atomic; expiry is judged by Redis's own
+clock (``PX`` leases, ``TIME``). See :mod:`clustersync.stores.redis.lua` for the key
+layout and how fencing tokens survive a restart or a failover that lost the last writes.
+
+Failures. A call that surely did not run on the server — no connection could be made,
+no master is known while a failover is under way, ``CLUSTERDOWN``, ``READONLY`` from a
+demoted master, ``LOADING``, a ``MOVED``/``ASK`` redirection — is retried inside for up
+to ``failover_timeout`` seconds (default 5 s with Sentinel and Cluster, 0 for one server)
+against the master found again. A call whose outcome is unknown (the connection broke or
+timed out after the request was sent) raises ``StoreUnavailableError`` at once, unless
+repeating it is harmless (reads, acquisitions and renewals by the same owner, storing the
+same jobs), which is retried within the same bound. Any redis-py error that is raised
+becomes ``StoreUnavailableError`` (cause kept).
+
+``min_replicas=N``: every call that writes sends ``WAIT N timeout`` after its script on
+the same connection (one round trip) and raises ``StoreUnavailableError`` unless N
+replicas acknowledged the write; an acquisition that cannot be confirmed is released
+(best effort) and not handed out, and a granted lease is confirmed by its new holder
+before it is used.
 
 Wake-ups: one pub/sub subscription per store object on the namespace's ``events``
-channel, established before ``open_store`` returns. Releases and job changes publish
-there; a lost message costs latency only, since every waiter also has a deadline.
-
-Failure modes: any redis-py error becomes ``StoreUnavailableError`` (cause kept); after a
-reconnect of the subscription every waiter is woken to recheck. Without persistence
-(``appendonly``), a Redis restart loses pending one-shot jobs and metadata.
+channel (a shard channel on Redis Cluster), established before ``open_store`` returns and
+re-established on the new master after a failover; every waiter is woken to recheck after
+a reconnect. A lost message costs latency only, since every waiter also has a deadline.
+Without persistence (``appendonly``), a Redis restart loses pending one-shot jobs and
+metadata.
 """
 
 from __future__ import annotations
@@ -21,14 +40,14 @@ import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as redis_client
-from redis.exceptions import AuthenticationError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..._concurrency import aio as shim
+from ..._core.backoff import Backoff
 from ...exceptions import ConfigurationError, DuplicateJobError, StoreUnavailableError
 from ..contract import (
+    ANY_CHANNEL,
     GRANT_LEASE_MS,
     AcquireResult,
     ClaimedJob,
@@ -44,9 +63,23 @@ from ..contract import (
     prefix_end,
 )
 from ..feed.aio import POLL, ChangeFeed, PushNotifications
-from ..options import option_count, option_timeout
+from ..options import option_count, option_timeout, reject_unknown
 from ..registry import redact
 from . import lua
+from .errors import (
+    DRIVER_ERRORS,
+    AskError,
+    AuthenticationError,
+    NoScriptError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ResponseError,
+    not_executed,
+)
+from .topology.aio import ClusterRoute, Route, SentinelRoute, connection_options
+from .urls import HANDOFFS, Settings, Target, parse_target, read_settings
+
+__all__ = ["HANDOFFS", "RedisBackend", "key_prefix", "open_backend"]
 
 logger = logging.getLogger("clustersync.redis")
 
@@ -60,12 +93,12 @@ _PUT_STEP = 1000
 DEFAULT_SOCKET_TIMEOUT = 5.0
 #: The payload of the subscription's keep-alive pings.
 _KEEPALIVE = "clustersync-keepalive"
-#: ``handoff`` values: notify waiters of a release, or grant the lease to the first one.
-HANDOFFS = ("notify", "grant")
 #: Shortest BLPOP timeout sent (Redis reads 0 as "block forever").
 _MIN_BLOCK = 0.01
 #: Characters with a meaning in the patterns of ``SCAN … MATCH``.
 _GLOB_SPECIAL = frozenset("\\[]?*")
+#: Most redirections (``MOVED``/``ASK``) one call follows.
+_MAX_REDIRECTS = 16
 
 
 def key_prefix(namespace: str) -> str:
@@ -77,28 +110,35 @@ def key_prefix(namespace: str) -> str:
 
 
 class RedisBackend(PushNotifications):
-    """Lease and job operations on one namespace of a Redis server."""
+    """Lease and job operations on one namespace of a Redis server, Sentinel service or
+    Redis Cluster."""
 
     def __init__(
         self,
-        client: Any,
+        route: Route,
         url: str,
         namespace: str,
         *,
-        handoff: str = "notify",
+        settings: Settings | None = None,
         socket_timeout: float | None = None,
     ) -> None:
-        self._client = client
+        settings = settings or Settings()
+        self._route = route
+        self._settings = settings
         #: ``"grant"``: blocked acquires queue up and a release hands the lease to the
         #: first of them (see :meth:`wait_for_grant`); ``"notify"``: they are woken.
-        self.handoff = handoff
-        self.capabilities = frozenset({"grant"}) if handoff == "grant" else frozenset()
+        self.handoff = settings.handoff
+        self.capabilities = frozenset({"grant"}) if self.handoff == "grant" else frozenset()
+        #: Replicas that must acknowledge every write (``WAIT``); 0: none.
+        self.min_replicas = settings.min_replicas
+        self._wait_ms = max(1, int(settings.min_replicas_timeout * 1000))
         self._socket_timeout = socket_timeout
         self._url = redact(url)
         self._prefix = key_prefix(namespace)
         self._events = self._prefix + "events"
         self._due = self._prefix + "due"
         self._runat = self._prefix + "runat"
+        self._index = self._prefix + "keys"
         self._meta = self._prefix + "meta"  # last_finished of version 1 (read as a fallback)
         self._recurring = self._prefix + "rjobs"
         self._closed = False
@@ -108,18 +148,19 @@ class RedisBackend(PushNotifications):
             receive=self._receive,
             disconnect=_close_pubsub,
             notify=self._notify,
-            errors=(RedisError, OSError),
+            errors=DRIVER_ERRORS,
             ping=self._ping_subscription,
             answer_within=socket_timeout or DEFAULT_SOCKET_TIMEOUT,
         )
-        self._scripts: dict[str, Any] = {
-            name: client.register_script(text) for name, text in lua.SCRIPTS.items()
+        texts = {
+            name: lua.sharded(text) if route.sharded else text for name, text in lua.SCRIPTS.items()
         }
+        #: name -> (sha1, text)
+        self._scripts = {name: (lua.sha1(text), text) for name, text in texts.items()}
 
     @classmethod
     async def open(cls, url: str, namespace: str, options: dict[str, Any]) -> RedisBackend:
         options = dict(options)
-        url, handoff = _handoff_option(url, options.pop("handoff", None))
         timeout = option_timeout(
             options.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT), "socket_timeout"
         )
@@ -127,36 +168,40 @@ class RedisBackend(PushNotifications):
         max_connections = options.pop("max_connections", None)
         if max_connections is not None:
             max_connections = option_count(max_connections, "max_connections")
-        if options:
+        sentinel_password = options.pop("sentinel_password", None)
+        if sentinel_password is not None and not isinstance(sentinel_password, str):
             raise ConfigurationError(
-                f"unknown option(s) for the redis store: {', '.join(sorted(options))}"
+                "invalid store option: sentinel_password must be a str,"
+                f" not {type(sentinel_password).__name__}"
             )
-        try:
-            client = redis_client.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=timeout,
-                socket_connect_timeout=connect_timeout,
-                max_connections=max_connections,
-                health_check_interval=30,
+        url, settings = read_settings(url, options, timeout)
+        reject_unknown(options, "redis")
+        target = parse_target(url)
+        if sentinel_password is not None and target.mode != "sentinel":
+            raise ConfigurationError(
+                "invalid store option: sentinel_password is for redis+sentinel:// URLs"
             )
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
-        try:
-            _check_connection_options(client.connection_pool)
-        except (ValueError, TypeError, RedisError) as exc:
-            await client.aclose()
-            raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
-        backend = cls(client, url, namespace, handoff=handoff, socket_timeout=timeout)
+        route = _open_route(
+            target,
+            key_prefix(namespace) + "events",
+            socket_timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            sentinel_password=sentinel_password,
+        )
+        backend = cls(route, url, namespace, settings=settings, socket_timeout=timeout)
         try:
             async with backend._translate("connect"):
-                await client.ping()
+                await backend._call("connect", [("PING",)], idempotent=True)
                 await backend._index_keys()
                 await backend._feed.start()
+                await route.start(backend._master_changed)
         except BaseException:
             await backend.close()
             raise
         return backend
+
+    # -- calls -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _translate(self, action: str) -> AsyncIterator[None]:
@@ -165,62 +210,176 @@ class RedisBackend(PushNotifications):
             raise StoreUnavailableError(f"store {self._url} is closed")
         try:
             yield
+        except StoreUnavailableError:  # already translated (it is an OSError too)
+            raise
         except AuthenticationError as exc:
             raise StoreUnavailableError(
                 f"Redis at {self._url} rejected the credentials: authentication failed"
                 f" (wrong or missing password?): {exc}"
             ) from exc
-        except (RedisError, OSError) as exc:
-            if isinstance(exc, RedisTimeoutError):
+        except DRIVER_ERRORS as exc:
+            if isinstance(exc, RedisTimeoutError | TimeoutError):
                 await self.drop_idle_connections()  # they may have stopped answering too
             raise StoreUnavailableError(f"Redis at {self._url} failed to {action}: {exc}") from exc
 
     async def drop_idle_connections(self) -> None:
         """Close the pooled connections not in use (after a call got no answer: those
         may be stuck too), so that the next call opens a new one."""
-        with contextlib.suppress(Exception):
-            await self._client.connection_pool.disconnect(inuse_connections=False)
+        await self._route.drop_idle()
+
+    async def _call(
+        self,
+        action: str,
+        commands: list[tuple[Any, ...]],
+        *,
+        idempotent: bool,
+        unknown_script: tuple[Any, ...] | None = None,
+    ) -> list[Any]:
+        """The replies to ``commands``, sent in one round trip to the namespace's master.
+
+        Errors that prove the call did not run (see :func:`.topology.aio.not_executed`)
+        are retried with backoff for up to ``failover_timeout`` seconds, redirections
+        followed at once; so are errors of unknown outcome when ``idempotent`` (running
+        the call twice is harmless). ``NOSCRIPT`` resends the first command as
+        ``unknown_script`` (``EVAL`` with the script's text)."""
+        if self._closed:
+            raise StoreUnavailableError(f"store {self._url} is closed")
+        give_up = shim.monotonic() + self._settings.failover_timeout
+        backoff = Backoff(base=0.02, cap=0.5)
+        redirects = 0
+        asking: tuple[str, int] | None = None
+        while True:
+            try:
+                sent = commands if asking is None else [("ASKING",), *commands]
+                replies = await self._route.exchange(sent, asking)
+                if asking is not None:
+                    replies, asking = replies[1:], None
+                first = replies[0]
+                if isinstance(first, NoScriptError) and unknown_script is not None:
+                    commands = [unknown_script, *commands[1:]]
+                    continue
+                if isinstance(first, AskError) and redirects < _MAX_REDIRECTS:
+                    redirects += 1
+                    address = (str(first.host), int(first.port))
+                    if type(first) is AskError:
+                        asking = address
+                    else:  # MovedError: the slot has a new master
+                        self._route.moved(address)
+                    continue
+                for reply in replies:
+                    if isinstance(reply, ResponseError):
+                        raise reply
+                return replies
+            except DRIVER_ERRORS as exc:
+                if isinstance(exc, AuthenticationError):
+                    raise
+                retry = not_executed(exc) or (idempotent and not isinstance(exc, ResponseError))
+                delay = backoff.next_delay()
+                if not retry or shim.monotonic() + delay > give_up:
+                    raise
+                self._route.suspect()
+                logger.info("Redis at %s: %s failed, retrying: %s", self._url, action, exc)
+                await shim.sleep(delay)
+
+    async def _eval(
+        self,
+        action: str,
+        script: str,
+        keys: list[str],
+        args: list[Any],
+        *,
+        idempotent: bool = False,
+        confirm: bool = True,
+    ) -> tuple[Any, int]:
+        """The reply of ``script``, and how many replicas acknowledged it (``WAIT``, sent
+        after a script that writes when ``min_replicas`` is set and ``confirm``; else 0).
+        ``idempotent``: running it twice is harmless (always so for the scripts that only
+        read), so it may be retried after an unknown outcome."""
+        sha, text = self._scripts[script]
+        idempotent = idempotent or script in lua.READS
+        wait = self.min_replicas if confirm and script not in lua.READS else 0
+        commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
+        if wait:
+            commands.append(("WAIT", wait, self._wait_ms))
+        async with self._translate(action):
+            replies = await self._call(
+                action,
+                commands,
+                idempotent=idempotent,
+                unknown_script=("EVAL", text, len(keys), *keys, *args),
+            )
+        return replies[0], (int(replies[1]) if wait else 0)
+
+    async def _run(
+        self, action: str, script: str, keys: list[str], args: list[Any], **options: bool
+    ) -> Any:
+        """The reply of ``script`` (``options`` as for :meth:`_eval`); with
+        ``min_replicas``, StoreUnavailableError if a write that asked for confirmation was
+        not acknowledged by enough replicas (outcome unknown)."""
+        reply, acks = await self._eval(action, script, keys, args, **options)
+        if options.get("confirm", True) and acks < self.min_replicas and script not in lua.READS:
+            raise self._unconfirmed(action, acks)
+        return reply
+
+    def _unconfirmed(self, action: str, acks: int) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"Redis at {self._url} failed to {action}: the master applied it but only {acks}"
+            f" of the {self.min_replicas} replicas asked for (min_replicas) acknowledged it"
+            f" within {self._wait_ms / 1000:g}s; outcome unknown (a failover may lose it)"
+        )
 
     async def _index_keys(self) -> None:
         """Add the jobs stored before the key index existed to it (once per namespace)."""
         marker = self._prefix + "keys:complete"
-        if await self._client.exists(marker):
+        (exists,) = await self._call("connect", [("EXISTS", marker)], idempotent=True)
+        if int(exists):
             return
         start = 0
         while True:
-            seen = await self._scripts["BACKFILL_KEYS"](
-                keys=[self._runat, self._prefix + "keys", marker], args=[start, _PUT_STEP]
+            seen = await self._run(
+                "index job keys",
+                "BACKFILL_KEYS",
+                [self._runat, self._index, marker],
+                [start, _PUT_STEP],
+                idempotent=True,
+                confirm=False,  # an index rebuilt again if a failover loses it
             )
             if int(seen) < _PUT_STEP:
                 return
             start += _PUT_STEP
 
-    async def _run(self, action: str, script: str, keys: list[str], args: list[Any]) -> Any:
-        async with self._translate(action):
-            return await self._scripts[script](keys=keys, args=args)
-
     # -- notifications -------------------------------------------------------------------
 
     async def _subscribe(self) -> Any:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(self._events)
+            return await self._route.subscribe(self._events)
         except BaseException:
-            await pubsub.aclose()
+            self._route.suspect()
             raise
-        return pubsub
 
     async def _receive(self, pubsub: Any) -> tuple[list[str], bool]:
         message = await pubsub.get_message(timeout=POLL)
         if message is None:
             return [], False
-        if message.get("type") == "message":
+        kind = message.get("type")
+        if kind in ("message", "smessage"):
             return [str(message["data"])], True
+        if kind == "sunsubscribe":
+            # Redis Cluster ends shard subscriptions of a slot its node no longer serves
+            # (a failover): subscribe again, on the slot's new master.
+            self._route.suspect()
+            raise RedisConnectionError("the namespace's slot moved to another node")
         return [], True  # a keep-alive answer ("pong") or a subscription message
 
     async def _ping_subscription(self, pubsub: Any) -> bool:
         await pubsub.ping(message=_KEEPALIVE)  # the answer arrives as a "pong" message
         return False
+
+    def _master_changed(self) -> None:
+        """The route found a new master: subscribe there, and wake every waiter to try
+        again at once (they would otherwise sleep until their deadline)."""
+        self._feed.reset()
+        self._notify(ANY_CHANNEL)
 
     async def close(self) -> None:
         if self._closed:
@@ -229,28 +388,55 @@ class RedisBackend(PushNotifications):
         self._listener = None
         await self._feed.close()
         with contextlib.suppress(Exception):
-            await self._client.aclose()
+            await self._route.close()
 
     # -- leases --------------------------------------------------------------------------
 
     def _lease_keys(self, name: str) -> list[str]:
-        """The lease, its fencing counter and its waiter flag."""
-        return [self._prefix + "l:" + name, self._prefix + "f:" + name, self._prefix + "w:" + name]
+        """The lease, its counter, its waiter flag, its grant queue and queue info, and
+        the events channel (the keys of the scripts that end a hold or queue up)."""
+        return [self._prefix + part + name for part in lua.LEASE_KEYS] + [self._events]
 
     async def now_us(self) -> int:
-        return int(await self._run("read the time", "NOW", [], []))
+        return int(await self._run("read the time", "NOW", [self._due], []))
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
-        acquired, value = await self._run(
-            "acquire a lease", "ACQUIRE", self._lease_keys(name), [owner, _ms(ttl)]
+        keys = self._lease_keys(name)[:3]
+        (acquired, value), acks = await self._eval(
+            "acquire a lease", "ACQUIRE", keys, [owner, _ms(ttl)], idempotent=True
         )
+        if acks < self.min_replicas:
+            if int(acquired) == 1:
+                await self._give_back(name, owner, int(value))
+            raise self._unconfirmed("acquire a lease", acks)
         if int(acquired) == 1:
             return AcquireResult(True, token=int(value))
         return AcquireResult(False, retry_after=max(0, int(value)) / 1000)
 
+    async def _give_back(self, name: str, owner: str, token: int) -> None:
+        """Release a lease that was not confirmed by enough replicas (best effort: if this
+        fails too, it expires on its own), so that it is never handed out."""
+        sha, text = self._scripts["RELEASE"]
+        keys = self._lease_keys(name)
+        args = [self._prefix, name, f"{token}|{owner}"]
+        try:
+            async with self._translate("give back an unconfirmed lease"):
+                await self._call(
+                    "give back an unconfirmed lease",
+                    [("EVALSHA", sha, len(keys), *keys, *args)],
+                    idempotent=False,
+                    unknown_script=("EVAL", text, len(keys), *keys, *args),
+                )
+        except StoreUnavailableError as exc:
+            logger.warning("could not give back lease %r; it expires on its own: %s", name, exc)
+
     async def renew_lease(self, name: str, owner: str, token: int, ttl: float) -> bool:
         result = await self._run(
-            "renew a lease", "RENEW", self._lease_keys(name)[:1], [f"{token}|{owner}", _ms(ttl)]
+            "renew a lease",
+            "RENEW",
+            [self._prefix + "l:" + name],
+            [f"{token}|{owner}", _ms(ttl)],
+            idempotent=True,
         )
         return int(result) == 1
 
@@ -258,14 +444,14 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "release a lease",
             "RELEASE",
-            [self._prefix + "l:" + name],
+            self._lease_keys(name),
             [self._prefix, name, f"{token}|{owner}"],
         )
         return int(result) != 0
 
     async def break_lease(self, name: str) -> bool:
         result = await self._run(
-            "break a lease", "BREAK", [self._prefix + "l:" + name], [self._prefix, name]
+            "break a lease", "BREAK", self._lease_keys(name), [self._prefix, name]
         )
         return int(result) == 1
 
@@ -274,14 +460,22 @@ class RedisBackend(PushNotifications):
         ``wait`` seconds (and no longer than the current lease lives) until a release
         grants it to us. A grant writes a lease of ``min(ttl, GRANT_LEASE_MS)`` after this
         call was sent, so that is how long it is valid for; the holder's renewer extends
-        it to ``ttl``. One connection of the pool is busy while this blocks."""
+        it to ``ttl``. One connection of the pool is busy while this blocks. With
+        ``min_replicas``, a granted lease is confirmed (renewed, and the replicas waited
+        for) before it is returned."""
         granted_ms = min(_ms(ttl), GRANT_LEASE_MS)
-        status, token, ms = await self._run(
+        grants = self._prefix + "g:" + owner
+        (status, token, ms), acks = await self._eval(
             "wait for a lease",
             "ENQUEUE",
-            [self._prefix + "l:" + name],
+            [*self._lease_keys(name), grants],
             [self._prefix, name, owner, _ms(ttl), granted_ms, lua.REGISTRATION_MS],
+            idempotent=True,
         )
+        if acks < self.min_replicas:
+            if int(status) != 0:
+                await self._give_back(name, owner, int(token))
+            raise self._unconfirmed("wait for a lease", acks)
         if int(status) != 0:
             return GrantResult(int(token), valid_for=max(0, int(ms)) / 1000)
         left = max(0, int(ms)) / 1000
@@ -291,12 +485,30 @@ class RedisBackend(PushNotifications):
         popped = None
         if block > 0:
             async with self._translate("wait for a lease"):
-                popped = await self._client.blpop(
-                    [self._prefix + "g:" + owner], timeout=max(block, _MIN_BLOCK)
+                (popped,) = await self._call(
+                    "wait for a lease",
+                    [("BLPOP", grants, max(block, _MIN_BLOCK))],
+                    idempotent=False,
                 )
         if popped is None:
             return GrantResult(None, retry_after=left)
-        return GrantResult(int(popped[1]), valid_for=granted_ms / 1000, handed_over=True)
+        granted = int(popped[1])
+        if self.min_replicas:
+            # The grant was written by the releaser's call; make sure the replicas have it
+            # before using it (and that it is still ours).
+            renewed, acks = await self._eval(
+                "confirm a granted lease",
+                "RENEW",
+                [self._prefix + "l:" + name],
+                [f"{granted}|{owner}", granted_ms],
+                idempotent=True,
+            )
+            if int(renewed) != 1:
+                return GrantResult(None, retry_after=0.0)
+            if acks < self.min_replicas:
+                await self._give_back(name, owner, granted)
+                raise self._unconfirmed("confirm a granted lease", acks)
+        return GrantResult(granted, valid_for=granted_ms / 1000, handed_over=True)
 
     async def withdraw_waiter(self, name: str, owner: str) -> bool:
         """Leave the grant queue; a grant we never saw goes on as if released. True if
@@ -304,25 +516,33 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "leave the queue of a lease",
             "WITHDRAW",
-            [self._prefix + "l:" + name],
+            [*self._lease_keys(name), self._prefix + "g:" + owner],
             [self._prefix, name, owner],
         )
         return int(result) == 1
 
     async def list_leases(self) -> list[LeaseInfo]:
         leases: list[LeaseInfo] = []
-        pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self._prefix)
-        async with self._translate("list leases"):
-            async for key in self._client.scan_iter(match=pattern + "l:*", count=1000):
-                async with self._client.pipeline(transaction=True) as pipe:
-                    pipe.get(key)
-                    pipe.pttl(key)
-                    value, pttl = await pipe.execute()
-                if value is None or pttl is None or int(pttl) <= 0:
-                    continue
-                token, _, owner = str(value).partition("|")
-                name = str(key)[len(self._prefix) + 2 :]
-                leases.append(LeaseInfo(name, owner, int(token), int(pttl) / 1000))
+        pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self._prefix) + "l:*"
+        cursor = "0"
+        while True:
+            async with self._translate("list leases"):
+                ((cursor, keys),) = await self._call(
+                    "list leases",
+                    [("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)],
+                    idempotent=True,
+                )
+            keys = [str(key) for key in keys]
+            if keys:
+                rows = await self._run("list leases", "LEASES", keys, [])
+                for key, (value, pttl) in zip(keys, rows, strict=True):
+                    if not value or pttl is None or int(pttl) <= 0:
+                        continue
+                    token, _, owner = str(value).partition("|")
+                    name = key[len(self._prefix) + 2 :]
+                    leases.append(LeaseInfo(name, owner, int(token), int(pttl) / 1000))
+            if str(cursor) == "0":
+                break
         leases.sort(key=lambda info: info.name)
         return leases
 
@@ -400,7 +620,10 @@ class RedisBackend(PushNotifications):
 
     async def get_job_metadata(self, key: str) -> JobMetadataRecord:
         last, paused, triggered, now = await self._run(
-            "read job metadata", "GET_METADATA", [self._prefix + "r:" + key, self._meta], [key]
+            "read job metadata",
+            "GET_METADATA",
+            [self._prefix + "r:" + key, self._meta],
+            [key],
         )
         return JobMetadataRecord(
             int(last) if last else None, int(now), int(paused) == 1, int(triggered) == 1
@@ -412,23 +635,23 @@ class RedisBackend(PushNotifications):
         await self._run(
             "register a recurring job",
             "REGISTER_RECURRING",
-            [self._prefix + "r:" + key, self._recurring],
             [
-                self._prefix,
-                key,
-                instance,
-                schedule,
-                "" if next_run_us is None else str(next_run_us),
-                int(ttl * _US),
+                self._prefix + "r:" + key,
+                self._recurring,
+                self._prefix + "ri:" + key,
+                self._prefix + "rn:" + key,
             ],
+            [key, instance, schedule, "" if next_run_us is None else next_run_us, int(ttl * _US)],
+            idempotent=True,
         )
 
     async def unregister_recurring_job(self, key: str, instance: str) -> None:
         await self._run(
             "unregister a recurring job",
             "UNREGISTER_RECURRING",
-            [self._prefix + "ri:" + key],
-            [self._prefix, key, instance],
+            [self._prefix + "ri:" + key, self._prefix + "rn:" + key],
+            [instance],
+            idempotent=True,
         )
 
     async def start_job_run(self, key: str, lease_name: str, owner: str, token: int) -> bool:
@@ -454,6 +677,7 @@ class RedisBackend(PushNotifications):
             "SET_FINISHED",
             [self._prefix + "r:" + key, self._prefix + "l:" + lease_name, self._recurring],
             [f"{token}|{owner}", key, outcome, error or "", self._prefix, owner],
+            idempotent=True,
         )
         return int(result) == 1
 
@@ -463,6 +687,7 @@ class RedisBackend(PushNotifications):
             "CONTROL_RECURRING",
             [self._prefix + "r:" + key, self._events],
             [key, action],
+            idempotent=True,
         )
         return int(result) == 1
 
@@ -503,6 +728,7 @@ class RedisBackend(PushNotifications):
                     "UNDO_JOBS",
                     [self._due, self._runat],
                     [self._prefix, *_job_args(stored[start : start + _PUT_STEP])],
+                    idempotent=True,
                 )
             raise
 
@@ -513,6 +739,7 @@ class RedisBackend(PushNotifications):
             "PUT_JOBS",
             [self._due, self._runat, self._events],
             [self._prefix, mode, *_job_args(jobs)],
+            idempotent=True,
         )
         if int(status) == 1:
             raise DuplicateJobError(str(keys[0]))
@@ -538,7 +765,9 @@ class RedisBackend(PushNotifications):
         args: list[Any] = [self._prefix, owner, int(claim_ttl * _US)]
         for key, claim in claims:
             args += [key, str(claim)]
-        renewed = await self._run("renew job claims", "RENEW_CLAIMS", [self._due], args)
+        renewed = await self._run(
+            "renew job claims", "RENEW_CLAIMS", [self._due], args, idempotent=True
+        )
         return [str(key) for key in renewed]
 
     def _end_run(
@@ -643,7 +872,7 @@ class RedisBackend(PushNotifications):
         last, scanned, rows = await self._run(
             "list jobs",
             "LIST_KEYS_PAGE",
-            [self._prefix + "keys", self._due],
+            [self._index, self._due],
             [self._prefix, low, high, limit],
         )
         page = [StoredJob(str(k), int(r), str(p)) for k, r, p in rows]
@@ -664,33 +893,52 @@ async def open_backend(url: str, namespace: str, options: dict[str, Any]) -> Red
     return await RedisBackend.open(url, namespace, options)
 
 
-def _handoff_option(url: str, option: Any) -> tuple[str, str]:
-    """The ``handoff`` store option, also accepted as ``?handoff=`` in the URL (so that
-    ``CLUSTERSYNC_URL`` can choose it); returns the URL without it, and the mode."""
+def _open_route(
+    target: Target,
+    slot_key: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float,
+    max_connections: int | None,
+    sentinel_password: str | None,
+) -> Route:
+    """The route to the master of ``target`` (no I/O yet)."""
+    if target.mode == "sentinel":
+        return SentinelRoute(
+            target,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            sentinel_password=sentinel_password,
+        )
+    if target.mode == "cluster":
+        return ClusterRoute(
+            target,
+            slot_key,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+        )
     try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    in_url = [value for key, value in query if key == "handoff"]
-    if in_url:
-        url = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "handoff"])))
-    values = [*in_url, *([] if option is None else [option])]
-    for value in values:
-        if value not in HANDOFFS:
-            raise ConfigurationError(
-                f"invalid store option: handoff must be 'notify' or 'grant', got {value!r}"
-            )
-    if len(set(values)) > 1:
-        raise ConfigurationError("conflicting handoff settings in the URL and the options")
-    handoff = values[0] if values else "notify"
-    return url, str(handoff)
+        pool = redis_client.ConnectionPool.from_url(
+            target.url,
+            max_connections=max_connections,
+            **connection_options(socket_timeout=socket_timeout, connect_timeout=connect_timeout),
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"invalid Redis URL {redact(target.url)!r}: {exc}") from exc
+    try:
+        _check_connection_options(pool)
+    except (ValueError, TypeError, *DRIVER_ERRORS) as exc:
+        raise ConfigurationError(f"invalid Redis URL {redact(target.url)!r}: {exc}") from exc
+    return Route(pool)
 
 
 def _check_connection_options(pool: Any) -> None:
     """Check the options a URL's query gave redis-py before any connection is made: it
     would only fail when connecting, with an OverflowError for a huge timeout or a
-    TypeError for an unknown option."""
+    TypeError for an unknown option. Connections get no retry policy of redis-py's own
+    (the store decides what to retry), unless the URL asked for one."""
     options = pool.connection_kwargs
     for name in ("socket_timeout", "socket_connect_timeout"):
         if options.get(name) is not None:

@@ -4,7 +4,7 @@ Key layout for namespace ``ns`` (``P = "cs:{ns}:"``; the ``{ns}`` hash tag keeps
 namespace in one Redis Cluster slot):
 
 - ``P l:<name>``   live lease: ``"<token>|<owner>"`` with ``PX`` expiry (Redis judges it)
-- ``P f:<name>``   fencing counter of the name (never expires)
+- ``P f:<name>``   fencing counter of the name: the last token minted (never expires)
 - ``P w:<name>``   waiter flag: set by a failed acquire for the lease's remaining life plus
                    ``WAITER_GRACE_MS``; a release publishes only while it exists (an
                    uncontended release sends no message)
@@ -22,23 +22,51 @@ namespace in one Redis Cluster slot):
                    ``ZRANK`` is a waiter's place (equal arrivals by owner)
 - ``P sx:<name>``  hash owner -> expiry (µs) of each waiter's place
 - ``P meta``       hash: recurring job key -> last_finished (µs, Redis ``TIME``)
+- ``P r:<key>``    hash of recurring job ``key``: d schedule, p paused, t triggered,
+                   s last started, f last finished, o outcome, e error
+- ``P ri:<key>``   sorted set instance -> registration expiry µs (the heartbeats)
+- ``P rn:<key>``   hash instance -> planned next run µs
+- ``P rjobs``      set of the recurring job keys
 - ``P j:<key>``    hash of one one-shot job: r (run_at µs), p (props JSON), o (claim
                    owner), c (claim counter)
 - ``P due``        sorted set key -> due time µs (run_at while pending, claim expiry
                    while claimed): the index the schedulers sleep on
 - ``P runat``      sorted set key -> run_at µs, for listing in (run_at, key) order:
                    pages resume after a (run_at, key) cursor, never at a rank
-- ``P events``     pub/sub channel: ``lease:<name>`` on a release with notified waiters
-                   (flag) and no live waiter in the grant queue, ``jobs``
-                   when an added job is due before every stored one, and on cancel
+- ``P keys``       sorted set of every job key (score 0): listing by key range (BYLEX)
+- ``P fj:<key>``   hash of a failed one-shot job (r run_at, p props, a attempts, e last
+                   error, f failed at µs); ``P failed`` the set of their keys
+- ``P runs``       list of the recent runs (JSON, newest first, ``RECENT_RUNS_KEPT``)
+- ``P events``     pub/sub channel (a shard channel on Redis Cluster): ``lease:<name>`` on
+                   a release with notified waiters (flag) and no live waiter in the grant
+                   queue, ``jobs`` when an added job is due before every stored one, and
+                   on cancel, ``job:<key>`` when a recurring job is paused, resumed or
+                   triggered
 
-Fencing tokens survive a Redis restart that lost the data: a missing counter restarts at
-Redis's ``TIME`` in microseconds, above any token issued before (tokens grow by one per
-acquisition, far slower than a microsecond clock) — provided the Redis host's clock did
-not step backwards across the restart.
+Keys. The scripts declare (``KEYS``) the keys they route by: the lease and its counter,
+flag, queue and grant list, the slots of a semaphore, the job indexes, the events
+channel (``SPUBLISH`` on Redis Cluster is routed like a key). Some scripts also reach
+keys whose names they build from the prefix ``P`` (an argument) or find in the data: the
+grant list of the waiter a release hands the lease to (``g:<owner>`` of the queue's
+first live entry), the hashes of one-shot jobs, live or failed, the key index and the
+recent runs (the one-shot job scripts), the records of the registered recurring jobs
+(listing). Those carry the namespace's hash tag, so they are in the slot of the declared keys, which
+Redis Cluster allows (it checks every command a script runs against the slot of its
+declared keys). ``NOW`` needs no key and declares one of the namespace anyway, so that
+it runs in the namespace's slot.
+
+Fencing tokens: ``mint`` gives ``max(last token + 1, TIME in µs)``, a hybrid-logical-clock
+floor: a token is at least the minting server's clock. A counter that is missing (first
+use, a restart that lost the data) or behind (a replica promoted before it received the
+last tokens) still mints above every token handed out before, as long as the clock of the
+Redis host that mints now is not behind the clock of the one that minted those tokens by
+more than the time between the two mints (a restart, a failover). See
+``docs/choices.md`` ("Fencing tokens").
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from ..contract.records import RECENT_RUNS_KEPT
 
@@ -59,33 +87,37 @@ REGISTRATION_MS = 2000
 #: Dead registrations a release skips at most before it frees the lease instead.
 _MAX_SKIPPED = 100
 
-# Mints the next fencing token of a name (see the module docstring for the restart rule).
+# Mints the next fencing token of a name: above the last one, and at least the server's
+# clock in µs (see the module docstring). Lua numbers are doubles: exact up to 2^53 µs
+# (year 2255).
 _MINT = """
 local function mint(fence)
-  local token = redis.call('INCR', fence)
-  if token == 1 then
-    local t = redis.call('TIME')
-    token = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', fence, string.format('%d', token))
+  local clock = redis.call('TIME')
+  local token = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  local last = redis.call('GET', fence)
+  if last and tonumber(last) >= token then
+    token = tonumber(last) + 1
   end
+  redis.call('SET', fence, string.format('%d', token))
   return token
 end
 """
 
-# The keys of one lease name, built from the prefix and the name: a release sends 4
-# arguments instead of 9 (redis-py encodes that command in 4.5 µs instead of 7.7 µs,
-# and a release is on the critical path of a handoff). All keys share the namespace's
-# hash tag, so they are in the slot of KEYS[1].
+#: The keys of the lease scripts that may end a hold or queue up (RELEASE, BREAK,
+#: ENQUEUE, WITHDRAW), in this order; ENQUEUE and WITHDRAW add the caller's grant list.
+LEASE_KEYS = ("l:", "f:", "w:", "q:", "qi:")
+
 _LEASE_KEYS = """
--- KEYS[1] lease ("P l:<name>"); ARGV[1] prefix P, ARGV[2] name
-local P, name, lease = ARGV[1], ARGV[2], KEYS[1]
-local fence, flag = P .. 'f:' .. name, P .. 'w:' .. name
-local queue, info = P .. 'q:' .. name, P .. 'qi:' .. name
+-- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag, KEYS[4] grant queue,
+-- KEYS[5] queue info, KEYS[6] events channel; ARGV[1] prefix P, ARGV[2] name
+local P, name = ARGV[1], ARGV[2]
+local lease, fence, flag, queue, info, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 """
 
 # Ends a hold: hands the lease to the first live waiter of the grant queue (a new token,
-# the lease written in its name, the token pushed to its grant list), or else deletes it
-# and publishes the release if a notified waiter is registered (flag).
+# the lease written in its name, the token pushed to its grant list: a key found in the
+# queue, in the namespace's slot), or else deletes it and publishes the release if a
+# notified waiter is registered (flag).
 _LET_GO = (
     _MINT
     + _LEASE_KEYS
@@ -117,7 +149,7 @@ local function let_go()
   end
   redis.call('DEL', lease)
   if redis.call('DEL', flag) == 1 then
-    redis.call('PUBLISH', P .. 'events', 'lease:' .. name)  -- base.lease_channel(name)
+    redis.call('PUBLISH', events, 'lease:' .. name)  -- contract.lease_channel(name)
   end
   return 1
 end
@@ -163,10 +195,11 @@ return {1, token}
 ENQUEUE = (
     _LET_GO
     + """
--- ARGV[3] owner, ARGV[4] ttl ms, ARGV[5] granted lease ms, ARGV[6] registration ms
+-- KEYS[7] the caller's grant list; ARGV[3] owner, ARGV[4] ttl ms, ARGV[5] granted lease
+-- ms, ARGV[6] registration ms
 local me = ARGV[3]
 local cur = redis.call('GET', lease)
-redis.call('DEL', P .. 'g:' .. me)
+redis.call('DEL', KEYS[7])
 if not cur then
   redis.call('ZREM', queue, me)
   redis.call('HDEL', info, me)
@@ -193,10 +226,10 @@ return {0, 0, redis.call('PTTL', lease)}
 WITHDRAW = (
     _LET_GO
     + """
--- ARGV[3] owner
+-- KEYS[7] the caller's grant list; ARGV[3] owner
 redis.call('ZREM', queue, ARGV[3])
 redis.call('HDEL', info, ARGV[3])
-redis.call('DEL', P .. 'g:' .. ARGV[3])
+redis.call('DEL', KEYS[7])
 local cur = redis.call('GET', lease)
 if cur and owner_of(cur) == ARGV[3] then
   let_go()
@@ -458,6 +491,17 @@ return out
 """
 )
 
+# The value and remaining life of each lease key a SCAN found (listing): a key that
+# expired in between comes back as {false, -2}.
+LEASES = """
+-- KEYS the lease keys
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = {redis.call('GET', key), redis.call('PTTL', key)}
+end
+return out
+"""
+
 # Recurring jobs. KEYS[1] is always the job's hash "P r:<key>" (fields: d schedule, p
 # paused, t triggered, s last started, f last finished, o outcome, e error); "P ri:<key>"
 # (instance -> registration expiry µs) and "P rn:<key>" (instance -> planned next run µs)
@@ -479,19 +523,20 @@ EXPIRED_INSTANCES_KEPT_US = 3_600_000_000
 
 REGISTER_RECURRING = (
     """
--- KEYS[1] job hash, KEYS[2] the set of job keys; ARGV[1] prefix, ARGV[2] key,
--- ARGV[3] instance, ARGV[4] schedule, ARGV[5] next run µs or '', ARGV[6] ttl µs
+-- KEYS[1] job hash, KEYS[2] the set of job keys, KEYS[3] instances "ri:<key>", KEYS[4]
+-- planned runs "rn:<key>"; ARGV[1] key, ARGV[2] instance, ARGV[3] schedule, ARGV[4] next
+-- run µs or '', ARGV[5] ttl µs
 """
     + _NOW
     + """
-local instances, runs = ARGV[1] .. 'ri:' .. ARGV[2], ARGV[1] .. 'rn:' .. ARGV[2]
-redis.call('HSET', KEYS[1], 'd', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('ZADD', instances, now + tonumber(ARGV[6]), ARGV[3])
-if ARGV[5] == '' then
-  redis.call('HDEL', runs, ARGV[3])
+local instances, runs = KEYS[3], KEYS[4]
+redis.call('HSET', KEYS[1], 'd', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', instances, now + tonumber(ARGV[5]), ARGV[2])
+if ARGV[4] == '' then
+  redis.call('HDEL', runs, ARGV[2])
 else
-  redis.call('HSET', runs, ARGV[3], ARGV[5])
+  redis.call('HSET', runs, ARGV[2], ARGV[4])
 end
 local stale = redis.call('ZRANGEBYSCORE', instances, '-inf', now - """
     + str(EXPIRED_INSTANCES_KEPT_US)
@@ -505,9 +550,9 @@ return 0
 )
 
 UNREGISTER_RECURRING = """
--- ARGV[1] prefix, ARGV[2] key, ARGV[3] instance
-redis.call('ZREM', ARGV[1] .. 'ri:' .. ARGV[2], ARGV[3])
-redis.call('HDEL', ARGV[1] .. 'rn:' .. ARGV[2], ARGV[3])
+-- KEYS[1] instances "ri:<key>", KEYS[2] planned runs "rn:<key>"; ARGV[1] instance
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 0
 """
 
@@ -566,6 +611,8 @@ redis.call('PUBLISH', KEYS[2], 'job:' .. ARGV[1])  -- contract.job_channel(key)
 return 1
 """
 
+# Reads the records of the keys the set lists (keys found in the data, see the module
+# docstring).
 LIST_RECURRING = (
     """
 -- KEYS[1] the set of job keys; ARGV[1] prefix
@@ -665,6 +712,7 @@ end
 return 0
 """
 
+# Claims the jobs the due index lists (their hashes are keys found in the data).
 CLAIM_DUE = (
     """
 -- KEYS[1] due; ARGV[1] prefix, ARGV[2] owner, ARGV[3] limit, ARGV[4] claim ttl µs
@@ -860,7 +908,7 @@ return 2
 # page, however many keys were added or removed before it meanwhile (paging by rank
 # missed or repeated it). The score travels as the string Redis wrote (exact, no Lua
 # number in between). Returns {keys scanned, rows, cursor score, cursor key}: the
-# cursor is missing when nothing was scanned.
+# cursor is missing when nothing was scanned. The job hashes are keys found in the index.
 LIST_PAGE = (
     """
 -- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, ARGV[2] count, then (not on the first
@@ -931,6 +979,7 @@ return string.format('%d', tonumber(first[2]) - now)
 """
 )
 
+# KEYS[1]: any key of the namespace, unused: it routes the script to the namespace's slot.
 NOW = _NOW + "\nreturn string.format('%d', now)\n"
 
 # A page of the jobs in key order: "P keys" holds every job key with score 0, so that
@@ -977,9 +1026,38 @@ return #keys
 """
 
 
-#: Every script, by name (what the store registers with ``EVALSHA``).
+#: Every script, by name (what the store sends with ``EVALSHA``).
 SCRIPTS: dict[str, str] = {
     name: text
     for name, text in dict(globals()).items()
     if name.isupper() and not name.startswith("_") and isinstance(text, str)
 }
+
+#: The scripts that only read: no ``WAIT`` after them (``min_replicas``).
+READS = frozenset(
+    {
+        "LEASES",
+        "GET_METADATA",
+        "LIST_RECURRING",
+        "LIST_PAGE",
+        "NEXT_DELAY",
+        "NOW",
+        "LIST_KEYS_PAGE",
+        "COUNT_JOBS",
+        "READ_LEASE",
+        "LIST_SLOTS",
+        "LIST_FAILED",
+        "RECENT_RUNS",
+    }
+)
+
+
+def sharded(text: str) -> str:
+    """The script for Redis Cluster: messages go to the namespace's shard channel
+    (``SPUBLISH``, Redis 7), which lives in its slot like a key."""
+    return text.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+
+
+def sha1(text: str) -> str:
+    """The name ``EVALSHA`` knows a script by."""
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()

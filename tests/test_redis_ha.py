@@ -1,0 +1,318 @@
+"""The Redis store on Sentinel and Cluster topologies, without failures (the failures are
+in ``tests/reliability/test_failover.py``), and the pieces that make it safe there:
+
+- a namespace lives in one hash slot, on one node, and wake-ups use that slot's shard
+  channel (``SSUBSCRIBE``);
+- every script declares the keys the client knows (the rest live in the same slot);
+- ``min_replicas``: a write returns once the replicas have it, and a write they cannot
+  confirm raises ``StoreUnavailableError`` and leaves no lease handed out;
+- fencing tokens have a clock floor: a counter that lost its last increments (a promoted
+  replica that had not received them) still mints above every token handed out.
+
+The session's topologies are shared: nothing here fails a node over or stops one.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+import clustersync as cs
+from clustersync.stores.redis import lua
+from clustersync.stores.redis.sync import key_prefix
+from tests.servers import RedisServer
+from tests.topologies import RedisClusterTopology, RedisSentinel
+
+
+def _client(server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url, decode_responses=True)
+
+
+def _namespace() -> str:
+    return f"ha-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def namespace() -> str:
+    return _namespace()
+
+
+def _use_everything(store: cs.Store) -> None:
+    """Leases, recurring-job records and one-shot jobs: every kind of key."""
+    with cs.Mutex(store, "m", ttl=5):
+        pass
+    scheduler = cs.get_job_once_scheduler(store)
+    scheduler.schedule_many(
+        [(f"job-{i}", datetime.now(UTC) + timedelta(hours=1), i) for i in range(5)]
+    )
+    ran: list[int] = []
+    job = cs.schedule(
+        store, "tick", cs.wait_for_interval(timedelta(hours=1)), lambda: ran.append(1)
+    )
+    deadline = time.monotonic() + 10
+    while not ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.close(timeout=10)
+    assert ran
+    assert store._ops.list_leases() == []
+
+
+# -- Redis Cluster -----------------------------------------------------------------------
+
+
+def test_a_namespace_lives_in_one_slot_of_one_node(
+    redis_cluster: RedisClusterTopology, namespace: str
+) -> None:
+    with cs.open_store(redis_cluster.url, namespace=namespace) as store:
+        _use_everything(store)
+    prefix = key_prefix(namespace)
+    slot = redis_cluster.slot_of(prefix)
+    home = redis_cluster.master_of(prefix)
+    with home.client() as client:
+        keys = [str(key) for key in client.scan_iter(match=prefix.replace("{", "\\{") + "*")]
+        assert len(keys) >= 10, keys  # jobs, indexes, counters, the recurring records
+        assert int(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)) == len(keys)
+    for master in redis_cluster.masters():
+        if master is not home:
+            with master.client() as client:
+                assert int(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)) == 0
+
+
+def test_cluster_wake_ups_use_the_slots_shard_channel(
+    redis_cluster: RedisClusterTopology, namespace: str
+) -> None:
+    """A waiter subscribed to the namespace's shard channel on the slot's master wakes as
+    soon as the holder releases (long before the lease would expire)."""
+    channel = key_prefix(namespace) + "events"
+    with (
+        cs.open_store(redis_cluster.url, namespace=namespace) as holder_store,
+        cs.open_store(redis_cluster.url, namespace=namespace) as waiter_store,
+    ):
+        with redis_cluster.master_of(channel).client() as client:
+            subscribers = client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+        assert int(subscribers[1]) == 2
+        holder = cs.Mutex(holder_store, "m", ttl=30)
+        assert holder.acquire()
+        waiter = cs.Mutex(waiter_store, "m", ttl=30)
+        assert not waiter.acquire(timeout=0.1)  # registers as a waiter
+        began = time.monotonic()
+        released: list[float] = []
+
+        def release_soon() -> None:
+            time.sleep(0.2)
+            released.append(time.monotonic())
+            holder.release()
+
+        thread = threading.Thread(target=release_soon)
+        thread.start()
+        assert waiter.acquire(timeout=10)
+        woke = time.monotonic()
+        thread.join()
+        waiter.release()
+    assert woke - released[0] < 0.5, "woken by the message, not by a deadline"
+    assert woke - began < 2.0
+
+
+# -- scripts and keys --------------------------------------------------------------------
+
+#: Scripts that also reach keys they find in the data (see ``lua``'s docstring): the grant
+#: list of a queued waiter (the lease scripts that may hand a lease on), the job hashes an
+#: index lists, the records of the registered recurring jobs.
+FOUND_IN_DATA = {
+    "ENQUEUE": "g:",
+    "WITHDRAW": "g:",
+    "RELEASE": "g:",
+    "BREAK": "g:",
+    "CLAIM_DUE": "j:",
+    "LIST_PAGE": "j:",
+    "LIST_KEYS_PAGE": "j:",
+    "LIST_RECURRING": "r:",
+}
+
+
+def test_scripts_build_no_key_names_but_those_found_in_the_data() -> None:
+    """Every key whose name the client knows is a declared KEY; a script builds a name
+    (prefix .. 'x:' .. something) only for a key it finds in the data."""
+    built = re.compile(r"(?:\bP|ARGV\[1\]) \.\. '([a-z]+:)'")
+    for name, text in lua.SCRIPTS.items():
+        kinds = set(built.findall(text))
+        allowed = FOUND_IN_DATA.get(name)
+        if allowed is None:
+            assert not kinds, f"{name} builds key names {kinds}: declare them as KEYS"
+        elif allowed == "r:":
+            assert kinds <= {"r:", "ri:", "rn:"}, (name, kinds)
+        else:
+            assert kinds <= {allowed}, (name, kinds)
+        assert "KEYS[1]" in text or name in {"LEASES", "NOW"}, name
+
+
+def test_scripts_publish_on_the_shard_channel_on_redis_cluster() -> None:
+    for name, text in lua.SCRIPTS.items():
+        sharded = lua.sharded(text)
+        assert "'PUBLISH'" not in sharded, name
+        assert ("'SPUBLISH'" in sharded) == ("'PUBLISH'" in text), name
+
+
+# -- min_replicas ------------------------------------------------------------------------
+
+
+def test_min_replicas_writes_are_on_the_replica_when_they_return(
+    redis_sentinel: RedisSentinel, namespace: str
+) -> None:
+    with cs.open_store(redis_sentinel.url, namespace=namespace, min_replicas=1) as store:
+        mutex = cs.Mutex(store, "m", ttl=30)
+        replica = redis_sentinel.replicas[0]
+        lease_key = key_prefix(namespace) + "l:m:m"
+        with replica.client() as client:
+            for _ in range(20):
+                assert mutex.acquire(timeout=5)
+                assert client.get(lease_key) == f"{mutex.token}|{store._ops.list_leases()[0].owner}"
+                mutex.release()
+                assert client.get(lease_key) is None
+            scheduler = cs.get_job_once_scheduler(store)
+            scheduler.schedule_once("later", datetime.now(UTC) + timedelta(hours=1))
+            assert client.exists(key_prefix(namespace) + "j:later")
+        _use_everything(store)
+
+
+@pytest.mark.parametrize("handoff", ["notify", "grant"])
+def test_writes_the_replicas_cannot_confirm_raise_and_hand_out_nothing(
+    redis_sentinel: RedisSentinel, namespace: str, handoff: str
+) -> None:
+    """Two replicas asked for, one available: every write raises after the WAIT timeout,
+    and no lease stays behind (it was given back)."""
+    url = redis_sentinel.url
+    with (
+        cs.open_store(
+            url, namespace=namespace, min_replicas=2, min_replicas_timeout=0.05, handoff=handoff
+        ) as store,
+        cs.open_store(url, namespace=namespace) as observer,
+    ):
+        mutex = cs.Mutex(store, "m", ttl=30)
+        with pytest.raises(cs.StoreUnavailableError, match="min_replicas"):
+            mutex.acquire(blocking=False)
+        assert observer._ops.list_leases() == []
+        with pytest.raises(cs.StoreUnavailableError, match="min_replicas"):
+            mutex.acquire(timeout=0.3)  # the grant queue's path, with handoff="grant"
+        assert observer._ops.list_leases() == []
+        scheduler = cs.get_job_once_scheduler(store)
+        with pytest.raises(cs.StoreUnavailableError, match="min_replicas"):
+            scheduler.schedule_once("job", datetime.now(UTC) + timedelta(hours=1))
+        # Reads need no replica.
+        assert [job.key for job in scheduler.list_scheduled_jobs()] in (["job"], [])
+
+
+def test_min_replicas_on_a_server_without_replicas(redis_server: RedisServer) -> None:
+    with cs.open_store(
+        redis_server.url, namespace=_namespace(), min_replicas=1, min_replicas_timeout=0.05
+    ) as store:
+        with pytest.raises(cs.StoreUnavailableError, match="1 replicas asked for"):
+            cs.Mutex(store, "m").acquire(blocking=False)
+        assert store._ops.list_leases() == []
+
+
+def test_a_granted_lease_is_confirmed_before_it_is_used(
+    redis_sentinel: RedisSentinel, namespace: str
+) -> None:
+    """handoff="grant" with min_replicas=1: waiters queue up and are granted the lock in
+    turn; each grant reaches the replica before its new holder uses it."""
+    url = redis_sentinel.url
+    lease_key = key_prefix(namespace) + "l:m:m"
+    seen: list[bool] = []
+    errors: list[BaseException] = []
+    replica = redis_sentinel.replicas[0]
+
+    def contend(store: cs.Store) -> None:
+        try:
+            mutex = cs.Mutex(store, "m", ttl=10)
+            with replica.client() as client:
+                for _ in range(10):
+                    assert mutex.acquire(timeout=20)
+                    value = client.get(lease_key)
+                    seen.append(value is not None and value.startswith(f"{mutex.token}|"))
+                    mutex.release()
+        except BaseException as exc:
+            errors.append(exc)
+
+    stores = [
+        cs.open_store(url, namespace=namespace, min_replicas=1, handoff="grant") for _ in range(3)
+    ]
+    try:
+        threads = [threading.Thread(target=contend, args=(store,)) for store in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for store in stores:
+            store.close()
+    assert not errors, errors
+    assert len(seen) == 30
+    assert all(seen)
+
+
+# -- fencing tokens with a clock floor ----------------------------------------------------
+
+
+@pytest.fixture
+def server_store(redis_server: RedisServer) -> Iterator[tuple[cs.Store, str]]:
+    namespace = _namespace()
+    with cs.open_store(redis_server.url, namespace=namespace) as store:
+        yield store, namespace
+
+
+def test_a_counter_that_lost_its_last_increments_still_mints_higher_tokens(
+    redis_server: RedisServer, server_store: tuple[cs.Store, str]
+) -> None:
+    """As on a replica promoted before it received the last tokens: the counter is set
+    back, yet the next token is above every token handed out (the clock floor)."""
+    store, namespace = server_store
+    mutex = cs.Mutex(store, "m", ttl=5)
+    tokens = []
+    for _ in range(5):
+        with mutex:
+            assert mutex.token is not None
+            tokens.append(mutex.token)
+    fence = key_prefix(namespace) + "f:m:m"
+    with _client(redis_server) as client:
+        client.set(fence, str(tokens[0] - 1))  # the last four increments "lost"
+    with mutex:
+        assert mutex.token is not None
+        assert mutex.token > tokens[-1]
+        tokens.append(mutex.token)
+    with _client(redis_server) as client:
+        client.delete(fence)  # the whole counter lost
+    with mutex:
+        assert mutex.token is not None
+        assert mutex.token > tokens[-1]
+    assert tokens == sorted(set(tokens))
+
+
+def test_a_counter_ahead_of_the_clock_goes_on_by_one(
+    redis_server: RedisServer, server_store: tuple[cs.Store, str]
+) -> None:
+    """Tokens never follow a clock that is behind them: the counter goes on by one."""
+    store, namespace = server_store
+    ahead = (int(time.time()) + 86_400) * 1_000_000
+    with _client(redis_server) as client:
+        client.set(key_prefix(namespace) + "f:m:m", str(ahead))
+    mutex = cs.Mutex(store, "m", ttl=5)
+    for expected in (ahead + 1, ahead + 2):
+        with mutex:
+            assert mutex.token == expected
+
+
+def test_tokens_are_at_least_the_servers_clock(server_store: tuple[cs.Store, str]) -> None:
+    store, _ = server_store
+    before = store._ops.now_us()
+    mutex = cs.Mutex(store, "m", ttl=5)
+    with mutex:
+        assert mutex.token is not None
+        assert before <= mutex.token <= store._ops.now_us()
