@@ -195,13 +195,14 @@ CLOCK_SLACK = 0.05
 
 
 def check_recurring(runs: Sequence[Run], interval: float) -> str:
-    """Assert that no two runs overlapped and that each started at least ``interval``
-    after the previous one finished (``wait_for_interval``): so at most
+    """Assert that every run finished, that no two runs overlapped and that each started
+    at least ``interval`` after the previous one finished (``wait_for_interval``): so at most
     ``span / interval + 1`` runs in total, whatever the number of processes. Returns a
     summary: runs, span, runs per process."""
     assert runs, "the recurring job never ran"
+    assert all(run.end is not None for run in runs), f"a run never finished: {runs}"
     for before, after in itertools.pairwise(runs):
-        assert before.end is not None, f"a run after an unfinished one: {before} {after}"
+        assert before.end is not None
         assert after.start >= before.end + interval - CLOCK_SLACK, (
             f"runs overlap or come too soon: {before} then {after}"
         )
