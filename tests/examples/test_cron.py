@@ -30,7 +30,7 @@ def test_overlapping_runs_skip(
         CLUSTERSYNC_URL=store_url,
         CLUSTERSYNC_NAMESPACE=namespace,
         EXPORT_DB=str(destination),
-        EXPORT_SECONDS="2",  # long enough for every copy to start while the first works
+        EXPORT_SECONDS="3",  # long enough for every copy to start while the first works
     )
     copies = [
         subprocess.Popen(
