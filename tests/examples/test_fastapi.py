@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import selected_backends
+from tests.examples.conftest import spread_over_backends
 from tests.examples.support import (
     EXAMPLES,
     Event,
@@ -133,7 +134,7 @@ def stop(app: App) -> str:
     return output
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize(("backend", "server"), spread_over_backends(list(SERVERS)))
 def test_workers_share_the_recurring_job_and_the_reminders(
     server: str, store_url: str, start_app: StartApp
 ) -> None:
@@ -172,14 +173,19 @@ def test_workers_share_the_recurring_job_and_the_reminders(
 
 
 @pytest.mark.skipif("sqlite" not in selected_backends(), reason="SQLite is not selected")
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize(
+    ("server", "during_a_run"),
+    [("uvicorn", True), ("gunicorn", False)],
+    ids=["uvicorn", "gunicorn"],
+)
 def test_killing_a_worker_loses_no_reminder(
-    server: str, tmp_path: Path, start_app: StartApp
+    server: str, during_a_run: bool, tmp_path: Path, start_app: StartApp
 ) -> None:
-    """SIGKILL a worker while reminders are pending, preferably one in the middle of a
-    recurring run: every reminder still fires -- exactly once, unless the killed worker
-    was running its callback (then again elsewhere, after the claim expires) -- and the
-    recurring job resumes on another worker once the dead worker's lease expires."""
+    """SIGKILL a worker while reminders are pending -- under uvicorn the one in the middle
+    of a recurring run, under gunicorn another one: every reminder still fires -- exactly
+    once, unless the killed worker was running its callback (then again elsewhere, after
+    the claim expires) -- and the recurring job goes on, on another worker: at once, or
+    once the dead worker's lease expired if it died running the job."""
     app = start_app(server, f"sqlite:///{tmp_path / 'cluster.db'}", CLEANUP_WORK_SECONDS="0.6")
     workers = app.workers()
     began = time.time()
@@ -191,10 +197,13 @@ def test_killing_a_worker_loses_no_reminder(
         runs = recurring_runs(app.events(), "cleanup-start", "cleanup-end")
         return next((r.pid for r in runs if r.end is None and r.pid in workers), None)
 
-    deadline = time.monotonic() + 3
-    while (victim := running_cleanup()) is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    victim = victim or min(workers)
+    if during_a_run:
+        deadline = time.monotonic() + 3
+        while (victim := running_cleanup()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        victim = victim or min(workers)
+    else:
+        victim = min(workers - {running_cleanup()})
     os.kill(victim, signal.SIGKILL)
     killed_at = time.time()
 
