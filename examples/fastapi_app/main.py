@@ -21,7 +21,8 @@ Environment:
 
 - ``CLUSTERSYNC_URL`` -- the store every worker shares (default
   ``sqlite:///clustersync.db``: the workers of one host; use ``redis://...`` or
-  ``postgresql://...`` when the service runs on several hosts);
+  ``postgresql://...`` when the service runs on several hosts) and
+  ``CLUSTERSYNC_NAMESPACE`` (default ``fastapi-example``);
 - ``CLEANUP_INTERVAL_SECONDS`` -- the recurring job's interval (default 300);
 - ``CLEANUP_WORK_SECONDS`` -- how long the stand-in for the job's work sleeps (default 0);
 - ``EVENT_LOG`` -- a file where every worker appends one JSON line per event (worker
@@ -44,7 +45,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from clustersync import aio
 
-NAMESPACE = "fastapi-example"
+NAMESPACE = os.environ.get("CLUSTERSYNC_NAMESPACE", "fastapi-example")
 CLEANUP_INTERVAL = timedelta(seconds=float(os.environ.get("CLEANUP_INTERVAL_SECONDS", "300")))
 CLEANUP_WORK_SECONDS = float(os.environ.get("CLEANUP_WORK_SECONDS", "0"))
 EVENT_LOG = os.environ.get("EVENT_LOG")

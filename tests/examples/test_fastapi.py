@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import clustersync as cs
 from tests.conftest import selected_backends
 from tests.examples.conftest import spread_over_backends
 from tests.examples.support import (
@@ -136,7 +137,7 @@ def stop(app: App) -> str:
 
 @pytest.mark.parametrize(("backend", "server"), spread_over_backends(list(SERVERS)))
 def test_workers_share_the_recurring_job_and_the_reminders(
-    server: str, store_url: str, start_app: StartApp
+    server: str, store_url: str, namespace: str, start_app: StartApp
 ) -> None:
     app = start_app(server, store_url, CLEANUP_WORK_SECONDS="0.2")
     began = time.time()
@@ -154,6 +155,11 @@ def test_workers_share_the_recurring_job_and_the_reminders(
     status, pending = http("GET", app.base + "/reminders")
     assert status == 200
     assert {r["key"] for r in pending} <= keys
+    # Scheduled elsewhere (a script, the command line) on the same store and namespace.
+    with cs.open_store(store_url, namespace=namespace) as store:
+        run_at = datetime.fromtimestamp(began + 1.5, UTC)
+        cs.get_job_once_scheduler(store).schedule_once("remind:99", run_at, {"user": 99})
+    keys.add("remind:99")
 
     fired = app.wait_fired(keys, timeout=30)
     time.sleep(max(0.0, began + 4.5 - time.time()))  # the recurring job runs a few times
@@ -169,7 +175,7 @@ def test_workers_share_the_recurring_job_and_the_reminders(
     runs = recurring_runs(events, "cleanup-start", "cleanup-end")
     summary = check_recurring(runs, INTERVAL)
     assert len(runs) >= 3, summary  # it did run all along, not only once
-    print(f"\n{server} x{WORKERS}: recurring job {summary}; 8 reminders fired on {len(on)} workers")
+    print(f"\n{server} x{WORKERS}: recurring job {summary}; 9 reminders fired on {len(on)} workers")
 
 
 @pytest.mark.skipif("sqlite" not in selected_backends(), reason="SQLite is not selected")
