@@ -32,7 +32,7 @@ from tests.servers import _group_alive, _kill_group
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 #: Generous bound for anything that should happen "soon" on a loaded 2-core machine.
-SOON = 30.0
+SOON = 60.0
 
 Event = dict[str, Any]
 T = TypeVar("T")

@@ -159,7 +159,7 @@ def test_management_commands_start_nothing(project: Project) -> None:
         env=project.env,
     )
     assert done.returncode == 1
-    assert "no pending one-shot job with key 'nope'" in done.stderr
+    assert "one-shot job with key 'nope'" in done.stderr
     assert project.events() == []
 
 

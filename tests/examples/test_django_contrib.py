@@ -97,5 +97,5 @@ def test_call_command_writes_to_the_given_streams(tmp_path: Path) -> None:
             call_command("clustersync", "jobs", "cancel", "nope", stdout=out, stderr=err)
     assert "scheduled one-shot job 'k'" in out.getvalue()
     assert '"key": "k"' in out.getvalue()
-    assert "no pending one-shot job with key 'nope'" in err.getvalue()
+    assert "one-shot job with key 'nope'" in err.getvalue()
     assert raised.value.returncode == 1
