@@ -1,0 +1,9 @@
+"""The WSGI application: ``gunicorn mysite.wsgi`` (``--preload`` or not)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+
+application = get_wsgi_application()

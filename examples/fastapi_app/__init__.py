@@ -1,0 +1,2 @@
+"""FastAPI + clustersync: background work that runs once per cluster, not once per worker
+(see ``main.py`` and docs/guide/fastapi.md)."""

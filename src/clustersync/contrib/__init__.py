@@ -1,0 +1,1 @@
+"""Integrations of clustersync with frameworks (optional: each needs its framework)."""
