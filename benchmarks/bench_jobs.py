@@ -321,7 +321,7 @@ def scheduler_process(
     ctl.send("stopped")
 
 
-def recurring_process(  # noqa: PLR0917 - a multiprocessing target takes positional args
+def recurring_process(
     spec: JobSpec, index: int, events: Any, shared: Any, key: str, interval: float, ctl: Connection
 ) -> None:
     global SHARED  # noqa: PLW0603 - per-process state of a worker

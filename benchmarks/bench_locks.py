@@ -172,7 +172,7 @@ def open_lock(spec: LockSpec, name: str, ttl: float | None) -> LockAdapter:
 # -- worker processes ---------------------------------------------------------------------
 
 
-def handoff_worker(  # noqa: PLR0917 - a multiprocessing target takes positional args
+def handoff_worker(
     spec: LockSpec, name: str, peer: Connection, parent: Connection, plan: Plan, first: bool
 ) -> None:
     """One side of the cross-process handoff of ``handoff.play_handoff``."""
@@ -183,7 +183,7 @@ def handoff_worker(  # noqa: PLR0917 - a multiprocessing target takes positional
         lock.close()
 
 
-def contended_worker(  # noqa: PLR0917 - a multiprocessing target takes positional args
+def contended_worker(
     spec: LockSpec,
     name: str,
     index: int,

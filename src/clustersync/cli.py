@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve the operator's dashboard of a store and namespace: locks, recurring jobs,"
             " one-shot jobs and failed jobs, updated live. Read-only and bound to loopback"
-            " by default. Needs the dashboard extra: pip install \"clustersync[dashboard]\"."
+            ' by default. Needs the dashboard extra: pip install "clustersync[dashboard]".'
         ),
     )
     dashboard.add_argument(

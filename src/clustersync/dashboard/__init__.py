@@ -92,9 +92,7 @@ def create_app(
         from ._app import build_app
     except ImportError as exc:
         if exc.name is not None and exc.name.split(".")[0] == "starlette":
-            raise ConfigurationError(
-                f"the dashboard needs Starlette: {INSTALL_HINT}"
-            ) from exc
+            raise ConfigurationError(f"the dashboard needs Starlette: {INSTALL_HINT}") from exc
         raise
     if not isinstance(allow_actions, bool):
         raise TypeError("allow_actions must be a bool")

@@ -121,7 +121,9 @@ def build_app(
         if name not in ASSETS:
             return PlainTextResponse("not found", 404)
         found = asset(name)
-        cache = "public, max-age=31536000, immutable" if request.query_params.get("v") else "no-cache"
+        cache = (
+            "public, max-age=31536000, immutable" if request.query_params.get("v") else "no-cache"
+        )
         return Response(
             found.body,
             media_type=found.media_type,

@@ -167,10 +167,7 @@ def action_button(
 
 
 def empty(icon_name: str, title: str, text: str) -> str:
-    return (
-        f'<div class="empty">{icon(icon_name, size=28)}<h3>{esc(title)}</h3>'
-        f"<p>{text}</p></div>"
-    )
+    return f'<div class="empty">{icon(icon_name, size=28)}<h3>{esc(title)}</h3><p>{text}</p></div>'
 
 
 # -- icons (inline SVG, 24x24 strokes) ------------------------------------------------------

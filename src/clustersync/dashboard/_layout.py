@@ -53,9 +53,7 @@ def render(view: View, page: Page, *, poll_ms: int) -> str:
     if view.allow_actions:
         mode = badge("actions enabled", "warn", title="this dashboard can change the store")
     else:
-        mode = badge(
-            "read-only", "neutral", title="start with --allow-actions to enable actions"
-        )
+        mode = badge("read-only", "neutral", title="start with --allow-actions to enable actions")
     meta = "".join(
         chip(icon_name, label, value, tip)
         for icon_name, label, value, tip in (
@@ -105,7 +103,8 @@ def render(view: View, page: Page, *, poll_ms: int) -> str:
     <p id="confirm-text"></p>
     <div class="dialog-buttons">
       <button class="btn ghost" value="cancel" type="submit">Keep it</button>
-      <button class="btn danger solid" value="confirm" type="submit" id="confirm-ok">Confirm</button>
+      <button class="btn danger solid" value="confirm" type="submit"
+        id="confirm-ok">Confirm</button>
     </div>
   </form>
 </dialog>

@@ -157,7 +157,14 @@ async def overview(view: View) -> Page:
     stats = "".join(
         [
             stat(view, "/locks", "Locks held", count(len(locks)), lock_sub, "lock"),
-            stat(view, "/recurring", "Recurring jobs", count(len(jobs)), " · ".join(job_sub), "repeat"),
+            stat(
+                view,
+                "/recurring",
+                "Recurring jobs",
+                count(len(jobs)),
+                " · ".join(job_sub),
+                "repeat",
+            ),
             stat(view, "/jobs", "Pending one-shot jobs", count(pending), next_text, "clock"),
             stat(
                 view,
@@ -174,7 +181,10 @@ async def overview(view: View) -> Page:
     side = attention_card(view, jobs, failing, failed) + store_card(
         view, store_now_us, local_now, round_trip, pending
     )
-    live = f'<div class="stats">{stats}</div><div class="columns"><div>{main}</div><div>{side}</div></div>'
+    live = (
+        f'<div class="stats">{stats}</div>'
+        f'<div class="columns"><div>{main}</div><div>{side}</div></div>'
+    )
     return Page("/", "Overview", "The cluster at a glance.", live)
 
 
@@ -281,7 +291,7 @@ def attention_card(
                 f" href={attr(view.href('/recurring'))}><code>{esc(job.key)}</code></a>"
                 " is paused on every instance</div></li>"
             )
-        elif job.instances == 0:
+        elif job.instances == 0 and job.running_on is None:
             items.append(
                 f'<li class="item">{icon("server")}<div><code>{esc(job.key)}</code>'
                 " is scheduled by no live instance</div></li>"
@@ -307,13 +317,17 @@ def store_card(
 ) -> str:
     source = view.source
     skew = store_now_us / 1_000_000 - local_now
-    skew_text = "in sync" if abs(skew) < 0.05 else f"{'+' if skew > 0 else '−'}{duration(abs(skew))}"
+    skew_text = (
+        "in sync" if abs(skew) < 0.05 else f"{'+' if skew > 0 else '−'}{duration(abs(skew))}"
+    )
     rows = [
         ("Store", f"<code class=breakable>{esc(source.url)}</code>"),
         ("Namespace", f"<code>{esc(source.namespace)}</code>"),
         ("Round trip", f"<span data-volatile>{esc(duration(round_trip))}</span>"),
-        ("Store clock", f"<span data-volatile>{esc(skew_text)}</span> <span class=muted>vs this"
-         " server</span>"),
+        (
+            "Store clock",
+            f"<span data-volatile>{esc(skew_text)}</span> <span class=muted>vs this server</span>",
+        ),
         ("One-shot jobs stored", count(pending)),
         ("API", "threading (worker threads)" if source.threaded else "asyncio"),
     ]
@@ -603,7 +617,8 @@ async def failed_page(view: View) -> Page:
 def failed_row(view: View, job: FailedJobLike) -> str:
     error = job.last_error or "error"
     cells = (
-        f"{key_cell(job.key)}<td class=error-cell><code title={attr(error)}>{esc(error)}</code></td>"
+        f"{key_cell(job.key)}<td class=error-cell>"
+        f"<code title={attr(error)}>{esc(error)}</code></td>"
         f'<td class="num">{count(job.attempts)}</td><td>{moment(job.failed_at, view.now)}</td>'
         f"<td>{moment(job.run_at, view.now)}</td><td>{props_of(job.props)}</td>"
     )
