@@ -30,9 +30,9 @@ PY="$VENV/bin/python"
 echo "== unasync: generated sync code is up to date =="
 $PY scripts/unasync.py --check
 echo "== ruff check =="
-$PY -m ruff check src tests scripts benchmarks
+$PY -m ruff check src tests scripts benchmarks examples
 echo "== ruff format --check =="
-$PY -m ruff format --check src tests scripts benchmarks
+$PY -m ruff format --check src tests scripts benchmarks examples
 echo "== mypy --strict =="
 $PY -m mypy
 echo "== docs: mkdocs build --strict =="

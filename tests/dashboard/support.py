@@ -194,7 +194,8 @@ def dashboard_command(url: str, namespace: str, *args: str) -> Iterator[Served]:
         for line in stdout:
             lines.put(line)
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         try:
             banner = lines.get(timeout=20)
@@ -212,6 +213,10 @@ def dashboard_command(url: str, namespace: str, *args: str) -> Iterator[Served]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        reader.join(5)
+        stdout.close()
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 # -- the browser ---------------------------------------------------------------------------

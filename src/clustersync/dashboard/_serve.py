@@ -82,13 +82,15 @@ class HostGuard:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket bound to ``host:port`` (``OSError`` if it cannot be)."""
+    """A listening TCP socket on ``host:port`` (``OSError`` if it cannot be): connections
+    wait in its backlog until the server accepts them."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(128)
         sock.set_inheritable(True)
     except OSError:
         sock.close()
