@@ -176,8 +176,11 @@ class Served:
 
 
 @contextlib.contextmanager
-def dashboard_command(url: str, namespace: str, *args: str) -> Iterator[Served]:
-    """``python -m clustersync dashboard --port 0`` on ``url``; SIGINT on exit."""
+def dashboard_command(
+    url: str, namespace: str, *args: str, cwd: Path | None = None
+) -> Iterator[Served]:
+    """``python -m clustersync dashboard --port 0`` on ``url`` (in ``cwd``); SIGINT on
+    exit."""
     command = [sys.executable, "-m", "clustersync", "--url", url, "--namespace", namespace]
     process = subprocess.Popen(
         [*command, "dashboard", "--port", "0", *args],
@@ -185,6 +188,7 @@ def dashboard_command(url: str, namespace: str, *args: str) -> Iterator[Served]:
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
+        cwd=cwd,
     )
     lines: queue.Queue[str] = queue.Queue()
     assert process.stdout is not None

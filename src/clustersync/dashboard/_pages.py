@@ -575,7 +575,7 @@ def pager_links(view: View, prefix: str, after: str | None, cursor: str | None, 
         links.append(
             f'<a class="btn" href={attr(following)} rel="next">Next page{icon("chevron")}</a>'
         )
-    return f'<nav class="pager" aria-label="Pages">{"".join(links)}</nav>'
+    return f'<nav class="pager" aria-label="Pagination">{"".join(links)}</nav>'
 
 
 # -- failed jobs ---------------------------------------------------------------------------
