@@ -156,7 +156,7 @@ async def overview(view: View) -> Page:
         failed_sub = "need attention" if failed else "none"
     stats = "".join(
         [
-            stat(view, "/locks", "Locks held", count(len(locks)), lock_sub, "lock"),
+            stat(view, "/locks", "Locks held", count(len(locks)), lock_sub, "lock", tone="accent"),
             stat(
                 view,
                 "/recurring",
@@ -164,8 +164,17 @@ async def overview(view: View) -> Page:
                 count(len(jobs)),
                 " · ".join(job_sub),
                 "repeat",
+                tone="info",
             ),
-            stat(view, "/jobs", "Pending one-shot jobs", count(pending), next_text, "clock"),
+            stat(
+                view,
+                "/jobs",
+                "Pending one-shot jobs",
+                count(pending),
+                next_text,
+                "clock",
+                tone="ok",
+            ),
             stat(
                 view,
                 "/failed",
@@ -173,7 +182,7 @@ async def overview(view: View) -> Page:
                 failed_value,
                 failed_sub,
                 "alert",
-                tone="error" if failed else "",
+                tone="error" if failed else "neutral",
             ),
         ]
     )
@@ -189,7 +198,7 @@ async def overview(view: View) -> Page:
 
 
 def stat(
-    view: View, path: str, label: str, value: str, sub: str, icon_name: str, *, tone: str = ""
+    view: View, path: str, label: str, value: str, sub: str, icon_name: str, *, tone: str
 ) -> str:
     return (
         f'<a class="stat {tone}" href={attr(view.href(path))}>'
