@@ -30,6 +30,7 @@ from starlette.routing import Mount
 import clustersync as cs
 from clustersync import aio
 from clustersync.dashboard import _html, create_app
+from clustersync.dashboard._source import Source
 from clustersync.exceptions import ConfigurationError
 from tests.dashboard.support import subprocess_env
 
@@ -610,3 +611,36 @@ def test_escaping() -> None:
         "{&quot;a&quot;: &quot;&lt;b&gt;&quot;}</code>"
     )
     assert "muted" in _html.props_preview("null")
+
+
+# -- counting ------------------------------------------------------------------------------
+
+
+async def test_an_expensive_count_is_reused(
+    store: aio.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """count_jobs() scans the namespace on some stores: open pages refreshing every 2 s
+    must not keep the store counting."""
+    calls: list[float] = []
+    cost = [0.03]
+
+    async def count_jobs() -> int:
+        calls.append(cost[0])
+        await asyncio.sleep(cost[0])
+        return 7
+
+    monkeypatch.setattr(store._ops, "count_jobs", count_jobs)
+    source = Source(store)
+    together = await asyncio.gather(*(source.count_jobs() for _ in range(5)))
+    assert together == [7] * 5
+    assert len(calls) == 1  # one count for concurrent requests
+    assert await source.count_jobs() == 7
+    assert len(calls) == 1  # reused: it cost more than CHEAP_COUNT
+    source.changed()  # an action
+    await source.count_jobs()
+    assert len(calls) == 2
+    cost[0] = 0.0
+    source.changed()
+    for _ in range(3):
+        await source.count_jobs()
+    assert len(calls) == 5  # cheap counts are never reused

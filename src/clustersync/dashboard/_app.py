@@ -193,7 +193,7 @@ def build_app(
                 key,
                 client,
                 exc,
-                extra={"event": "dashboard.action", "action": name, "job": key, "client": client},
+                extra=log_fields(name, key, client),
             )
             return JSONResponse({"ok": False, "error": str(exc)}, exc.status)
         logger.info(
@@ -202,7 +202,7 @@ def build_app(
             key,
             client,
             message,
-            extra={"event": "dashboard.action", "action": name, "job": key, "client": client},
+            extra=log_fields(name, key, client),
         )
         return JSONResponse({"ok": True, "message": message})
 
@@ -218,6 +218,16 @@ def build_app(
         Route("/actions/{action}", action, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+def log_fields(action: str, key: str | None, client: str) -> dict[str, Any]:
+    """The ``extra`` fields of an action's log record (for structured logging)."""
+    return {
+        "event": "dashboard.action",
+        "action": action,
+        "lock" if action == "break-lock" else "job": key,
+        "client": client,
+    }
 
 
 def client_of(request: Request) -> str:
@@ -264,6 +274,7 @@ async def key_of(request: Request) -> str:
 
 async def perform(source: Source, action: str, key: str) -> str:
     """Do ``action`` on ``key``; the message to show, or :class:`ActionError`."""
+    source.changed()
     try:
         if action == "break-lock":
             if not await source.break_lock(key):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import ModuleType
@@ -35,6 +36,13 @@ T = TypeVar("T")
 
 #: Most failed jobs one page shows (the coming ``list_failed_jobs()`` returns them all).
 MAX_FAILED_SHOWN = 200
+#: ``count_jobs()`` scans the namespace on some stores (PostgreSQL: about 0.2 s at a
+#: million jobs): a count that took longer than CHEAP_COUNT seconds is reused for
+#: COUNT_REUSE times what it cost (at most MAX_COUNT_AGE seconds), so that open pages
+#: refreshing every 2 s do not keep the store busy counting. Actions drop it.
+CHEAP_COUNT = 0.02
+COUNT_REUSE = 50
+MAX_COUNT_AGE = 60.0
 
 
 class FailedJobLike(Protocol):
@@ -97,6 +105,8 @@ class Source:
                 f" clustersync.open_store(), not {type(store).__name__}"
             )
         self.store = store
+        self._count: tuple[int, float] | None = None  # (count, reusable until: monotonic)
+        self._counting: asyncio.Future[int] | None = None
 
     # -- what the header shows ------------------------------------------------------------
 
@@ -151,7 +161,31 @@ class Source:
         return cast(tuple[list[StoredJob], str | None], page)
 
     async def count_jobs(self) -> int:
-        return cast(int, await self._call(self.store._ops.count_jobs))
+        """How many one-shot jobs are stored; an expensive count is reused a while (see
+        CHEAP_COUNT), and concurrent requests share one count."""
+        cached = self._count
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        if self._counting is None:
+            self._counting = asyncio.ensure_future(self._count_now())
+        counting = self._counting
+        try:
+            return await asyncio.shield(counting)
+        finally:
+            if counting.done() and self._counting is counting:
+                self._counting = None
+
+    async def _count_now(self) -> int:
+        started = time.monotonic()
+        value = cast(int, await self._call(self.store._ops.count_jobs))
+        cost = time.monotonic() - started
+        reuse = 0.0 if cost < CHEAP_COUNT else min(MAX_COUNT_AGE, cost * COUNT_REUSE)
+        self._count = (value, time.monotonic() + reuse)
+        return value
+
+    def changed(self) -> None:
+        """An action changed the store: counts are read again."""
+        self._count = None
 
     async def next_job_delay(self) -> float | None:
         return cast(float | None, await self._call(self.store._ops.next_job_delay))
