@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -34,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
 from . import __version__
-from ._core.info import RecurringJobInfo, identity_of
+from ._core.info import RecurringJobInfo, format_duration, identity_of
 from ._core.validation import validate_name
 from ._sync.job_once import get_job_once_scheduler
 from ._sync.operations import (
@@ -148,22 +147,6 @@ def parse_props(text: str | None) -> Any:
 def format_time(value: datetime) -> str:
     """ISO-8601 in UTC with a ``Z`` suffix."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def format_duration(seconds: float) -> str:
-    """A short human duration: ``850ms``, ``12.3s``, ``5m03s``, ``2h05m``, ``3d04h``."""
-    if math.isinf(seconds) or math.isnan(seconds):
-        return "?"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 59.95:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def _relative(seconds: float) -> str:

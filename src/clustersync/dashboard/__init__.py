@@ -13,8 +13,7 @@ page refreshes its content every ``poll_interval`` seconds without a reload (sho
 of an HTML fragment; paused while the tab is hidden). ``/healthz`` answers ``ok`` when the
 store answers, and ``/metrics`` serves the Prometheus registry.
 
-Security
---------
+**Security**
 
 - **Read-only by default.** Actions (pause, resume and trigger a recurring job, cancel a
   one-shot job, retry or cancel a failed one, break a mutex) exist only with
@@ -55,7 +54,7 @@ if TYPE_CHECKING:
     from .._async.store import Store as AsyncStore
     from .._sync.store import Store as SyncStore
 
-__all__ = ["INSTALL_HINT", "create_app"]
+__all__ = ["create_app"]
 
 #: How to install what the dashboard needs.
 INSTALL_HINT = 'pip install "clustersync[dashboard]"'

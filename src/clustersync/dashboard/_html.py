@@ -13,6 +13,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from .._core.info import format_duration
+
 #: Longest props preview in a table cell (characters of compact JSON).
 PROPS_PREVIEW_CHARS = 80
 #: Longest text kept in a ``title`` tooltip.
@@ -62,23 +64,10 @@ def relative(seconds: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    """A measured duration: ``"1.2 ms"``, ``"850 ms"``, ``"12.3 s"``, ``"5m 03s"``, ``"2h 05m"``."""
-    if math.isnan(seconds) or math.isinf(seconds):
-        return "?"
+    """A measured duration: ``"1.2 ms"``, ``"850 ms"``, ``"12.3 s"``, ``"5m 03s"``."""
     if seconds < 0:
         return "-" + duration(-seconds)
-    if seconds < 0.01:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 59.95:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
+    return format_duration(seconds, spaced=True)
 
 
 def utc_text(moment: datetime) -> str:
