@@ -98,7 +98,9 @@ def served(shop: tuple[Cluster, Path]) -> Iterator[Served]:
 
 def screenshot(page: Page, tmp_path: Path, name: str) -> None:
     path = tmp_path / f"dashboard-{name}.png"
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": 400})  # the content only
     page.screenshot(path=str(path), full_page=True, animations="disabled")
+    page.set_viewport_size(VIEWPORT)  # type: ignore[arg-type]
     assert path.stat().st_size > 10_000
     folder = os.environ.get("CLUSTERSYNC_SCREENSHOTS")
     if folder:
