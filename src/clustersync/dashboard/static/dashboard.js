@@ -231,6 +231,7 @@
     } finally {
       button.disabled = false;
       button.classList.remove("busy");
+      if (inFlight) await inFlight; // a refresh that started before the action: stale
       await refresh();
     }
   }
