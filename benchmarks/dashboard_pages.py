@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -191,14 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks/results/dashboard_pages.json"))
     args = parser.parse_args(argv)
     sizes = sorted(int(size) for size in args.sizes.split(","))
+    load_before = os.getloadavg()
     results = {
         kind: asyncio.run(bench_store(kind, sizes, args.repeat)) for kind in args.stores.split(",")
     }
-    print("median (p95) in ms\n")
+    load = [round(value, 1) for value in (*load_before, *os.getloadavg())]
+    print(f"median (p95) in ms; load average before {load[:3]}, after {load[3:]}\n")
     print(table(results, sizes))
     machine = f"{platform.machine()}, {platform.python_version()}, {platform.platform()}"
     Path(args.json).write_text(
-        json.dumps({"machine": machine, "repeat": args.repeat, "results": results}, indent=2) + "\n"
+        json.dumps(
+            {"machine": machine, "repeat": args.repeat, "load": load, "results": results},
+            indent=2,
+        )
+        + "\n"
     )
     return 0
 
