@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the Redis and PostgreSQL server binaries used by the test suite are installed,
 # redis-cli (creates the Redis Cluster of tests/topologies.py), PgBouncer (the pooler of
-# tests/topologies.py) and libfaketime (the clock-skew tests run clients under `faketime`).
+# tests/topologies.py), libfaketime (the clock-skew tests run clients under `faketime`),
+# Chromium (the dashboard's browser test drives /usr/bin/chromium with Playwright; never
+# `playwright install`) and the Inter font (the dashboard's screenshots in docs/images).
 #   scripts/install-servers.sh
 # Idempotent: installs (Debian: apt-get) only what is missing, never starts the system
 # services (the tests start private instances on free loopback ports, see tests/servers.py),
@@ -40,6 +42,9 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 find_pg_bindir >/dev/null || missing+=(postgresql)
 command -v faketime >/dev/null || missing+=(faketime)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+dpkg-query -W -f='${Status}' fonts-inter 2>/dev/null | grep -q "ok installed" \
+  || missing+=(fonts-inter)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]} (apt-get) =="
@@ -88,3 +93,9 @@ if ! faketime_bin="$(command -v faketime)"; then
   exit 1
 fi
 echo "faketime: $(dpkg-query -W -f='${Version}' faketime 2>/dev/null || echo '?') ($faketime_bin)"
+if [ ! -x /usr/bin/chromium ]; then
+  echo "chromium still missing after install" >&2
+  exit 1
+fi
+echo "chromium: $(/usr/bin/chromium --version 2>/dev/null) (/usr/bin/chromium)"
+echo "fonts-inter: $(dpkg-query -W -f='${Version}' fonts-inter 2>/dev/null || echo '?')"

@@ -69,7 +69,7 @@ export UV_NO_PROGRESS=1
 EXTRAS=(--extra cron)
 GROUPS_=(--no-default-groups)
 if [ "$DEV" = 1 ]; then
-  EXTRAS=(--extra redis --extra postgres --extra cron)
+  EXTRAS=(--extra redis --extra postgres --extra cron --extra dashboard)
   GROUPS_=(--group dev)
 fi
 
@@ -77,7 +77,7 @@ if [ "$LATEST" = 1 ]; then
   # Newest releases within pyproject's ranges: the lock is neither read nor written.
   "$UV" venv -q --allow-existing --python "$PYTHON_PATH" "$VENV"
   extras="cron"
-  [ "$DEV" = 1 ] && extras="redis,postgres,cron"
+  [ "$DEV" = 1 ] && extras="redis,postgres,cron,dashboard"
   args=(-e ".[$extras]")
   [ "$DEV" = 1 ] && args+=(--group dev)
   "$UV" pip install -q --upgrade --python "$VENV/bin/python" "${args[@]}"

@@ -24,6 +24,7 @@ import pytest
 
 import clustersync as cs
 from clustersync import _demo, cli
+from clustersync._core.info import format_duration
 from clustersync.cli import main
 
 SRC = str(Path(cs.__file__).resolve().parent.parent)
@@ -110,12 +111,12 @@ def test_parse_time() -> None:
 
 def test_format_helpers() -> None:
     assert cli.format_time(datetime(2030, 1, 31, 9, tzinfo=UTC)) == "2030-01-31T09:00:00Z"
-    assert cli.format_duration(0.25) == "250ms"
-    assert cli.format_duration(12.34) == "12.3s"
-    assert cli.format_duration(303) == "5m03s"
-    assert cli.format_duration(59.97) == "1m00s"
-    assert cli.format_duration(7500) == "2h05m"
-    assert cli.format_duration(3 * 86400 + 4 * 3600) == "3d04h"
+    assert format_duration(0.25) == "250ms"
+    assert format_duration(12.34) == "12.3s"
+    assert format_duration(303) == "5m03s"
+    assert format_duration(59.97) == "1m00s"
+    assert format_duration(7500) == "2h05m"
+    assert format_duration(3 * 86400 + 4 * 3600) == "3d04h"
     assert cli.split_lease_name("m:a:b") == ("mutex", "a:b")
     assert cli.split_lease_name("j:tick") == ("job", "tick")
     assert cli.split_lease_name("x") == ("other", "x")

@@ -11,6 +11,8 @@
     clustersync [--url URL] [--namespace NS] jobs cancel KEY [--json]
     clustersync [--url URL] [--namespace NS] jobs recurring [--json]
     clustersync [--url URL] [--namespace NS] jobs pause|resume|trigger KEY [--json]
+    clustersync [--url URL] [--namespace NS] dashboard [--host 127.0.0.1] [--port 8787]
+                                                       [--allow-actions]
 
 ``--url`` defaults as :func:`clustersync.open_store` does (``$CLUSTERSYNC_URL``, else
 ``sqlite:///clustersync.db``). Errors print one line, ``clustersync: error: ...``, on
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -32,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
 from . import __version__
-from ._core.info import RecurringJobInfo, identity_of
+from ._core.info import RecurringJobInfo, format_duration, identity_of
 from ._core.validation import validate_name
 from ._sync.job_once import get_job_once_scheduler
 from ._sync.operations import (
@@ -148,22 +149,6 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def format_duration(seconds: float) -> str:
-    """A short human duration: ``850ms``, ``12.3s``, ``5m03s``, ``2h05m``, ``3d04h``."""
-    if math.isinf(seconds) or math.isnan(seconds):
-        return "?"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 59.95:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
-
-
 def _relative(seconds: float) -> str:
     if seconds >= 0:
         return "in " + format_duration(seconds)
@@ -205,6 +190,15 @@ def _open(args: argparse.Namespace, *, must_exist: bool = False) -> Store:
     With ``must_exist``, a SQLite URL naming a file that does not exist is an error rather
     than silently creating an empty store (a typo or the wrong working directory).
     """
+    return open_store(_store_url(args, must_exist=must_exist), namespace=_namespace(args))
+
+
+def _namespace(args: argparse.Namespace) -> str:
+    return "default" if args.namespace is None else str(args.namespace)
+
+
+def _store_url(args: argparse.Namespace, *, must_exist: bool) -> str:
+    """The URL of ``--url`` (see :func:`_open` for ``must_exist``)."""
     url = resolve_url(args.url)
     if must_exist and kind_for_url(url).name == "sqlite":
         from .stores.sqlite import sqlite_path_from_url
@@ -215,7 +209,7 @@ def _open(args: argparse.Namespace, *, must_exist: bool = False) -> Store:
                 f"no SQLite store at {os.path.abspath(path)!r} (from {url!r}); "
                 "check --url or $CLUSTERSYNC_URL"
             )
-    return open_store(url, namespace="default" if args.namespace is None else args.namespace)
+    return url
 
 
 def cmd_locks(args: argparse.Namespace, out: TextIO) -> int:
@@ -468,6 +462,28 @@ def cmd_jobs_retry(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace, out: TextIO) -> int:
+    from .dashboard._serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise CLIError("--port must be between 0 and 65535")
+    url = _store_url(args, must_exist=True)
+    try:
+        return serve(
+            url,
+            _namespace(args),
+            host=args.host,
+            port=args.port,
+            allow_actions=args.allow_actions,
+            out=out,
+        )
+    except OSError as exc:
+        if isinstance(exc, ClusterSyncError):  # StoreUnavailableError is a ConnectionError
+            raise
+        reason = exc.strerror or str(exc)
+        raise CLIError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from ._demo import run_demo
 
@@ -649,6 +665,29 @@ def build_parser() -> argparse.ArgumentParser:
         control.add_argument("key", metavar="KEY", help="recurring job key")
         control.add_argument("--json", action="store_true", help="machine-readable output")
         control.set_defaults(handler=cmd_jobs_control)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        parents=[common],
+        help="serve the web dashboard (needs clustersync[dashboard])",
+        description=(
+            "Serve the operator's dashboard of a store and namespace: locks, recurring jobs,"
+            " one-shot jobs and failed jobs, updated live. Read-only and bound to loopback"
+            ' by default. Needs the dashboard extra: pip install "clustersync[dashboard]".'
+        ),
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--port", type=int, default=8787, help="port to listen on (default: 8787; 0: any free)"
+    )
+    dashboard.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="allow pause/resume/trigger, cancel, retry and break from the page (logged)",
+    )
+    dashboard.set_defaults(handler=cmd_dashboard)
     return parser
 
 

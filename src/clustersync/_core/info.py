@@ -6,6 +6,7 @@ dashboard.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ __all__ = [
     "LockInfo",
     "RecurringJobInfo",
     "RunInfo",
+    "format_duration",
     "format_interval",
     "identity_of",
     "one_line_error",
@@ -41,6 +43,27 @@ def one_line_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
     return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def format_duration(seconds: float, *, spaced: bool = False) -> str:
+    """A short measured duration: ``850ms``, ``12.3s``, ``5m03s``, ``2h05m``, ``3d04h``
+    (the CLI); ``spaced``: ``1.2 ms``, ``850 ms``, ``12.3 s``, ``5m 03s`` (the dashboard,
+    with a decimal under 10 ms)."""
+    if math.isinf(seconds) or math.isnan(seconds):
+        return "?"
+    gap = " " if spaced else ""
+    if spaced and seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}{gap}ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f}{gap}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{gap}{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{gap}{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{gap}{whole % 86400 // 3600:02d}h"
 
 
 def format_interval(interval: timedelta) -> str:
