@@ -26,7 +26,7 @@ from clustersync._notify import ChangeHub
 from clustersync.stores.contract import JOBS_CHANNEL, lease_channel, parse_jobs_due
 from clustersync.stores.redis.lua import WAITER_GRACE_MS
 from clustersync.testing import inject_faults
-from tests.conftest import make_store_url
+from tests.conftest import kind_of, make_store_url
 
 HOUR = timedelta(hours=1)
 
@@ -187,20 +187,36 @@ def test_later_jobs_added_elsewhere_do_not_make_a_scheduler_reread(
 ) -> None:
     """Scheduling 50 jobs due after a sleeping scheduler's next wake-up costs that
     scheduler nothing (before: every job made every scheduler claim and reread)."""
+    if kind_of(backend).name == "sqlite":
+        # SQLite's change watcher sees that the file changed (PRAGMA data_version), not
+        # what: a sleeping scheduler rechecks once per 5 ms poll that saw commits, so the
+        # count depends on how fast the 50 commits come (docs/architecture.md).
+        pytest.skip("SQLite wakes on every detected commit, by design")
     url = make_store_url(backend, tmp_path, request)
     for runner, producer in _two_stores(url, namespace):
         fired = Fired()
         producer_scheduler = cs.get_job_once_scheduler(producer)
         producer_scheduler.schedule_once("soon", datetime.now(UTC) + timedelta(seconds=3))
+        calls = inject_faults(runner).calls  # counts the store operations from now on
         scheduler = _start_scheduler(runner, fired)
         try:
-            time.sleep(0.3)
-            calls = inject_faults(runner).calls  # counts the store operations from now on
+            # The scheduler must be asleep before counting: its first pass (claim, then
+            # read its plan) and the recheck that a change watcher's first poll causes
+            # (SQLite) can take longer than any fixed sleep on a loaded machine.
+            deadline = time.monotonic() + 10
+            before = calls.copy()
+            while True:
+                time.sleep(0.3)
+                if calls["next_job_delay"] >= 1 and calls == before:
+                    break
+                assert time.monotonic() < deadline, "the scheduler never went to sleep"
+                before = calls.copy()
             later = datetime.now(UTC) + HOUR
             for i in range(50):
                 producer_scheduler.schedule_once(f"later-{i}", later)
             time.sleep(0.5)  # let any wake-up happen
-            reads, claims = calls["next_job_delay"], calls["claim_due_jobs"]
+            reads = calls["next_job_delay"] - before["next_job_delay"]
+            claims = calls["claim_due_jobs"] - before["claim_due_jobs"]
             assert reads + claims <= 2, (
                 f"the scheduler reread the store {reads} times and claimed {claims}"
                 " times for jobs due after its plan"
