@@ -7,25 +7,35 @@ in ``tests/reliability/test_failover.py``), and the pieces that make it safe the
 - ``min_replicas``: a write returns once the replicas have it, and a write they cannot
   confirm raises ``StoreUnavailableError`` and leaves no lease handed out;
 - fencing tokens have a clock floor: a counter that lost its last increments (a promoted
-  replica that had not received them) still mints above every token handed out.
+  replica that had not received them) still mints above every token handed out;
+- cutting off the master (a fence or a switch, decided by the thread that watches the
+  sentinels) fails the calls in flight on other threads with a connection error.
 
 The session's topologies are shared: nothing here fails a node over or stops one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.sentinel import (
+    SentinelManagedConnection as AsyncSentinelManagedConnection,
+)
+from redis.sentinel import SentinelManagedConnection
 
 import clustersync as cs
+from clustersync import aio
 from clustersync.stores.redis import lua
+from clustersync.stores.redis.errors import NotSent, RedisConnectionError
 from clustersync.stores.redis.sync import key_prefix
 from tests.servers import RedisServer
 from tests.topologies import RedisClusterTopology, RedisSentinel
@@ -256,6 +266,115 @@ def test_a_granted_lease_is_confirmed_before_it_is_used(
     assert not errors, errors
     assert len(seen) == 30
     assert all(seen)
+
+
+# -- cutting off the master ---------------------------------------------------------------
+
+
+def test_cutting_off_the_master_fails_the_calls_in_flight_with_a_connection_error(
+    redis_sentinel: RedisSentinel, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the sentinels' watch thread cuts the master off (a replica is being promoted,
+    or a new master was announced), a call another thread has in flight fails with a
+    connection error of unknown outcome — which the store turns into
+    ``StoreUnavailableError`` — and the next call opens a new connection.
+
+    redis-py's connections are not thread-safe: closing one that another thread is using
+    made that thread's ``read_response`` raise ``AttributeError`` ('NoneType' object has
+    no attribute 'readline'), which escaped the store and killed two holders of the
+    Sentinel failover test. Here the call is paused after sending its command, before
+    reading the reply, while the master is cut off: exactly that window."""
+    with cs.open_store(redis_sentinel.url, namespace=namespace) as store:
+        route: Any = getattr(store._ops, "_route")  # noqa: B009 - the Sentinel route
+        sent, paused, resume = threading.Event(), threading.Event(), threading.Event()
+        caller: list[threading.Thread] = []
+        send: Any = SentinelManagedConnection.send_packed_command  # untyped
+        read_response = SentinelManagedConnection.read_response
+
+        def mine() -> bool:
+            return bool(caller) and threading.current_thread() is caller[0]
+
+        def send_and_note(self: SentinelManagedConnection, command: Any, **kwargs: Any) -> None:
+            send(self, command, **kwargs)
+            chunks = [command] if isinstance(command, bytes) else command
+            if mine() and b"BLPOP" in b"".join(map(bytes, chunks)):
+                sent.set()
+
+        def read_later(self: SentinelManagedConnection, *args: Any, **kwargs: Any) -> Any:
+            if mine() and sent.is_set() and not paused.is_set():
+                paused.set()
+                assert resume.wait(10)
+            return read_response(self, *args, **kwargs)
+
+        monkeypatch.setattr(SentinelManagedConnection, "send_packed_command", send_and_note)
+        monkeypatch.setattr(SentinelManagedConnection, "read_response", read_later)
+        outcome: list[BaseException | list[Any]] = []
+
+        def call() -> None:
+            try:  # blocks on the server for up to 2 s: no reply is on its way
+                outcome.append(route.exchange([("BLPOP", key_prefix(namespace) + "none", 2)]))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        caller.append(threading.Thread(target=call))
+        caller[0].start()
+        try:
+            assert paused.wait(10)
+            route._reset(announce=False)  # what a fence or a switch does
+        finally:
+            resume.set()
+            caller[0].join(10)
+        assert len(outcome) == 1
+        error = outcome[0]
+        assert isinstance(error, RedisConnectionError), repr(error)
+        assert not isinstance(error, NotSent)  # it was sent: outcome unknown
+        assert route.exchange([("PING",)]) == ["PONG"]
+        with cs.Mutex(store, "m", ttl=5):
+            pass
+
+
+async def test_cutting_off_the_master_fails_the_calls_in_flight_with_asyncio_too(
+    redis_sentinel: RedisSentinel, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with asyncio, where the connections in use are closed as they are (one
+    event loop: redis-py's asyncio connections allow it)."""
+    store = await aio.open_store(redis_sentinel.url, namespace=namespace)
+    try:
+        route: Any = getattr(store._ops, "_route")  # noqa: B009 - the Sentinel route
+        sent, paused, resume = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        caller: list[asyncio.Task[list[Any]]] = []
+        send = AsyncSentinelManagedConnection.send_packed_command
+        read_response = AsyncSentinelManagedConnection.read_response
+
+        async def send_and_note(
+            self: AsyncSentinelManagedConnection, command: Any, **kwargs: Any
+        ) -> Any:
+            await send(self, command, **kwargs)
+            chunks = [command] if isinstance(command, bytes) else command
+            if asyncio.current_task() in caller and b"BLPOP" in b"".join(map(bytes, chunks)):
+                sent.set()
+
+        async def read_later(
+            self: AsyncSentinelManagedConnection, *args: Any, **kwargs: Any
+        ) -> Any:
+            if asyncio.current_task() in caller and sent.is_set() and not paused.is_set():
+                paused.set()
+                await resume.wait()
+            return await read_response(self, *args, **kwargs)
+
+        monkeypatch.setattr(AsyncSentinelManagedConnection, "send_packed_command", send_and_note)
+        monkeypatch.setattr(AsyncSentinelManagedConnection, "read_response", read_later)
+        blpop = ("BLPOP", key_prefix(namespace) + "none", 2)
+        caller.append(asyncio.create_task(route.exchange([blpop])))
+        await asyncio.wait_for(paused.wait(), 10)
+        await route._reset(announce=False)
+        resume.set()
+        with pytest.raises(RedisConnectionError) as caught:
+            await asyncio.wait_for(caller[0], 10)
+        assert not isinstance(caught.value, NotSent)
+        assert await route.exchange([("PING",)]) == ["PONG"]
+    finally:
+        await store.close()
 
 
 # -- fencing tokens with a clock floor ----------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -322,7 +323,7 @@ class SentinelRoute(Route):
         unknown). ``announce``: a new master is known, tell the store (it resubscribes at
         once and wakes its waiters)."""
         with contextlib.suppress(Exception):
-            await self._pool_of_server.disconnect(inuse_connections=True)
+            await _cut_off(self._pool_of_server)
         if announce and self._on_switch is not None:
             self._on_switch()
 
@@ -426,6 +427,33 @@ class ClusterRoute(Route):
                 await pool.disconnect()
         with contextlib.suppress(Exception):
             await self._cluster.aclose()
+
+
+async def _cut_off(pool: Any) -> None:
+    """Close every connection of ``pool``, in use or not: a call in flight fails with a
+    connection error (outcome unknown), the next call connects again.
+
+    With asyncio (one event loop) redis-py closes connections in use safely. With
+    threads, a connection that another thread is using must not be closed from here:
+    redis-py's connections are not thread-safe, and that thread's read would fail with
+    whatever the half-closed connection raises (``AttributeError``), not a connection
+    error. So, under the pool's lock (no connection changes hands meanwhile), the idle
+    connections are closed and the sockets of those in use are shut down: their calls
+    fail with a connection error in their own threads, which close them. One given back
+    unused later is found closed by the other end, and reconnected by the pool before
+    its next use."""
+    if shim.IS_ASYNC:
+        await pool.disconnect(inuse_connections=True)
+        return
+    with pool._lock:
+        for conn in pool._available_connections:
+            conn.disconnect()
+        for conn in pool._in_use_connections:
+            sock = getattr(conn, "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    # socket.socket's own: an SSLSocket's would also drop its TLS state.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 async def _put_back(pool: Any, conn: Any, broken: bool) -> bool:
