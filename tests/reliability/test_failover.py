@@ -37,6 +37,7 @@ old master's last writes (its replica was paused while they were made).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -73,6 +74,9 @@ from .test_soak import MUTEX_NAMES, SHORT, Soak, when_available
 pytestmark = pytest.mark.slow
 
 ROUNDS = 10 if soak_mode() else 1
+#: Of each test; also the workers' lifetime (their watchdog's, the soak's is made for
+#: shorter runs: ten Sentinel rounds take about seven minutes on a quiet machine).
+TIMEOUT = 3600 if soak_mode() else 600
 FAULTS = ("failover", "kill", "freeze")
 MUTEX_TTL = 2.0
 #: A freeze of the master past the mutexes' ttl (and past the failover detection).
@@ -121,12 +125,13 @@ class Failovers:
 
     def start(self) -> None:
         for config in self.configs:
-            config.run.spawn("holder")
-            config.run.spawn("holder")
+            spawn = functools.partial(config.run.spawn, lifetime=TIMEOUT)
+            spawn("holder")
+            spawn("holder")
             # Holds across renewals, on a mutex of its own and one of the others.
-            config.run.spawn("holder", hold=3.0, names=["long", MUTEX_NAMES[1]])
-            config.run.spawn("scheduler")
-            config.run.spawn("scheduler")
+            spawn("holder", hold=3.0, names=["long", MUTEX_NAMES[1]])
+            spawn("scheduler")
+            spawn("scheduler")
         deadline = time.monotonic() + PATIENCE
         for config in self.configs:
             run = config.run
@@ -492,7 +497,7 @@ def run_failovers(topology: Topology, key: str, configs: list[Config]) -> dict[s
     return figures
 
 
-@pytest.mark.timeout(3600 if soak_mode() else 600)
+@pytest.mark.timeout(TIMEOUT)
 def test_sentinel_failovers_under_load(
     private_topology: TopologyStarter,
     configs: Callable[[Topology, list[str]], list[Config]],
@@ -502,7 +507,7 @@ def test_sentinel_failovers_under_load(
     run_failovers(topology, "", configs(topology, namespaces))
 
 
-@pytest.mark.timeout(3600 if soak_mode() else 600)
+@pytest.mark.timeout(TIMEOUT)
 def test_cluster_failovers_under_load(
     private_topology: TopologyStarter,
     configs: Callable[[Topology, list[str]], list[Config]],
