@@ -91,6 +91,13 @@ def measure(src: Path, url: str, variant: str, pairs: int, batches: int) -> list
     return result
 
 
+def _postgres_database(server: Any, dbname: str) -> str:
+    """The URL of a new database ``dbname`` on the private PostgreSQL ``server``."""
+    with server.socket_connect() as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}" OWNER "{server.user}"')
+    return str(server.url).rsplit("/", 1)[0] + "/" + dbname
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision")
@@ -117,19 +124,22 @@ def main(argv: list[str] | None = None) -> int:
             "on": ROOT / "src",
         }
         servers: list[Any] = []
-        urls: dict[str, str] = {}
+        # A store per variant where the schema is versioned (SQLite, PostgreSQL): the
+        # baseline refuses a schema that a newer version migrated.
+        urls: dict[str, dict[str, str]] = {}
         try:
             for name in stores:
                 if name == "memory":
-                    urls[name] = "memory://bench"
+                    urls[name] = dict.fromkeys(VARIANTS, "memory://bench")
                 elif name == "sqlite":
-                    urls[name] = f"sqlite:///{tmp}/bench.db"
+                    urls[name] = {v: f"sqlite:///{tmp}/bench-{v}.db" for v in VARIANTS}
                 elif name == "redis":
                     servers.append(RedisServer().__enter__())
-                    urls[name] = servers[-1].url
+                    urls[name] = dict.fromkeys(VARIANTS, servers[-1].url)
                 elif name == "postgres":
-                    servers.append(PostgresServer().__enter__())
-                    urls[name] = servers[-1].url
+                    server = PostgresServer().__enter__()
+                    servers.append(server)
+                    urls[name] = {v: _postgres_database(server, f"bench_{v}") for v in VARIANTS}
                 else:
                     parser.error(f"unknown store {name!r}")
             for name in stores:
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     order = VARIANTS[round_ % 3 :] + VARIANTS[: round_ % 3]
                     for variant in order:
                         batches = measure(
-                            sources[variant], urls[name], variant, args.pairs, args.batches
+                            sources[variant], urls[name][variant], variant, args.pairs, args.batches
                         )
                         # The fastest batch: noise (other processes) only ever adds time.
                         results[name][variant].append(min(batches))
