@@ -139,6 +139,10 @@ class RedisBackend(PushNotifications):
         self._due = self._prefix + "due"
         self._runat = self._prefix + "runat"
         self._index = self._prefix + "keys"
+        self._failed = self._prefix + "failed"
+        self._runs = self._prefix + "runs"
+        #: Where a job's key starts in the name of its hash (the scripts cut it from there).
+        self._prefix_bytes = len(self._prefix.encode("utf-8"))
         self._meta = self._prefix + "meta"  # last_finished of version 1 (read as a fallback)
         self._recurring = self._prefix + "rjobs"
         self._closed = False
@@ -579,8 +583,8 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "leave the line of a semaphore",
             "LEAVE_SLOT_QUEUE",
-            [keys[4], keys[5], keys[3]],
-            [owner, self._events, name],
+            [keys[4], keys[5], keys[3], self._events],
+            [owner, name],
         )
         return int(result) == 1
 
@@ -595,8 +599,8 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "release a slot",
             "RELEASE_SLOT",
-            [keys[0], keys[1], keys[3]],
-            [owner, token, self._events, name],
+            [keys[0], keys[1], keys[3], self._events],
+            [owner, token, name],
         )
         return int(result) == 1
 
@@ -605,8 +609,8 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "break slots",
             "BREAK_SLOTS",
-            [keys[0], keys[1], keys[3]],
-            ["" if token is None else token, self._events, name],
+            [keys[0], keys[1], keys[3], self._events],
+            ["" if token is None else token, name],
         )
         return int(result)
 
@@ -675,8 +679,13 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "write job metadata",
             "SET_FINISHED",
-            [self._prefix + "r:" + key, self._prefix + "l:" + lease_name, self._recurring],
-            [f"{token}|{owner}", key, outcome, error or "", self._prefix, owner],
+            [
+                self._prefix + "r:" + key,
+                self._prefix + "l:" + lease_name,
+                self._recurring,
+                self._runs,
+            ],
+            [f"{token}|{owner}", key, outcome, error or "", owner],
             idempotent=True,
         )
         return int(result) == 1
@@ -698,6 +707,21 @@ class RedisBackend(PushNotifications):
         return [_recurring_record(row) for row in rows]
 
     # -- one-shot jobs -------------------------------------------------------------------
+
+    def _batch_keys(self, jobs: Sequence[NewJob]) -> list[str]:
+        """The keys of PUT_JOBS and UNDO_JOBS: the indexes and the events channel, then
+        the hash and the failed job hash of each job."""
+        keys = [self._prefix + name for name in lua.JOB_BATCH_KEYS]
+        for job in jobs:
+            keys += [self._prefix + "j:" + job.key, self._prefix + "fj:" + job.key]
+        return keys
+
+    def _job_keys(self, key: str) -> list[str]:
+        """The keys of the scripts on one job (see ``lua.JOB_KEYS``): the indexes, the
+        events channel, the failed set, the recent runs, the job's hash and its failed
+        job hash."""
+        fixed = [self._prefix + name for name in lua.JOB_KEYS]
+        return [*fixed, self._prefix + "j:" + key, self._prefix + "fj:" + key]
 
     async def put_jobs(self, jobs: Sequence[NewJob]) -> None:
         """One script for a batch of up to :data:`_PUT_STEP` jobs. A larger batch in one
@@ -723,11 +747,12 @@ class RedisBackend(PushNotifications):
                 stored += [job for job in step if job.key not in skipped]
         except DuplicateJobError:
             for start in range(0, len(stored), _PUT_STEP):
+                chunk = stored[start : start + _PUT_STEP]
                 await self._run(
                     "undo storing one-shot jobs",
                     "UNDO_JOBS",
-                    [self._due, self._runat],
-                    [self._prefix, *_job_args(stored[start : start + _PUT_STEP])],
+                    self._batch_keys(chunk),
+                    [self._prefix_bytes, "undo", *_job_args(chunk)],
                     idempotent=True,
                 )
             raise
@@ -737,8 +762,8 @@ class RedisBackend(PushNotifications):
         status, *keys = await self._run(
             "store one-shot jobs",
             "PUT_JOBS",
-            [self._due, self._runat, self._events],
-            [self._prefix, mode, *_job_args(jobs)],
+            self._batch_keys(jobs),
+            [self._prefix_bytes, mode, *_job_args(jobs)],
             idempotent=True,
         )
         if int(status) == 1:
@@ -749,7 +774,7 @@ class RedisBackend(PushNotifications):
         rows = await self._run(
             "claim due jobs",
             "CLAIM_DUE",
-            [self._due],
+            [self._due, self._runat, self._index],
             [self._prefix, owner, limit, int(claim_ttl * _US)],
         )
         return [
@@ -762,19 +787,16 @@ class RedisBackend(PushNotifications):
     ) -> list[str]:
         if not claims:
             return []
-        args: list[Any] = [self._prefix, owner, int(claim_ttl * _US)]
-        for key, claim in claims:
-            args += [key, str(claim)]
-        renewed = await self._run(
-            "renew job claims", "RENEW_CLAIMS", [self._due], args, idempotent=True
-        )
+        keys = [self._due] + [self._prefix + "j:" + key for key, _ in claims]
+        args: list[Any] = [self._prefix_bytes, owner, int(claim_ttl * _US)]
+        args += [str(claim) for _, claim in claims]
+        renewed = await self._run("renew job claims", "RENEW_CLAIMS", keys, args, idempotent=True)
         return [str(key) for key in renewed]
 
     def _end_run(
         self, key: str, owner: str, claim: int, outcome: str, error: str | None
     ) -> tuple[list[str], list[Any]]:
-        keys = [self._due, self._runat, self._events]
-        return keys, [self._prefix, key, owner, str(claim), outcome, error or ""]
+        return self._job_keys(key), [key, owner, str(claim), outcome, error or ""]
 
     async def complete_job(
         self, key: str, owner: str, claim: int, outcome: str, error: str | None
@@ -800,9 +822,7 @@ class RedisBackend(PushNotifications):
         return int(await self._run("fail a job", "FAIL_JOB", keys, args)) == 1
 
     async def list_failed_jobs(self) -> list[FailedJobRecord]:
-        rows = await self._run(
-            "list failed jobs", "LIST_FAILED", [self._prefix + "failed"], [self._prefix]
-        )
+        rows = await self._run("list failed jobs", "LIST_FAILED", [self._failed], [self._prefix])
         return [
             FailedJobRecord(str(k), int(r), str(p), int(a), str(e), int(f))
             for k, r, p, a, e, f in rows
@@ -812,15 +832,13 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "retry a failed job",
             "RETRY_FAILED",
-            [self._due, self._runat, self._events, self._prefix + "failed"],
-            [self._prefix, key],
+            self._job_keys(key),
+            [key],
         )
         return int(result) == 1
 
     async def recent_runs(self, limit: int) -> list[RunRecord]:
-        entries = await self._run(
-            "list recent runs", "RECENT_RUNS", [self._prefix + "runs"], [limit]
-        )
+        entries = await self._run("list recent runs", "RECENT_RUNS", [self._runs], [limit])
         runs = []
         for entry in entries:
             kind, key, due, started, finished, outcome, error, owner, attempt = json.loads(entry)
@@ -840,9 +858,7 @@ class RedisBackend(PushNotifications):
         return runs
 
     async def cancel_job(self, key: str) -> bool:
-        result = await self._run(
-            "cancel a job", "CANCEL", [self._due, self._runat, self._events], [self._prefix, key]
-        )
+        result = await self._run("cancel a job", "CANCEL", self._job_keys(key), [key])
         return int(result) == 1
 
     async def list_jobs(self) -> list[StoredJob]:
@@ -966,10 +982,11 @@ def _recurring_record(row: Any) -> RecurringJobRecord:
 
 
 def _job_args(jobs: Sequence[NewJob]) -> list[str]:
-    """key, run_at, props, scheduled_by, trace of each job, as the scripts take them."""
+    """run_at, props, scheduled_by, trace of each job, as PUT_JOBS and UNDO_JOBS take them
+    (the key is in the name of the job's hash)."""
     args: list[str] = []
     for job in jobs:
-        args += [job.key, str(job.run_at_us), job.props_json, job.scheduled_by, job.trace]
+        args += [str(job.run_at_us), job.props_json, job.scheduled_by, job.trace]
     return args
 
 
