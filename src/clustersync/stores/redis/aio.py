@@ -95,8 +95,6 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 _KEEPALIVE = "clustersync-keepalive"
 #: Shortest BLPOP timeout sent (Redis reads 0 as "block forever").
 _MIN_BLOCK = 0.01
-#: Characters with a meaning in the patterns of ``SCAN … MATCH``.
-_GLOB_SPECIAL = frozenset("\\[]?*")
 #: Most redirections (``MOVED``/``ASK``) one call follows.
 _MAX_REDIRECTS = 16
 
@@ -139,6 +137,7 @@ class RedisBackend(PushNotifications):
         self._due = self._prefix + "due"
         self._runat = self._prefix + "runat"
         self._index = self._prefix + "keys"
+        self._lease_names = self._prefix + "lnames"
         self._failed = self._prefix + "failed"
         self._runs = self._prefix + "runs"
         #: Where a job's key starts in the name of its hash (the scripts cut it from there).
@@ -397,15 +396,17 @@ class RedisBackend(PushNotifications):
     # -- leases --------------------------------------------------------------------------
 
     def _lease_keys(self, name: str) -> list[str]:
-        """The lease, its counter, its waiter flag, its grant queue and queue info, and
-        the events channel (the keys of the scripts that end a hold or queue up)."""
-        return [self._prefix + part + name for part in lua.LEASE_KEYS] + [self._events]
+        """The lease, its counter, its waiter flag, its grant queue and queue info, the
+        events channel and the index of lease keys (the keys of the scripts that end a
+        hold or queue up)."""
+        per_name = [self._prefix + part + name for part in lua.LEASE_KEYS]
+        return [*per_name, self._events, self._lease_names]
 
     async def now_us(self) -> int:
         return int(await self._run("read the time", "NOW", [self._due], []))
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
-        keys = self._lease_keys(name)[:3]
+        keys = [*self._lease_keys(name)[:3], self._lease_names]
         (acquired, value), acks = await self._eval(
             "acquire a lease", "ACQUIRE", keys, [owner, _ms(ttl)], idempotent=True
         )
@@ -526,27 +527,14 @@ class RedisBackend(PushNotifications):
         return int(result) == 1
 
     async def list_leases(self) -> list[LeaseInfo]:
+        rows = await self._run("list leases", "LEASES", [self._lease_names], [])
         leases: list[LeaseInfo] = []
-        pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self._prefix) + "l:*"
-        cursor = "0"
-        while True:
-            async with self._translate("list leases"):
-                ((cursor, keys),) = await self._call(
-                    "list leases",
-                    [("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)],
-                    idempotent=True,
-                )
-            keys = [str(key) for key in keys]
-            if keys:
-                rows = await self._run("list leases", "LEASES", keys, [])
-                for key, (value, pttl) in zip(keys, rows, strict=True):
-                    if not value or pttl is None or int(pttl) <= 0:
-                        continue
-                    token, _, owner = str(value).partition("|")
-                    name = key[len(self._prefix) + 2 :]
-                    leases.append(LeaseInfo(name, owner, int(token), int(pttl) / 1000))
-            if str(cursor) == "0":
-                break
+        skip = len(self._prefix) + 2  # "P l:"
+        for key, value, pttl in rows:
+            if pttl is None or int(pttl) <= 0:
+                continue
+            token, _, owner = str(value).partition("|")
+            leases.append(LeaseInfo(str(key)[skip:], owner, int(token), int(pttl) / 1000))
         leases.sort(key=lambda info: info.name)
         return leases
 

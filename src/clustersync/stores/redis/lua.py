@@ -11,6 +11,9 @@ namespace in one Redis Cluster slot):
 - ``P q:<name>``   grant queue (``handoff="grant"``): sorted set owner -> time of its
                    first registration (µs), so waiters are served in arrival order
 - ``P qi:<name>``  hash owner -> ``"<registration expiry µs>|<granted lease ms>"``
+- ``P lnames``     set of the lease keys (``P l:<name>``) written and not yet deleted:
+                   the listing reads it (and drops the keys that expired) instead of
+                   scanning the keyspace
 - ``P g:<owner>``  grant list of one waiter: a release pushes the new token there after
                    writing the lease in the waiter's name; the waiter blocks on ``BLPOP``
 - ``P sl:<name>``  the live slots of a semaphore name: sorted set owner -> expiry (µs,
@@ -114,9 +117,11 @@ LEASE_KEYS = ("l:", "f:", "w:", "q:", "qi:")
 
 _LEASE_KEYS = """
 -- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag, KEYS[4] grant queue,
--- KEYS[5] queue info, KEYS[6] events channel; ARGV[1] prefix P, ARGV[2] name
+-- KEYS[5] queue info, KEYS[6] events channel, KEYS[7] the index of lease keys;
+-- ARGV[1] prefix P, ARGV[2] name
 local P, name = ARGV[1], ARGV[2]
 local lease, fence, flag, queue, info, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local names = KEYS[7]
 """
 
 # Ends a hold: hands the lease to the first live waiter of the grant queue (a new token,
@@ -145,6 +150,7 @@ local function let_go()
         local px = string.sub(reg, bar + 1)
         local token = string.format('%d', mint(fence))
         redis.call('SET', lease, token .. '|' .. first, 'PX', px)
+        redis.call('SADD', names, lease)
         local grant = P .. 'g:' .. first
         redis.call('RPUSH', grant, token)
         redis.call('PEXPIRE', grant, px)
@@ -153,6 +159,7 @@ local function let_go()
     end
   end
   redis.call('DEL', lease)
+  redis.call('SREM', names, lease)
   if redis.call('DEL', flag) == 1 then
     redis.call('PUBLISH', events, 'lease:' .. name)  -- contract.lease_channel(name)
   end
@@ -169,7 +176,8 @@ end
 ACQUIRE = (
     _MINT
     + """
--- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] ttl ms
+-- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag, KEYS[4] the index of lease
+-- keys; ARGV[1] owner, ARGV[2] ttl ms
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local bar = string.find(cur, '|', 1, true)
@@ -188,6 +196,7 @@ if cur then
 end
 local token = mint(KEYS[2])
 redis.call('SET', KEYS[1], string.format('%d', token) .. '|' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[4], KEYS[1])
 return {1, token}
 """
 )
@@ -200,16 +209,17 @@ return {1, token}
 ENQUEUE = (
     _LET_GO
     + """
--- KEYS[7] the caller's grant list; ARGV[3] owner, ARGV[4] ttl ms, ARGV[5] granted lease
+-- KEYS[8] the caller's grant list; ARGV[3] owner, ARGV[4] ttl ms, ARGV[5] granted lease
 -- ms, ARGV[6] registration ms
 local me = ARGV[3]
 local cur = redis.call('GET', lease)
-redis.call('DEL', KEYS[7])
+redis.call('DEL', KEYS[8])
 if not cur then
   redis.call('ZREM', queue, me)
   redis.call('HDEL', info, me)
   local token = mint(fence)
   redis.call('SET', lease, string.format('%d', token) .. '|' .. me, 'PX', ARGV[4])
+  redis.call('SADD', names, lease)
   return {1, token, tonumber(ARGV[4])}
 end
 local owner, token = owner_of(cur)
@@ -231,10 +241,10 @@ return {0, 0, redis.call('PTTL', lease)}
 WITHDRAW = (
     _LET_GO
     + """
--- KEYS[7] the caller's grant list; ARGV[3] owner
+-- KEYS[8] the caller's grant list; ARGV[3] owner
 redis.call('ZREM', queue, ARGV[3])
 redis.call('HDEL', info, ARGV[3])
-redis.call('DEL', KEYS[7])
+redis.call('DEL', KEYS[8])
 local cur = redis.call('GET', lease)
 if cur and owner_of(cur) == ARGV[3] then
   let_go()
@@ -497,13 +507,19 @@ return out
 """
 )
 
-# The value and remaining life of each lease key a SCAN found (listing): a key that
-# expired in between comes back as {false, -2}.
+# The live leases, from the index "P lnames" of lease keys (kept by the scripts that write
+# or delete a lease): {key, value, remaining ms} of each; keys that expired meanwhile
+# leave the index (the only write: running it twice is harmless).
 LEASES = """
--- KEYS the lease keys
+-- KEYS[1] the index of lease keys
 local out = {}
-for i, key in ipairs(KEYS) do
-  out[i] = {redis.call('GET', key), redis.call('PTTL', key)}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local value = redis.call('GET', key)
+  if value then
+    out[#out + 1] = {key, value, redis.call('PTTL', key)}
+  else
+    redis.call('SREM', KEYS[1], key)
+  end
 end
 return out
 """
