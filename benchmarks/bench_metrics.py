@@ -2,15 +2,19 @@
 
 ::
 
-    .venv/bin/python benchmarks/bench_metrics.py [--baseline REV] [--rounds 7] [--pairs 2000]
+    .venv/bin/python benchmarks/bench_metrics.py [--baseline REV] [--against REV] [--rounds 7]
 
 Three variants run in child processes, interleaved round by round on the same store so
 that machine noise hits them alike:
 
 - ``baseline`` — the library at ``REV`` (default: the last commit before the
   observability hooks), extracted with ``git archive``;
-- ``off`` — this checkout, metrics not enabled (the default for users);
-- ``on`` — this checkout after ``enable_metrics()`` (Prometheus, default buckets).
+- ``off`` — this checkout (or ``--against REV``), metrics not enabled (the default for
+  users);
+- ``on`` — the same after ``enable_metrics()`` (Prometheus, default buckets).
+
+``--against 526c1d2`` (the commit that added the hooks) measures the hooks alone; without
+it, ``off / baseline`` also counts whatever else changed since the baseline.
 
 Stores: in-process memory (the hooks' cost is largest there, relative to the work), a
 SQLite file, and a private Redis and PostgreSQL (``tests/servers.py``). The OpenTelemetry
@@ -91,13 +95,27 @@ def measure(src: Path, url: str, variant: str, pairs: int, batches: int) -> list
     return result
 
 
+def _postgres_database(server: Any, dbname: str) -> str:
+    """The URL of a new database ``dbname`` on the private PostgreSQL ``server``."""
+    with server.socket_connect() as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}" OWNER "{server.user}"')
+    return str(server.url).rsplit("/", 1)[0] + "/" + dbname
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision")
+    parser.add_argument(
+        "--against",
+        default=None,
+        help="git revision measured off and on instead of this checkout (e.g. the commit"
+        " that added the hooks, to measure them alone)",
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--pairs", type=int, default=2000, help="acquire+release per batch")
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--stores", default="memory,sqlite,redis,postgres")
+    parser.add_argument("--json", default=str(RESULTS), help="where the results go")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -116,20 +134,25 @@ def main(argv: list[str] | None = None) -> int:
             "off": ROOT / "src",
             "on": ROOT / "src",
         }
+        if args.against:
+            sources["off"] = sources["on"] = extract(args.against, Path(tmp) / "against")
         servers: list[Any] = []
-        urls: dict[str, str] = {}
+        # A store per variant where the schema is versioned (SQLite, PostgreSQL): the
+        # baseline refuses a schema that a newer version migrated.
+        urls: dict[str, dict[str, str]] = {}
         try:
             for name in stores:
                 if name == "memory":
-                    urls[name] = "memory://bench"
+                    urls[name] = dict.fromkeys(VARIANTS, "memory://bench")
                 elif name == "sqlite":
-                    urls[name] = f"sqlite:///{tmp}/bench.db"
+                    urls[name] = {v: f"sqlite:///{tmp}/bench-{v}.db" for v in VARIANTS}
                 elif name == "redis":
                     servers.append(RedisServer().__enter__())
-                    urls[name] = servers[-1].url
+                    urls[name] = dict.fromkeys(VARIANTS, servers[-1].url)
                 elif name == "postgres":
-                    servers.append(PostgresServer().__enter__())
-                    urls[name] = servers[-1].url
+                    server = PostgresServer().__enter__()
+                    servers.append(server)
+                    urls[name] = {v: _postgres_database(server, f"bench_{v}") for v in VARIANTS}
                 else:
                     parser.error(f"unknown store {name!r}")
             for name in stores:
@@ -139,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     order = VARIANTS[round_ % 3 :] + VARIANTS[: round_ % 3]
                     for variant in order:
                         batches = measure(
-                            sources[variant], urls[name], variant, args.pairs, args.batches
+                            sources[variant], urls[name][variant], variant, args.pairs, args.batches
                         )
                         # The fastest batch: noise (other processes) only ever adds time.
                         results[name][variant].append(min(batches))
@@ -162,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:10} {medians['baseline']:9.1f} {medians['off']:9.1f} {medians['on']:9.1f}"
             f" {off_ratio:9.3f} {on_ratio:8.3f}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    output = Path(args.json)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
         json.dumps(
             {
                 "baseline": args.baseline,
+                "against": args.against or "this checkout",
                 "rounds": args.rounds,
                 "pairs": args.pairs,
                 "batches": args.batches,

@@ -12,7 +12,9 @@ requests in-process through httpx's ASGI transport: no network, so the times are
 dashboard's work plus the store's. Each row is the median and p95 of ``--repeat``
 requests after two warm-up requests, as an open page refreshing itself sees them (an
 expensive ``count_jobs`` is reused a while: "overview, first request" is a new dashboard
-each time); the store calls below the pages are timed alone.
+each time); the store calls below the pages are timed alone. No one-shot job runs or
+fails: the failed page is its empty state, and the recent runs are the recurring jobs'
+first runs.
 Results: a Markdown table on stdout, and JSON in ``--json`` (default
 ``benchmarks/results/dashboard_pages.json``).
 """
@@ -122,6 +124,7 @@ async def measure(store: aio.Store, size: int, repeat: int) -> dict[str, dict[st
             "one-shot jobs: 200 per page": page("/jobs?limit=200"),
             "locks": page("/locks"),
             "recurring jobs": page("/recurring"),
+            "failed jobs": page("/failed"),
         }
         for name, call in pages.items():
             results[name] = await timed(call, repeat)
@@ -131,6 +134,8 @@ async def measure(store: aio.Store, size: int, repeat: int) -> dict[str, dict[st
         "store: list_jobs_page('', None, 50)": lambda: ops.list_jobs_page("", None, 50),
         "store: next_job_delay()": ops.next_job_delay,
         "store: list_leases()": ops.list_leases,
+        "store: recent_runs(12)": lambda: ops.recent_runs(12),
+        "store: list_failed_jobs()": ops.list_failed_jobs,
     }
     for name, call in calls.items():
         results[name] = await timed(call, repeat)

@@ -58,6 +58,14 @@ def stores(grant_url: str, namespace: str) -> Iterator[list[cs.Store]]:
         store.close()
 
 
+def _lease_parts(raw: Any, namespace: str) -> tuple[int, str]:
+    """(token, owner) of the live lease of ``NAME``."""
+    value = _lease(raw, namespace)
+    assert value is not None, "no live lease"
+    token, owner = value.split("|", 1)
+    return int(token), owner
+
+
 def _lease(raw: Any, namespace: str) -> str | None:
     value: str | None = raw.get(key_prefix(namespace) + "l:" + NAME)
     return value
@@ -131,13 +139,15 @@ def test_release_writes_the_lease_in_the_first_waiters_name(
 
     assert holder._ops.release_lease(NAME, "holder", token)
     # The release alone made the waiter the holder, with the next token and a short life.
-    assert _lease(raw, namespace) == f"{token + 1}|waiter"
+    # (Tokens are max(previous + 1, the server's clock in µs): higher, not next.)
+    new_token, owner = _lease_parts(raw, namespace)
+    assert (owner, new_token > token) == ("waiter", True)
     assert 0 < raw.pttl(key_prefix(namespace) + "l:" + NAME) <= GRANT_LEASE_MS
     assert _queued(raw, namespace) == []
     granted = waiter._grant_ops.wait_for_grant(NAME, "waiter", 15.0, 1.0)
-    assert granted.token == token + 1
+    assert granted.token == new_token
     assert 0 < granted.valid_for <= GRANT_LEASE_MS / 1000
-    assert waiter._ops.release_lease(NAME, "waiter", token + 1)
+    assert waiter._ops.release_lease(NAME, "waiter", new_token)
     assert _lease(raw, namespace) is None
 
 
@@ -148,15 +158,18 @@ def test_a_leaving_waiter_passes_an_unseen_grant_on(
     token = _hold_and_queue(holder, (first, "first"), (second, "second"))
     assert _queued(raw, namespace) == ["first", "second"]
     assert holder._ops.release_lease(NAME, "holder", token)
-    assert _lease(raw, namespace) == f"{token + 1}|first"
+    first_token, owner = _lease_parts(raw, namespace)
+    assert (owner, first_token > token) == ("first", True)
 
     assert first._grant_ops.withdraw_waiter(NAME, "first")  # it had a grant it never saw
-    assert _lease(raw, namespace) == f"{token + 2}|second"
+    second_token, owner = _lease_parts(raw, namespace)
+    assert (owner, second_token > first_token) == ("second", True)
     assert second._grant_ops.withdraw_waiter(NAME, "second")
     assert _lease(raw, namespace) is None  # nobody left: freed
     assert not second._grant_ops.withdraw_waiter(NAME, "second")  # nothing to pass on twice
     again = holder._ops.acquire_lease(NAME, "holder", 15.0)
-    assert again.token == token + 3
+    assert again.token is not None
+    assert again.token > second_token
 
 
 def test_a_release_skips_registrations_that_lapsed(
@@ -168,7 +181,8 @@ def test_a_release_skips_registrations_that_lapsed(
     assert live._grant_ops.wait_for_grant(NAME, "live", 15.0, 0.0).token is None
     assert _queued(raw, namespace) == ["dead", "live"]
     assert holder._ops.release_lease(NAME, "holder", token)
-    assert _lease(raw, namespace) == f"{token + 1}|live"
+    new_token, owner = _lease_parts(raw, namespace)
+    assert (owner, new_token > token) == ("live", True)
     assert _queued(raw, namespace) == []
 
 

@@ -34,6 +34,7 @@ from redis.sentinel import SentinelManagedConnection
 
 import clustersync as cs
 from clustersync import aio
+from clustersync.stores.contract import NewJob
 from clustersync.stores.redis import lua
 from clustersync.stores.redis.errors import NotSent, RedisConnectionError
 from clustersync.stores.redis.sync import key_prefix
@@ -134,7 +135,8 @@ def test_cluster_wake_ups_use_the_slots_shard_channel(
 
 #: Scripts that also reach keys they find in the data (see ``lua``'s docstring): the grant
 #: list of a queued waiter (the lease scripts that may hand a lease on), the job hashes an
-#: index lists, the records of the registered recurring jobs.
+#: index lists, the records of the registered recurring jobs, the failed job hashes the
+#: failed set lists (LIST_FAILED reads every failed job; the client names none of them).
 FOUND_IN_DATA = {
     "ENQUEUE": "g:",
     "WITHDRAW": "g:",
@@ -144,13 +146,15 @@ FOUND_IN_DATA = {
     "LIST_PAGE": "j:",
     "LIST_KEYS_PAGE": "j:",
     "LIST_RECURRING": "r:",
+    "LIST_FAILED": "fj:",
 }
 
 
 def test_scripts_build_no_key_names_but_those_found_in_the_data() -> None:
     """Every key whose name the client knows is a declared KEY; a script builds a name
-    (prefix .. 'x:' .. something) only for a key it finds in the data."""
-    built = re.compile(r"(?:\bP|ARGV\[1\]) \.\. '([a-z]+:)'")
+    (prefix .. 'x:' .. something, or prefix .. 'name') only for a key it finds in the
+    data. The prefix may be in any variable or argument (P, prefix, ARGV[1])."""
+    built = re.compile(r"(?:\b[A-Za-z_]\w*|ARGV\[\d+\]) \.\. '([a-z]+:?)'")
     for name, text in lua.SCRIPTS.items():
         kinds = set(built.findall(text))
         allowed = FOUND_IN_DATA.get(name)
@@ -161,6 +165,52 @@ def test_scripts_build_no_key_names_but_those_found_in_the_data() -> None:
         else:
             assert kinds <= {allowed}, (name, kinds)
         assert "KEYS[1]" in text or name in {"LEASES", "NOW"}, name
+
+
+def test_scripts_publish_to_a_declared_channel() -> None:
+    """The events channel is a declared KEY (SPUBLISH on Redis Cluster is routed like a
+    key), never an argument."""
+    published = re.compile(r"redis\.call\('PUBLISH', ([^,]+),")
+    declared = re.compile(r"local [^=\n]*\bevents\b[^=\n]*= [^\n]*KEYS\[")
+    for name, text in lua.SCRIPTS.items():
+        for channel in published.findall(text):
+            assert re.fullmatch(r"KEYS\[\d+\]|events", channel), (name, channel)
+            assert channel != "events" or declared.search(text), name
+
+
+@pytest.mark.parametrize("topology", ["redis_server", "redis_cluster"])
+def test_job_scripts_cut_keys_from_hash_names_in_a_multibyte_namespace(
+    request: pytest.FixtureRequest, topology: str
+) -> None:
+    """The scripts that get a job as its declared hash alone cut the key from the hash's
+    name: the prefix is counted in bytes, not characters."""
+    url = request.getfixturevalue(topology).url
+    with cs.open_store(url, namespace=f"ha-é日本😀-{uuid.uuid4().hex[:8]}") as store:
+        ops = store._ops
+        due = ops.now_us() - 1000
+        jobs = [NewJob("ключ", due, "1"), NewJob("k2", due, "2")]
+        ops.put_jobs(jobs)
+        ops.put_jobs(jobs[:1])  # stored identically already: a retry
+        with pytest.raises(cs.DuplicateJobError) as raised:
+            ops.put_jobs([NewJob("k0", due, "0"), NewJob("ключ", due, "3")])
+        assert raised.value.key == "ключ"
+        assert sorted(job.key for job in ops.list_jobs()) == ["k2", "ключ"]
+        claims = {job.key: job.claim for job in ops.claim_due_jobs("me", 10, 30)}
+        assert sorted(claims) == ["k2", "ключ"]
+        assert sorted(ops.renew_job_claims("me", list(claims.items()), 30)) == ["k2", "ключ"]
+        assert ops.complete_job("ключ", "me", claims["ключ"], "ok", None)
+        assert ops.fail_job("k2", "me", claims["k2"], "boom")
+        assert [job.key for job in ops.list_failed_jobs()] == ["k2"]
+        with pytest.raises(cs.DuplicateJobError):
+            ops.put_jobs([NewJob("k2", due, "2")])  # a failed job
+        assert ops.retry_failed_job("k2")
+        assert ops.cancel_job("k2")
+        assert ops.count_jobs() == 0
+        assert ops.list_jobs_page("", None, 10) == ([], None)
+        assert [(run.key, run.outcome) for run in ops.recent_runs(10)] == [
+            ("k2", "error"),
+            ("ключ", "ok"),
+        ]
 
 
 def test_scripts_publish_on_the_shard_channel_on_redis_cluster() -> None:

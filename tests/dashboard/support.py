@@ -61,18 +61,41 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class Cluster:
-    """Two instances (``web-1``, ``worker-1``) sharing a namespace, with held mutexes,
-    recurring jobs (one failing, one paused, one running right now) and one-shot jobs."""
+    """Two instances (``web-1``, ``worker-1``) sharing a namespace, with held mutexes, an
+    election leader, recurring jobs (one failing, one paused, one running right now),
+    one-shot jobs that ran (two of them failed for good after their :data:`RETRY`
+    attempts) and pending one-shot jobs."""
 
     web: cs.Store
     worker: cs.Store
     mutexes: list[cs.Mutex] = field(default_factory=list)
     jobs: list[cs.Job] = field(default_factory=list)
+    election: cs.Election | None = None
     release_running: threading.Event = field(default_factory=threading.Event)
     lost: list[str] = field(default_factory=list)
 
-    #: The one-shot jobs stored: key -> (run_at, props).
+    #: The pending one-shot jobs: key -> (run_at, props).
     one_shot: dict[str, tuple[datetime, object]] = field(default_factory=dict)
+    #: The failed one-shot jobs: key -> their error.
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+#: The worker's one-shot retries: three attempts, 50 ms (then 100 ms) apart at most.
+RETRY = cs.Retry(attempts=3, backoff=timedelta(milliseconds=50))
+#: One-shot jobs the worker runs at start: key -> (props, error raised on every attempt).
+RAN_ONCE: dict[str, tuple[object, str | None]] = {
+    "email:welcome:user:1187": ({"user": 1187, "template": "welcome"}, None),
+    "remind:user:1001": ({"user": 1001, "template": "trial-ending"}, None),
+    "webhook:deliver:ord_1042": (
+        {"order": "ord_1042", "url": "https://hooks.partner.example/orders"},
+        "ConnectionError: POST https://hooks.partner.example/orders answered 503 Service"
+        " Unavailable",
+    ),
+    "export:crm:2026-12-05": (
+        {"day": "2026-12-05", "rows": 18250},
+        "TimeoutError: the CRM did not accept the export within 30s",
+    ),
+}
 
 
 def _quick() -> None:
@@ -81,6 +104,34 @@ def _quick() -> None:
 
 def _failing() -> None:
     raise ConnectionError("SMTP server refused the connection: 421 too many connections")
+
+
+def _run_once(key: str, props: object) -> None:
+    time.sleep(0.03)
+    error = RAN_ONCE[key][1]
+    if error is not None:
+        kind, message = error.split(": ", 1)
+        raise {"ConnectionError": ConnectionError, "TimeoutError": TimeoutError}[kind](message)
+
+
+def _run_one_shot_jobs(state: Cluster) -> None:
+    """The worker runs :data:`RAN_ONCE` (due now) and stops its scheduler: two jobs end
+    as failed, and the runs are remembered."""
+    scheduler = cs.get_job_once_scheduler(state.worker, retry=RETRY)
+    scheduler.set_callback(_run_once)
+    scheduler.start()
+    try:
+        now = datetime.now(UTC)
+        scheduler.schedule_many([(key, now, props) for key, (props, _) in RAN_ONCE.items()])
+        state.failed = {key: error for key, (_, error) in RAN_ONCE.items() if error}
+
+        def done() -> bool:
+            failed = {job.key for job in scheduler.list_failed_jobs()}
+            return failed == set(state.failed) and not scheduler.list_scheduled_jobs()
+
+        wait_for(done, 30, "the one-shot jobs to run (and two to fail)")
+    finally:
+        scheduler.stop()
 
 
 @contextlib.contextmanager
@@ -127,6 +178,10 @@ def cluster(url: str, namespace: str, *, one_shot: int = 60) -> Iterator[Cluster
 
         wait_for(settled, 20, "every recurring job to run once")
         cs.pause_recurring_job(web, "sessions.cleanup")
+        state.election = cs.Election(worker, "reports-leader")
+        state.election.start()
+        assert state.election.wait_until_leader(timeout=10)
+        _run_one_shot_jobs(state)
 
         now = datetime.now(UTC)
         batch: list[tuple[str, datetime, object]] = []
@@ -146,6 +201,8 @@ def cluster(url: str, namespace: str, *, one_shot: int = 60) -> Iterator[Cluster
         yield state
     finally:
         state.release_running.set()
+        if state.election is not None:
+            state.election.stop(timeout=10)
         for job in state.jobs:
             job.close(timeout=10)
         for mutex in state.mutexes:

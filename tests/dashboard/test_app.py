@@ -1,5 +1,6 @@
 """``clustersync.dashboard.create_app``: pages, fragments, actions and their guards,
-health, metrics, mounting, and the coming APIs (failed jobs, recent runs) once present.
+failed one-shot jobs and recent runs (made for real, on every store), health, metrics and
+mounting.
 
 Requests go to the ASGI application in-process (httpx's ASGI transport, which reports the
 client as 127.0.0.1:123); the real server is tested in test_command.py and
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -28,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 import clustersync as cs
-from clustersync import aio
+from clustersync import _metrics, aio
 from clustersync.dashboard import _html, create_app
 from clustersync.dashboard._source import Source
 from clustersync.exceptions import ConfigurationError
@@ -55,6 +57,51 @@ async def store(tmp_path: Path) -> AsyncIterator[aio.Store]:
     opened = await aio.open_store(f"sqlite:///{tmp_path / 'cluster.db'}", namespace="shop")
     yield opened
     await opened.close()
+
+
+#: Two attempts, 50 ms apart (at most): a job whose callback always raises fails quickly.
+RETRY_ARGS: dict[str, Any] = {"attempts": 2, "backoff": timedelta(milliseconds=50)}
+RETRY = aio.Retry(**RETRY_ARGS)
+#: What the failing callback raises (``<`` and ``>`` to check the escaping).
+WEBHOOK_ERROR = "ConnectionError: POST <https://hooks.example.com/orders> answered 503"
+
+
+async def fail_for_real(store: aio.Store, keys: list[str]) -> aio.JobOnceScheduler:
+    """The jobs ``keys`` (props ``{"order": n}``) fail on both attempts of :data:`RETRY`,
+    and ``remind:0`` runs fine, on the store's own scheduler, which is stopped afterwards
+    (so that a job retried from the dashboard stays pending)."""
+    scheduler = aio.get_job_once_scheduler(store, retry=RETRY)
+
+    async def webhook(key: str, props: Any) -> None:
+        raise ConnectionError("POST <https://hooks.example.com/orders> answered 503")
+
+    async def reminder(key: str, props: Any) -> None:
+        pass
+
+    scheduler.set_callback(webhook, prefix="webhook:")
+    scheduler.set_callback(reminder)
+    await scheduler.start()
+    try:
+        now = datetime.now(UTC)
+        jobs: list[tuple[str, datetime, Any]] = [
+            (key, now, {"order": n}) for n, key in enumerate(keys, 1)
+        ]
+        await scheduler.schedule_many([*jobs, ("remind:0", now, None)])
+
+        async def all_failed() -> bool:
+            failed = {job.key for job in await scheduler.list_failed_jobs()}
+            pending = await scheduler.list_scheduled_jobs()
+            return failed == set(keys) and not pending
+
+        await eventually(all_failed, timeout=30)
+    finally:
+        await scheduler.stop()
+    return scheduler
+
+
+def stat_values(page: str) -> list[str]:
+    """The overview's counts: locks, recurring jobs, pending and failed one-shot jobs."""
+    return [part.split("<")[0] for part in page.split('class="stat-value">')[1:]]
 
 
 @dataclass
@@ -98,20 +145,44 @@ async def seed(store: aio.Store) -> Seeded:
 # -- pages ---------------------------------------------------------------------------------
 
 
-async def test_pages_show_the_cluster_on_every_store(store_url: str, namespace: str) -> None:
+async def test_pages_show_the_cluster_on_every_store(
+    store_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
     store = await aio.open_store(store_url, namespace=namespace, identity="dash-test")
+    caplog.set_level(logging.INFO, logger="clustersync.dashboard")
     try:
+        scheduler = await fail_for_real(store, ["webhook:1", "webhook:2"])
         await seed(store)
         async with client_for(create_app(store)) as client:
             overview = await client.get("/")
             assert overview.status_code == 200
             assert "Locks held" in overview.text
             assert "1 paused" not in overview.text  # nothing paused
-            assert 'class="stat-value">3<' in overview.text  # three pending one-shot jobs
+            # two recurring jobs, three pending one-shot jobs, two failed ones
+            assert stat_values(overview.text)[1:] == ["2", "3", "2"]
+            assert "2 one-shot jobs have failed" in overview.text
             assert "digest" in overview.text
-            assert "the report &lt;could not&gt; be built" in (overview.text)
+            assert "the report &lt;could not&gt; be built" in overview.text
             assert namespace in overview.text
             assert "dash-test" in overview.text
+            # Recent runs, of both kinds: the reminder ran, each webhook was retried once
+            # and failed on its second attempt, the recurring jobs ran.
+            runs = overview.text.split("Recent runs")[1].split("Needs attention")[0]
+            for key in ("remind:0", "webhook:1", "webhook:2", "report", "digest"):
+                assert f'<code title="{key}">' in runs
+            assert runs.count("<i></i>retry</span>") == 2
+            assert runs.count("<i></i>error</span>") == 3  # two webhooks and digest
+            assert runs.count("attempt 2") == 2
+            assert "ConnectionError: POST &lt;https://hooks.example.com/orders&gt;" in runs
+            run_rows = runs.split("<tbody>")[1].split("<tr>")[1:]
+            assert len(run_rows) == 7
+            for row in run_rows:
+                cells = row.split("<td")
+                lateness = cells[4].split(">", 1)[1].split("<")[0]
+                once = ">once</span>" in row
+                # One-shot runs were due at a time: their lateness shows; recurring: "—".
+                assert (lateness != "—") == once, row
+                assert 'on <span class="mono instance">dash-test</span>' in row
 
             locks = (await client.get("/locks")).text
             assert "billing-export" in locks
@@ -123,12 +194,72 @@ async def test_pages_show_the_cluster_on_every_store(store_url: str, namespace: 
             jobs = (await client.get("/jobs")).text
             for key in ("remind:1", "remind:2", "invoice:7"):
                 assert key in jobs
+            assert "webhook:" not in jobs  # failed jobs are not pending
             assert "badge warn" in jobs  # invoice:7 is due
             assert "…" in jobs  # the long props are cut
-            assert "data-action" not in locks + recurring + jobs  # read-only
             failed = await client.get("/failed")
             assert failed.status_code == 200
-            assert "not recorded by this version" in failed.text
+            body = failed.text.split("<tbody>")[1].split("</tbody>")[0]
+            assert body.count("<tr data-key=") == 2
+            assert body.count('<tr class="error-row">') == 2
+            for n in (1, 2):
+                # The job's row and, below it, the row of its error.
+                row = body.split(f'<tr data-key="webhook:{n}">')[1].split("<tr data-key=")[0]
+                assert f'<code title="webhook:{n}">' in row
+                assert '<td class="num">2</td>' in row  # attempts
+                assert row.count("<time") == 2  # failed, was due
+                assert f"{{&quot;order&quot;: {n}}}" in row  # props
+                error = row.split('<tr class="error-row">')[1]
+                assert WEBHOOK_ERROR.replace("<", "&lt;").replace(">", "&gt;") in error
+            assert "data-action" not in locks + recurring + jobs + failed.text  # read-only
+
+        async with client_for(create_app(store, allow_actions=True)) as client:
+            page = (await client.get("/failed")).text
+            for key in ("webhook:1", "webhook:2"):
+                assert f'data-action="retry-failed" data-key="{key}"' in page
+                assert f'data-action="cancel-failed" data-key="{key}"' in page
+            assert 'data-confirm="Retry failed job “webhook:1”?' in page
+            assert 'data-confirm="Remove failed job “webhook:2”?' in page
+
+            async def post(action: str, key: str) -> httpx.Response:
+                return await client.post(f"/actions/{action}", json={"key": key}, headers=ACTION)
+
+            retried = await post("retry-failed", "webhook:1")
+            assert retried.json() == {
+                "ok": True,
+                "message": "Scheduled failed job 'webhook:1' again, to run now with fresh"
+                " attempts.",
+            }
+            pending = {job.key: job for job in await scheduler.list_scheduled_jobs()}
+            assert pending["webhook:1"].props == {"order": 1}
+            assert pending["webhook:1"].run_at <= datetime.now(UTC) + timedelta(seconds=5)
+            assert "webhook:1" in (await client.get("/jobs")).text
+            assert stat_values((await client.get("/")).text)[2:] == ["4", "1"]
+            # The retried job is pending now: neither button of the failed page touches it.
+            assert (await post("retry-failed", "webhook:1")).status_code == 404
+            assert (await post("cancel-failed", "webhook:1")).status_code == 404
+            assert "webhook:1" in {job.key for job in await scheduler.list_scheduled_jobs()}
+
+            cancelled = await post("cancel-failed", "webhook:2")
+            assert cancelled.json() == {
+                "ok": True,
+                "message": "Removed failed job 'webhook:2': it will never run.",
+            }
+            assert await scheduler.list_failed_jobs() == []
+            assert "webhook:2" not in {job.key for job in await scheduler.list_scheduled_jobs()}
+            assert "No failed jobs" in (await client.get("/failed")).text
+            assert stat_values((await client.get("/")).text)[2:] == ["4", "0"]
+        messages = [r.getMessage() for r in caplog.records if r.name == "clustersync.dashboard"]
+        assert messages == [
+            "dashboard: retry-failed 'webhook:1' by 127.0.0.1:123: Scheduled failed job"
+            " 'webhook:1' again, to run now with fresh attempts.",
+            "dashboard: retry-failed 'webhook:1' by 127.0.0.1:123 failed: no failed one-shot"
+            " job 'webhook:1' (it may have been retried or removed)",
+            "dashboard: cancel-failed 'webhook:1' by 127.0.0.1:123 failed: no failed one-shot"
+            " job 'webhook:1' (it may have been retried or removed)",
+            "dashboard: cancel-failed 'webhook:2' by 127.0.0.1:123: Removed failed job"
+            " 'webhook:2': it will never run.",
+        ]
     finally:
         await store.close()
 
@@ -149,10 +280,15 @@ async def test_fragment_is_the_live_region_only(store: aio.Store) -> None:
 
 async def test_empty_states(store: aio.Store) -> None:
     async with client_for(create_app(store)) as client:
-        texts = {path: (await client.get(path)).text for path in ("/", "/locks", "/recurring")}
+        paths = ("/", "/locks", "/recurring", "/failed")
+        texts = {path: (await client.get(path)).text for path in paths}
         texts["/jobs"] = (await client.get("/jobs")).text
         texts["/jobs?prefix=nope"] = (await client.get("/jobs", params={"prefix": "nope"})).text
     assert "All clear" in texts["/"]
+    assert "No runs yet" in texts["/"]
+    assert stat_values(texts["/"]) == ["0", "0", "0", "0"]
+    assert "0 mutexes · 0 running jobs" in texts["/"]
+    assert "No failed jobs" in texts["/failed"]
     assert "No locks held" in texts["/locks"]
     assert "No recurring jobs" in texts["/recurring"]
     assert "No pending one-shot jobs" in texts["/jobs"]
@@ -198,18 +334,38 @@ async def test_threading_store_runs_in_worker_threads(tmp_path: Path) -> None:
         lambda: callers.add(threading.current_thread().name),
     )
     mutex = cs.Mutex(store, "export")
+    scheduler = cs.get_job_once_scheduler(store, retry=cs.Retry(**RETRY_ARGS))
+
+    def charge(key: str, props: Any) -> None:
+        raise LookupError(f"no such customer: {props['customer']}")
+
+    scheduler.set_callback(charge)
     try:
         assert mutex.acquire(timeout=10)
-        cs.get_job_once_scheduler(store).schedule_once("remind:1", datetime.now(UTC) + HOUR)
+        scheduler.schedule_once("remind:1", datetime.now(UTC) + HOUR)
+        scheduler.start()
+        scheduler.schedule_once("charge:9", datetime.now(UTC), {"customer": "cus_9"})
+        await eventually(lambda: _async_value(bool(scheduler.list_failed_jobs())))
+        scheduler.stop()
         async with client_for(create_app(store, allow_actions=True)) as client:
             overview = await client.get("/")
             assert "threading (worker threads)" in overview.text
+            assert stat_values(overview.text)[3] == "1"
+            assert '<code title="charge:9">' in overview.text  # its runs
             assert "export" in (await client.get("/locks")).text
             assert "remind:1" in (await client.get("/jobs")).text
+            failed = (await client.get("/failed")).text
+            assert "LookupError: no such customer: cus_9" in failed
             answer = await client.post("/actions/pause", json={"key": "report"}, headers=ACTION)
             assert answer.status_code == 200, answer.text
             assert [job.paused for job in cs.list_recurring_jobs(store)] == [True]
             assert "badge warn" in (await client.get("/recurring")).text
+            answer = await client.post(
+                "/actions/retry-failed", json={"key": "charge:9"}, headers=ACTION
+            )
+            assert answer.status_code == 200, answer.text
+            assert [job.key for job in scheduler.list_scheduled_jobs()] == ["charge:9", "remind:1"]
+            assert scheduler.list_failed_jobs() == []
     finally:
         job.close()
         mutex.release()
@@ -226,6 +382,9 @@ async def test_the_dashboard_never_creates_the_store_scheduler(store: aio.Store)
             assert (await client.get(path)).status_code == 200
         cancel = await client.post("/actions/cancel-job", json={"key": "x"}, headers=ACTION)
         assert cancel.status_code == 200, cancel.text
+        for action in ("retry-failed", "cancel-failed"):
+            answer = await client.post(f"/actions/{action}", json={"key": "x"}, headers=ACTION)
+            assert answer.status_code == 404, answer.text
     assert store._scheduler is None
     assert aio.get_job_once_scheduler(store, claim_ttl=120).claim_ttl == 120
 
@@ -308,8 +467,8 @@ async def _async_value(value: bool) -> bool:
         ("pause", {"key": "nope"}, 404, "no recurring job 'nope' was ever scheduled"),
         ("cancel-job", {"key": "nope"}, 404, "no pending one-shot job 'nope'"),
         ("break-lock", {"key": "nope"}, 404, "mutex 'nope' is not held"),
-        ("retry-failed", {"key": "nope"}, 501, "keeps no failed jobs"),
-        ("cancel-failed", {"key": "nope"}, 501, "keeps no failed jobs"),
+        ("retry-failed", {"key": "nope"}, 404, "no failed one-shot job 'nope'"),
+        ("cancel-failed", {"key": "nope"}, 404, "no failed one-shot job 'nope'"),
         ("explode", {"key": "x"}, 404, "unknown action 'explode'"),
         ("pause", {}, 400, 'the body needs {"key": "..."}'),
         ("pause", {"key": ""}, 400, "must not be empty"),
@@ -378,91 +537,6 @@ async def test_pages_forbid_framing(store: aio.Store) -> None:
     assert page.headers["Cache-Control"] == "no-store"
 
 
-# -- coming APIs ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FakeFailedJob:
-    key: str
-    run_at: datetime
-    props: Any
-    attempts: int
-    last_error: str | None
-    failed_at: datetime
-
-
-@dataclass(frozen=True)
-class FakeRun:
-    kind: str
-    key: str
-    due: datetime | None
-    started: datetime
-    finished: datetime | None
-    outcome: str | None
-    error: str | None
-    identity: str
-    attempt: int
-    lateness_s: float | None
-
-
-async def test_coming_apis_are_used_once_present(
-    store: aio.Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Failed jobs and recent runs: the dashboard detects the library's coming APIs."""
-    now = datetime.now(UTC)
-    failed = {
-        "webhook:1": FakeFailedJob(
-            "webhook:1", now - HOUR, {"url": "https://x"}, 5, "TimeoutError: <slow>", now
-        )
-    }
-    retried: list[str] = []
-
-    async def list_failed_jobs(self: aio.JobOnceScheduler) -> list[FakeFailedJob]:
-        return list(failed.values())
-
-    async def retry_failed(self: aio.JobOnceScheduler, key: str) -> None:
-        if key not in failed:
-            raise KeyError(key)
-        retried.append(key)
-        del failed[key]
-
-    async def recent_runs(store: aio.Store, limit: int = 50) -> list[FakeRun]:
-        assert limit == 12
-        started = now - timedelta(seconds=5)
-        return [
-            FakeRun("once", "remind:9", started, started, now, "ok", None, "web-1", 1, 0.002),
-            FakeRun("recurring", "report", None, started, None, None, None, "web-2", 1, None),
-            FakeRun("once", "webhook:1", started, started, now, "retry", "boom", "web-1", 3, 2.5),
-        ]
-
-    monkeypatch.setattr(aio.JobOnceScheduler, "list_failed_jobs", list_failed_jobs, raising=False)
-    monkeypatch.setattr(aio.JobOnceScheduler, "retry_failed", retry_failed, raising=False)
-    monkeypatch.setattr(aio, "recent_runs", recent_runs, raising=False)
-    async with client_for(create_app(store, allow_actions=True)) as client:
-        overview = (await client.get("/")).text
-        assert "Recent runs" in overview
-        assert "remind:9" in overview
-        assert "2.0 ms" in overview
-        assert "2.5 s" in overview
-        assert "attempt 3" in overview
-        assert 'class="stat-value">1<' in overview  # one failed job
-        page = (await client.get("/failed")).text
-        assert "webhook:1" in page
-        assert "TimeoutError: &lt;slow&gt;" in page
-        assert 'data-action="retry-failed" data-key="webhook:1"' in page
-        assert 'data-action="cancel-failed" data-key="webhook:1"' in page
-        answer = await client.post(
-            "/actions/retry-failed", json={"key": "webhook:1"}, headers=ACTION
-        )
-        assert answer.status_code == 200, answer.text
-        assert retried == ["webhook:1"]
-        again = await client.post(
-            "/actions/retry-failed", json={"key": "webhook:1"}, headers=ACTION
-        )
-        assert again.status_code == 404
-        assert "No failed jobs" in (await client.get("/failed")).text
-
-
 # -- health, metrics, assets, mounting -----------------------------------------------------
 
 
@@ -498,6 +572,83 @@ async def test_metrics(store: aio.Store, monkeypatch: pytest.MonkeyPatch) -> Non
         missing = await client.get("/metrics")
     assert missing.status_code == 404
     assert 'pip install "clustersync[prometheus]"' in missing.text
+
+
+async def test_metrics_serve_what_enable_metrics_records(store: aio.Store) -> None:
+    """Without metrics_registry, /metrics serves the registry enable_metrics() records
+    into: the one it was given, or the default registry."""
+    acquired = 'clustersync_lock_acquisitions_total{kind="mutex",result="acquired"}'
+    for registry in (prometheus_client.CollectorRegistry(), None):
+        cs.enable_metrics(registry)
+        try:
+            before = await scrape(store, acquired)
+            async with aio.Mutex(store, "export"):
+                pass
+            assert await scrape(store, acquired) == before + 1
+            async with client_for(create_app(store)) as client:
+                text = (await client.get("/metrics")).text
+            assert "clustersync_jobs_pending" in text
+            # The default registry has the process's own metrics, a registry of one's own not.
+            assert ("python_info" in text) == (registry is None)
+        finally:
+            _metrics.disable_metrics()
+
+
+async def scrape(store: aio.Store, sample: str) -> float:
+    """The value of ``sample`` on the dashboard's /metrics (0 when absent)."""
+    async with client_for(create_app(store)) as client:
+        text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_metrics_of_every_process_in_multiprocess_mode(
+    store: aio.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (gunicorn), /metrics aggregates every process's
+    samples, as prometheus_client's MultiProcessCollector does."""
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    worker = (
+        "import clustersync\n"
+        "clustersync.enable_metrics()\n"
+        "store = clustersync.open_store('memory://worker')\n"
+        "for _ in range(3):\n"
+        "    with clustersync.Mutex(store, 'export'):\n"
+        "        pass\n"
+        "store.close()\n"
+    )
+    env = subprocess_env(PROMETHEUS_MULTIPROC_DIR=str(folder))
+    for _ in range(2):  # two worker processes
+        command = [sys.executable, "-c", worker]
+        await asyncio.to_thread(subprocess.run, command, check=True, env=env, timeout=60)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    async with client_for(create_app(store)) as client:
+        text = (await client.get("/metrics")).text
+    assert 'clustersync_lock_acquisitions_total{kind="mutex",result="acquired"} 6.0' in text
+
+
+async def test_locks_show_election_leaders(store: aio.Store) -> None:
+    await seed(store)
+    election = aio.Election(store, "primary-db")
+    election.start()
+    try:
+        assert await election.wait_until_leader(timeout=10)
+        async with client_for(create_app(store, allow_actions=True)) as client:
+            locks = (await client.get("/locks")).text
+            overview = (await client.get("/")).text
+        row = locks.split('<code title="primary-db">')[0].rsplit("<tr>", 1)[1]
+        row += locks.split('<code title="primary-db">')[1].split("</tr>")[0]
+        assert '<span class="badge ok">election</span>' in row
+        assert f'<td class="num mono">{election.term}</td>' in row
+        assert "data-action" not in row  # break_lock ends mutexes and semaphores only
+        assert 'data-action="break-lock" data-key="billing-export"' in locks
+        assert "Semaphore.holders()" in locks
+        assert re.search(r"1 mutex · 1 election leader · [01] running jobs?<", overview)
+    finally:
+        await election.stop()
 
 
 async def test_static_assets(store: aio.Store) -> None:

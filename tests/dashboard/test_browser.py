@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium (Debian's ``/usr/bin/chromium``, driven by
-Playwright): every page against a cluster with real holds, recurring jobs and one-shot
-jobs, live updates without a reload, actions through the buttons, and a read-only
+Playwright): every page against a cluster with real holds, an election leader, recurring
+jobs, one-shot jobs that ran or failed for good and pending ones, live updates without a
+reload, actions through the buttons (and their confirmation dialog), and a read-only
 dashboard without buttons.
 
 Runs in CI (``CI=true``: a missing Chromium fails the test; locally it skips). The
@@ -11,6 +12,7 @@ documentation's images).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,6 +25,7 @@ from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_play
 import clustersync as cs
 from tests.dashboard.support import (
     CHROMIUM_ARGS,
+    RAN_ONCE,
     ROOT,
     Cluster,
     Served,
@@ -125,20 +128,54 @@ def test_every_page_in_a_browser(
     page.goto(served.url + "/")
     expect(page.locator("h1")).to_have_text("Overview")
     values = page.locator(".stat-value").all_inner_texts()
-    assert values == ["3", "6", "60", "—"]  # 2 mutexes + 1 running job; failed: not recorded
+    assert values == ["4", "6", "60", "2"]  # 2 mutexes, 1 election leader, 1 running job
+    expect(page.locator(".stat-sub").first).to_have_text(
+        "2 mutexes · 1 election leader · 1 running job"
+    )
     expect(page.locator(".chip").first).to_contain_text("sqlite:///shop.db")
     expect(page.locator(".chip").nth(1)).to_contain_text("shop")
-    expect(page.locator(".item.error")).to_contain_text("emails.digest")
+    expect(page.locator(".item.error").first).to_contain_text("emails.digest")
+    expect(page.locator(".item.error").last).to_contain_text("2 one-shot jobs have failed")
     expect(page.locator(".item.warn")).to_contain_text("sessions.cleanup")
+    # Recent runs, newest first: the one-shot jobs (retried, then failed), then the
+    # recurring ones, with outcome, lateness and instance.
+    runs = page.locator("table.runs tbody tr")
+    expect(runs).to_have_count(12)
+    keys = rows(page, "table.runs tbody tr")
+    assert set(keys[:8]) == set(RAN_ONCE)
+    failing = runs.filter(has_text="webhook:deliver:ord_1042")
+    expect(failing).to_have_count(3)  # attempts 1 and 2 retried, attempt 3 failed
+    expect(failing.first.locator(".badge.error")).to_have_text("error")
+    expect(failing.first).to_contain_text("attempt 3")
+    expect(failing.first.locator("code.run-error")).to_have_text(
+        state.failed["webhook:deliver:ord_1042"]
+    )
+    expect(failing.nth(1).locator(".badge.warn")).to_have_text("retry")
+    expect(runs.filter(has_text="remind:user:1001").locator(".badge.ok")).to_have_text("ok")
+    expect(runs.filter(has_text="remind:user:1001").locator("td").nth(3)).to_have_text(
+        re.compile(r"^[\d.]+ (ms|s)$")  # lateness
+    )
+    recurring = runs.filter(has=page.locator(".badge", has_text="recurring"))
+    expect(recurring).to_have_count(4)  # the oldest of the 5 finished runs is not shown
+    expect(recurring.locator("td:nth-child(4)")).to_have_text(["—"] * 4)  # no lateness
+    expect(runs.filter(has_text="remind:user:1001").locator(".instance")).to_have_text("worker-1")
     # Relative times, kept current by the page's script.
-    started = page.locator(".columns table time[data-ts]").first
-    expect(started).to_have_text(re.compile(r"^(now|\d+s ago)$"))
+    finished = page.locator(".columns table time[data-ts]").first
+    expect(finished).to_have_text(re.compile(r"^(now|\d+s ago)$"))
     expect(page.locator(".stat time[data-ts]")).to_have_text(re.compile(r"^in \d+s$"))
     screenshot(page, tmp_path, "overview")
 
     tab(page, "Locks").click()
     expect(page.locator("h1")).to_have_text("Locks")
-    assert sorted(rows(page)) == ["billing-export", "search-index-rebuild", "search.reindex"]
+    assert sorted(rows(page)) == [
+        "billing-export",
+        "reports-leader",
+        "search-index-rebuild",
+        "search.reindex",
+    ]
+    leader = page.locator("#live tbody tr", has=page.locator("code[title='reports-leader']"))
+    expect(leader.locator(".badge")).to_have_text("election")
+    expect(leader.locator("td.mono").first).to_have_text("worker-1")
     expect(page.locator("button[data-action=break-lock]")).to_have_count(2)  # mutexes only
     screenshot(page, tmp_path, "locks")
 
@@ -177,12 +214,20 @@ def test_every_page_in_a_browser(
     assert rows(page)[0] == sorted(state.one_shot)[25]
 
     tab(page, "Failed jobs").click()
-    expect(page.locator(".empty h3")).to_have_text("Failed jobs are not recorded by this version")
+    expect(page.locator("h1")).to_have_text("Failed jobs")
+    assert sorted(rows(page)) == sorted(state.failed)
+    for key, error in state.failed.items():
+        row = page.locator(f"tr[data-key='{key}']")
+        expect(page.locator(f"tr[data-key='{key}'] + tr.error-row")).to_have_text(error)
+        expect(row.locator("td.num")).to_have_text("3")  # attempts
+        expect(row.locator("code.props")).to_contain_text(json.dumps(RAN_ONCE[key][0]))
+        expect(row.get_by_role("button", name="Retry")).to_be_visible()
+        expect(row.get_by_role("button", name="Cancel")).to_be_visible()
     screenshot(page, tmp_path, "failed")
 
     page.emulate_media(color_scheme="dark")
     page.goto(served.url + "/")
-    expect(page.locator(".stat-value").first).to_have_text("3")
+    expect(page.locator(".stat-value").first).to_have_text("4")
     screenshot(page, tmp_path, "overview-dark")
     page.emulate_media(color_scheme="light")
 
@@ -248,6 +293,45 @@ def test_cancel_a_job_and_break_a_lock(
     expect(lock).to_have_count(0)
 
 
+def test_retry_and_cancel_failed_jobs(
+    served: Served, page: Page, shop: tuple[Cluster, Path]
+) -> None:
+    state, _ = shop
+    scheduler = cs.get_job_once_scheduler(state.worker)
+    retried, removed = "webhook:deliver:ord_1042", "export:crm:2026-12-05"
+    page.goto(served.url + "/failed")
+    row = page.locator("#live tbody tr", has=page.locator(f"code[title='{retried}']"))
+    row.get_by_role("button", name="Retry").click()
+    dialog = page.locator("dialog#confirm")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text(f"Retry failed job “{retried}”?")
+    expect(dialog.locator("#confirm-ok")).to_have_class("btn primary")
+    dialog.get_by_role("button", name="Keep it").click()  # changed my mind
+    expect(dialog).to_be_hidden()
+    assert retried in {job.key for job in scheduler.list_failed_jobs()}
+    row.get_by_role("button", name="Retry").click()
+    dialog.get_by_role("button", name="Retry job").click()
+    expect(page.locator(".toast")).to_contain_text(f"Scheduled failed job '{retried}' again")
+    expect(row).to_have_count(0)
+    pending = {job.key: job for job in scheduler.list_scheduled_jobs()}
+    assert pending[retried].props == RAN_ONCE[retried][0]  # pending again (nothing runs it)
+    assert {job.key for job in scheduler.list_failed_jobs()} == {removed}
+
+    row = page.locator("#live tbody tr", has=page.locator(f"code[title='{removed}']"))
+    row.get_by_role("button", name="Cancel").click()
+    expect(dialog.locator("#confirm-ok")).to_have_class("btn danger solid")
+    dialog.get_by_role("button", name="Remove job").click()
+    expect(page.locator(".toast").last).to_contain_text(f"Removed failed job '{removed}'")
+    expect(page.locator(".empty h3")).to_have_text("No failed jobs")
+    assert scheduler.list_failed_jobs() == []
+    assert removed not in {job.key for job in scheduler.list_scheduled_jobs()}
+
+    tab(page, "Overview").click()
+    expect(page.locator(".stat-value")).to_have_text(["4", "6", "61", "0"])
+    page.goto(served.url + "/jobs?prefix=webhook:deliver:")
+    assert rows(page) == [retried]
+
+
 def test_read_only_in_a_browser(
     page: Page, shop: tuple[Cluster, Path], expected_errors: list[str]
 ) -> None:
@@ -268,5 +352,6 @@ def test_read_only_in_a_browser(
                 return [response.status, (await response.json()).error];
             }"""
         )
-        page.goto("about:blank")  # no refresh of a stopped server    assert answer[0] == 403
+        page.goto("about:blank")  # no refresh of a stopped server
+    assert answer[0] == 403
     assert "--allow-actions" in answer[1]

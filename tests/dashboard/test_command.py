@@ -38,7 +38,7 @@ def test_the_command_serves_a_read_only_dashboard(tmp_path: Path) -> None:
             ("/locks", "billing-export"),
             ("/recurring", "emails.digest"),
             ("/jobs", "remind:user:1000"),
-            ("/failed", "Failed jobs"),
+            ("/failed", "webhook:deliver:ord_1042"),
             ("/healthz", "ok"),
         ):
             status, body, _ = served.get(path)

@@ -41,13 +41,12 @@ def test_contending_processes_never_overlap_and_tokens_increase(cluster: Cluster
         assert start <= end
         assert end <= n_start, f"{who} (token {token}) overlaps {n_who} (token {n_token})"
         assert token < n_token, f"token {n_token} of {n_who} follows {token} of {who}"
-    # Tokens grow by one per acquisition. SQLite counts from 1 in a fresh namespace;
-    # Redis starts a fresh counter at its clock in microseconds. PostgreSQL mints
-    # max(previous + 1, its clock in µs): they only strictly increase (checked above).
+    # SQLite counts from 1 in a fresh namespace, one per acquisition. Redis and PostgreSQL
+    # mint max(previous + 1, their clock in µs): their tokens only strictly increase
+    # (checked above).
     tokens = [h[2] for h in holds]
-    if kind_of(cluster.backend).name != "postgres":
-        first = 1 if cluster.backend == "sqlite" else tokens[0]
-        assert tokens == list(range(first, first + processes * rounds))
+    if kind_of(cluster.backend).name == "sqlite":
+        assert tokens == list(range(1, 1 + processes * rounds))
     assert {h[3] for h in holds} == {w.name for w in workers}
     check_holds(HoldLog("shared", token, start, end, who) for start, end, token, who in holds)
 

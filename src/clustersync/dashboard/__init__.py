@@ -6,12 +6,15 @@ to mount in a Starlette, FastAPI or Django (ASGI) service. Needs the ``dashboard
 ``clustersync`` never imports it.
 
 Pages: an overview (counts of held locks, recurring jobs — paused, failing —, pending and
-failed one-shot jobs, the latest runs, what needs attention, the store's round trip and
-clock), locks, recurring jobs, one-shot jobs (search by key prefix, pages in key order
-from an index: a page costs the same at a million pending jobs) and failed jobs. Every
-page refreshes its content every ``poll_interval`` seconds without a reload (short polling
-of an HTML fragment; paused while the tab is hidden). ``/healthz`` answers ``ok`` when the
-store answers, and ``/metrics`` serves the Prometheus registry.
+failed one-shot jobs, the recent runs of both kinds of job with their outcome, lateness
+and instance, what needs attention, the store's round trip and clock), locks (mutexes,
+election leaders, running recurring jobs), recurring jobs, one-shot jobs (search by key
+prefix, pages in key order from an index: a page costs the same at a million pending
+jobs) and failed jobs (error, attempts, props). Every page refreshes its content every
+``poll_interval`` seconds without a reload (short polling of an HTML fragment; paused
+while the tab is hidden). ``/healthz`` answers ``ok`` when the store answers, and
+``/metrics`` serves the Prometheus registry that ``clustersync.enable_metrics()`` records
+into (see ``metrics_registry``).
 
 **Security**
 
@@ -75,10 +78,12 @@ def create_app(
       calls then run in worker threads. The application never closes the store.
     - ``allow_actions`` — show the action buttons and accept ``POST /actions/...``
       (see Security in :mod:`clustersync.dashboard`). Default: read-only.
-    - ``metrics_registry`` — the ``prometheus_client`` registry ``/metrics`` serves
-      (default: ``prometheus_client.REGISTRY``, where ``clustersync.enable_metrics()``
-      registers by default); ``/metrics`` answers 404 with a hint when
-      ``prometheus_client`` is not installed.
+    - ``metrics_registry`` — the ``prometheus_client`` registry ``/metrics`` serves.
+      Default: in multi-process mode (``PROMETHEUS_MULTIPROC_DIR`` set) the samples of
+      every process, aggregated; otherwise the registry ``clustersync.enable_metrics()``
+      records into (``prometheus_client.REGISTRY`` when it was called without one), or
+      ``prometheus_client.REGISTRY`` when it was not called. ``/metrics`` answers 404
+      with a hint when ``prometheus_client`` is not installed.
     - ``poll_interval`` — seconds between two refreshes of an open page.
 
     Mount it under a path of your application, e.g. with Starlette or FastAPI

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from .. import _metrics
 from .._core.validation import validate_name
 from ..exceptions import ClusterSyncError
 from ._layout import ASSETS, asset, error_banner, render
@@ -147,7 +149,7 @@ def build_app(
                 " clustersync.enable_metrics() in the service.\n",
                 404,
             )
-        registry = metrics_registry if metrics_registry is not None else prometheus_client.REGISTRY
+        registry = scraped_registry(metrics_registry, prometheus_client)
         # Collectors may read the store or take locks: keep them off the event loop.
         body = await asyncio.to_thread(prometheus_client.generate_latest, registry)
         return Response(body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
@@ -218,6 +220,25 @@ def build_app(
         Route("/actions/{action}", action, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+def scraped_registry(given: Any, prometheus_client: ModuleType) -> Any:
+    """The registry ``/metrics`` serves: ``given`` (``create_app(metrics_registry=...)``);
+    else, in ``prometheus_client``'s multi-process mode (``PROMETHEUS_MULTIPROC_DIR``), a
+    fresh one aggregating every process's samples; else the registry that
+    ``clustersync.enable_metrics()`` records into; else the default registry."""
+    if given is not None:
+        return given
+    if _metrics.multiprocess_mode():
+        from prometheus_client import multiprocess
+
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    active = _metrics.ACTIVE
+    if active is not None:
+        return active.registry
+    return prometheus_client.REGISTRY
 
 
 def log_fields(action: str, key: str | None, client: str) -> dict[str, Any]:
@@ -300,19 +321,19 @@ async def perform(source: Source, action: str, key: str) -> str:
                 )
             return f"Cancelled one-shot job {key!r}."
         if action == "cancel-failed":
-            if not source.has_failed:
-                raise ActionError(501, "this version of clustersync keeps no failed jobs")
-            if not await source.cancel_job(key):
-                raise ActionError(404, f"no failed job {key!r}")
-            return f"Removed failed job {key!r}."
+            if not await source.cancel_failed(key):
+                raise ActionError(
+                    404, f"no failed one-shot job {key!r} (it may have been retried or removed)"
+                )
+            return f"Removed failed job {key!r}: it will never run."
         if action == "retry-failed":
             try:
                 await source.retry_failed(key)
-            except NotImplementedError as exc:
-                raise ActionError(501, str(exc)) from None
             except KeyError:
-                raise ActionError(404, f"no failed job {key!r}") from None
-            return f"Scheduled failed job {key!r} again, to run now."
+                raise ActionError(
+                    404, f"no failed one-shot job {key!r} (it may have been retried or removed)"
+                ) from None
+            return f"Scheduled failed job {key!r} again, to run now with fresh attempts."
     except STORE_ERRORS as exc:
         raise ActionError(503, f"the store did not answer: {exc}") from None
     raise ActionError(404, f"unknown action {action!r}")

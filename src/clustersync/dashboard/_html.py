@@ -143,12 +143,16 @@ def action_button(
     tone: str = "",
     confirm: str | None = None,
     confirm_label: str | None = None,
+    confirm_tone: str = "danger",
 ) -> str:
     """A button the page's script turns into ``POST actions/<action>`` with ``{"key"}``;
-    with ``confirm``, after a confirmation dialog."""
+    with ``confirm``, after a confirmation dialog whose button reads ``confirm_label``
+    (``"danger"``: red, ``"primary"``: the accent colour)."""
     extra = ""
     if confirm:
         extra += f" data-confirm={attr(confirm)} data-confirm-label={attr(confirm_label or label)}"
+        if confirm_tone != "danger":
+            extra += f" data-confirm-tone={attr(confirm_tone)}"
     return (
         f'<button type="button" class="btn small {tone}" data-action={attr(action)}'
         f" data-key={attr(key)}{extra}>{icon(icon_name)}<span>{esc(label)}</span></button>"

@@ -12,10 +12,9 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from urllib.parse import urlencode
 
-from .._core.info import LockInfo, RecurringJobInfo
+from .._core.info import FailedJob, LockInfo, RecurringJobInfo, RunInfo
 from .._core.validation import micros_to_datetime
 from ._html import (
     action_button,
@@ -31,7 +30,7 @@ from ._html import (
     props_of,
     props_preview,
 )
-from ._source import MAX_FAILED_SHOWN, FailedJobLike, RunInfoLike, Source
+from ._source import MAX_FAILED_SHOWN, Source
 
 #: Page sizes offered on the one-shot jobs page, and the default.
 PAGE_SIZES = (25, 50, 100, 200)
@@ -97,14 +96,11 @@ def key_cell(key: str, sub: str = "") -> str:
     return f'<td class="key"><code title={attr(key)}>{esc(key)}</code>{below}</td>'
 
 
-def outcome_badge(outcome: str | None, error: str | None = None) -> str:
-    if outcome == "ok":
-        return badge("ok", "ok")
-    if outcome == "error":
-        return badge("error", "error", title=error)
-    if outcome == "retry":
-        return badge("retry", "warn", title=error)
-    return badge("running", "info")
+def outcome_badge(outcome: str, error: str | None = None) -> str:
+    """A run's outcome: ``ok``, ``error`` (done, or failed for good) or ``retry`` (it
+    raised and runs again later)."""
+    tone = {"ok": "ok", "error": "error", "retry": "warn"}.get(outcome, "neutral")
+    return badge(outcome, tone, title=error)
 
 
 def read_only_note(view: View) -> str:
@@ -133,12 +129,10 @@ async def overview(view: View) -> Page:
         source.failed_jobs(),
         source.recent_runs(RECENT_RUNS),
     )
-    mutexes = sum(1 for lock in locks if lock.kind == "mutex")
     paused = sum(1 for job in jobs if job.paused)
     failing = [job for job in jobs if job.last_outcome == "error"]
 
-    lock_sub = f"{mutexes} mutex{'es' if mutexes != 1 else ''} · {len(locks) - mutexes} running"
-    lock_sub += " job" if len(locks) - mutexes == 1 else " jobs"
+    lock_sub = lock_summary(locks)
     job_sub = [f"{paused} paused" if paused else "none paused"]
     job_sub.append(
         f'<span class="tone-error">{len(failing)} failing</span>' if failing else "none failing"
@@ -149,11 +143,7 @@ async def overview(view: View) -> Page:
         next_text = "one is due now"
     else:
         next_text = "next due " + countdown(next_delay, view.now)
-    if failed is None:
-        failed_value, failed_sub = "—", "not recorded by this version"
-    else:
-        failed_value = count(len(failed))
-        failed_sub = "need attention" if failed else "none"
+    failed_sub = "need attention" if failed else "none"
     stats = "".join(
         [
             stat(view, "/locks", "Locks held", count(len(locks)), lock_sub, "lock", tone="accent"),
@@ -179,14 +169,14 @@ async def overview(view: View) -> Page:
                 view,
                 "/failed",
                 "Failed one-shot jobs",
-                failed_value,
+                count(len(failed)),
                 failed_sub,
                 "alert",
                 tone="error" if failed else "neutral",
             ),
         ]
     )
-    main = runs_card(view, runs, jobs)
+    main = runs_card(view, runs)
     side = attention_card(view, jobs, failing, failed) + store_card(
         view, store_now_us, local_now, round_trip, pending
     )
@@ -207,76 +197,66 @@ def stat(
     )
 
 
-def runs_card(
-    view: View, runs: Sequence[RunInfoLike] | None, jobs: Sequence[RecurringJobInfo]
-) -> str:
-    if runs is not None:
-        if not runs:
-            body = empty("activity", "No runs yet", "Job runs appear here as they start.")
-        else:
-            body = table(
-                ["Job", "Started", "Duration", "Lateness", "Outcome", "Instance"],
-                [run_row(view, run) for run in runs],
-            )
-        return card("Recent runs", body, icon_name="activity")
-    # Without recent_runs(): the last run of each recurring job, from its registry.
-    ran = sorted(
-        (job for job in jobs if job.last_started is not None),
-        key=lambda job: job.last_started or datetime.min,
-        reverse=True,
-    )[:RECENT_RUNS]
-    if not ran:
+#: How the overview counts each kind of lock: (singular, plural), in this order.
+LOCK_NOUNS = {
+    "mutex": ("mutex", "mutexes"),
+    "election": ("election leader", "election leaders"),
+    "job": ("running job", "running jobs"),
+}
+
+
+def lock_summary(locks: Sequence[LockInfo]) -> str:
+    """``"2 mutexes · 1 election leader · 1 running job"`` (kinds held, mutexes and
+    running jobs always)."""
+    kinds = [lock.kind for lock in locks]
+    parts = []
+    for kind, (one, many) in LOCK_NOUNS.items():
+        held = kinds.count(kind)
+        if held or kind != "election":
+            parts.append(f"{held} {one if held == 1 else many}")
+    others = sum(1 for kind in kinds if kind not in LOCK_NOUNS)
+    if others:
+        parts.append(f"{others} other")
+    return " · ".join(parts)
+
+
+def runs_card(view: View, runs: Sequence[RunInfo]) -> str:
+    if not runs:
         body = empty(
             "activity",
             "No runs yet",
-            "The latest run of each recurring job appears here once it has run.",
+            "Runs of recurring and one-shot jobs appear here as they finish.",
         )
     else:
         body = table(
-            ["Job", "Started", "Duration", "Outcome"],
-            [last_run_row(view, job) for job in ran],
+            ["Job", "Finished", "Duration", "Lateness", "Outcome"],
+            [run_row(view, run) for run in runs],
+            cls="runs",
         )
-    note = (
-        '<p class="card-foot">The last run of each recurring job. One-shot runs and'
-        " lateness appear here with a clustersync that records runs"
-        " (<code>recent_runs</code>).</p>"
-    )
-    return card("Latest runs", body + note, icon_name="activity")
+    return card("Recent runs", body, icon_name="activity")
 
 
-def run_row(view: View, run: RunInfoLike) -> str:
+def run_row(view: View, run: RunInfo) -> str:
+    """A run: its job (kind, attempt and the instance it ran on below the key), when it
+    finished, how long it took, how late it started (one-shot jobs: after the time it
+    was due) and its outcome, with the error under it."""
     kind = badge("once" if run.kind == "once" else "recurring", "neutral", dot=False)
-    attempt = f' <span class="muted">attempt {run.attempt}</span>' if run.attempt > 1 else ""
-    if run.finished is not None:
+    facts = [f"attempt {run.attempt}"] if run.attempt > 1 else []
+    facts.append(f'on <span class="mono instance">{esc(run.identity)}</span>')
+    sub = f'{kind} <span class="muted">{" · ".join(facts)}</span>'
+    if run.started is not None:
         took = duration((run.finished - run.started).total_seconds())
     else:
-        took = '<span class="muted">running</span>'
+        took = "—"
     late = "—" if run.lateness_s is None else duration(run.lateness_s)
     late_cls = " tone-warn" if (run.lateness_s or 0) >= 1 else ""
+    outcome = outcome_badge(run.outcome, run.error)
+    if run.error:
+        outcome += f"<code class=run-error title={attr(run.error)}>{esc(run.error)}</code>"
     return (
-        f"<tr>{key_cell(run.key, kind + attempt)}<td>{moment(run.started, view.now)}</td>"
+        f"<tr>{key_cell(run.key, sub)}<td>{moment(run.finished, view.now)}</td>"
         f'<td class="num">{took}</td><td class="num{late_cls}">{late}</td>'
-        f"<td>{outcome_badge(run.outcome, run.error)}</td>"
-        f'<td class="mono">{esc(run.identity)}</td></tr>'
-    )
-
-
-def last_run_row(view: View, job: RecurringJobInfo) -> str:
-    started = job.last_started
-    finished = job.last_finished
-    if job.running_on is not None or started is None:
-        took = '<span class="muted">running</span>'
-        outcome = outcome_badge(None)
-        if job.running_on:
-            outcome += f' <span class="sub mono">on {esc(job.running_on)}</span>'
-    elif finished is not None and finished >= started:
-        took = duration((finished - started).total_seconds())
-        outcome = outcome_badge(job.last_outcome, job.last_error)
-    else:
-        took, outcome = "—", outcome_badge(job.last_outcome, job.last_error)
-    return (
-        f"<tr>{key_cell(job.key, esc(job.schedule))}<td>{moment(started, view.now)}</td>"
-        f'<td class="num">{took}</td><td>{outcome}</td></tr>'
+        f'<td class="outcome">{outcome}</td></tr>'
     )
 
 
@@ -284,7 +264,7 @@ def attention_card(
     view: View,
     jobs: Sequence[RecurringJobInfo],
     failing: Sequence[RecurringJobInfo],
-    failed: Sequence[FailedJobLike] | None,
+    failed: Sequence[FailedJob],
 ) -> str:
     items = []
     for job in failing:
@@ -349,12 +329,13 @@ def store_card(
 
 async def locks_page(view: View) -> Page:
     locks = await view.source.list_locks()
-    lede = "Live leases: mutexes, and the recurring jobs running right now."
+    lede = "Live leases: mutexes, election leaders and the recurring jobs running right now."
     if not locks:
         body = empty(
             "unlock",
             "No locks held",
-            "Mutexes appear here while an instance holds them, and recurring jobs while they run.",
+            "Mutexes appear here while an instance holds them, election leaders while they"
+            " lead, and recurring jobs while they run.",
         )
         return Page("/locks", "Locks", lede, card("Held locks", body, icon_name="lock"))
     headers = ["Kind", "Name", "Holder", "Fencing token", "Expires"]
@@ -362,12 +343,21 @@ async def locks_page(view: View) -> Page:
         headers.append("")
     rows = [lock_row(view, lock) for lock in locks]
     extra = f'<span class="count">{count(len(locks))}</span>'
-    live = card("Held locks", table(headers, rows), icon_name="lock", extra=extra)
+    foot = (
+        '<p class="card-foot">Semaphore slots are not listed here: see'
+        " <code>Semaphore.holders()</code>. The fencing token of an election is its"
+        " leader's term.</p>"
+    )
+    live = card("Held locks", table(headers, rows) + foot, icon_name="lock", extra=extra)
     return Page("/locks", "Locks", lede, live + read_only_note(view))
 
 
+#: The badge tone of each kind of lock.
+LOCK_TONES = {"mutex": "accent", "election": "ok", "job": "info"}
+
+
 def lock_row(view: View, lock: LockInfo) -> str:
-    kind = badge(lock.kind, "accent" if lock.kind == "mutex" else "info", dot=False)
+    kind = badge(lock.kind, LOCK_TONES.get(lock.kind, "neutral"), dot=False)
     cells = (
         f"<td>{kind}</td>{key_cell(lock.name)}<td class=mono>{esc(lock.holder)}</td>"
         f'<td class="num mono">{esc(lock.token)}</td>'
@@ -593,23 +583,20 @@ def pager_links(view: View, prefix: str, after: str | None, cursor: str | None, 
 async def failed_page(view: View) -> Page:
     lede = "One-shot jobs whose callback failed on every attempt: retry or cancel them."
     failed = await view.source.failed_jobs()
-    if failed is None:
+    if not failed:
         body = empty(
-            "inbox",
-            "Failed jobs are not recorded by this version",
-            "This clustersync logs a one-shot job whose callback raises (logger"
-            " <code>clustersync</code>) and drops it. Versions that retry jobs keep those that"
-            " used up their attempts; they appear here, to retry or cancel.",
+            "check",
+            "No failed jobs",
+            "A one-shot job is kept here when its callback raised on every attempt of the"
+            " scheduler's <code>Retry</code>; without <code>retry</code>, a callback that"
+            " raises is logged and the job is done.",
         )
         return Page("/failed", "Failed jobs", lede, card("Failed jobs", body, icon_name="alert"))
-    if not failed:
-        body = empty("check", "No failed jobs", "Every one-shot job either ran or is pending.")
-        return Page("/failed", "Failed jobs", lede, card("Failed jobs", body, icon_name="alert"))
     shown = failed[:MAX_FAILED_SHOWN]
-    headers = ["Key", "Error", "Attempts", "Failed", "Was due", "Props"]
+    headers = ["Key", "Attempts", "Failed", "Was due", "Props"]
     if view.allow_actions:
         headers.append("")
-    rows = [failed_row(view, job) for job in shown]
+    rows = [failed_row(view, job, len(headers)) for job in shown]
     foot = ""
     if len(failed) > len(shown):
         foot = (
@@ -623,30 +610,39 @@ async def failed_page(view: View) -> Page:
     return Page("/failed", "Failed jobs", lede, live + read_only_note(view))
 
 
-def failed_row(view: View, job: FailedJobLike) -> str:
-    error = job.last_error or "error"
+def failed_row(view: View, job: FailedJob, columns: int) -> str:
+    """A failed job, and its last error on a row of its own below it."""
     cells = (
-        f"{key_cell(job.key)}<td class=error-cell>"
-        f"<code title={attr(error)}>{esc(error)}</code></td>"
-        f'<td class="num">{count(job.attempts)}</td><td>{moment(job.failed_at, view.now)}</td>'
-        f"<td>{moment(job.run_at, view.now)}</td><td>{props_of(job.props)}</td>"
+        f'{key_cell(job.key)}<td class="num">{count(job.attempts)}</td>'
+        f"<td>{moment(job.failed_at, view.now)}</td><td>{moment(job.run_at, view.now)}</td>"
+        f"<td>{props_of(job.props)}</td>"
     )
     if view.allow_actions:
-        buttons = []
-        if view.source.can_retry_failed:
-            buttons.append(
-                action_button("retry-failed", job.key, "Retry", icon_name="rotate", tone="primary")
-            )
-        buttons.append(
-            action_button(
-                "cancel-failed",
-                job.key,
-                "Cancel",
-                icon_name="x",
-                tone="danger",
-                confirm=f"Remove failed job “{job.key}”? It will never run.",
-                confirm_label="Remove job",
-            )
+        retry = action_button(
+            "retry-failed",
+            job.key,
+            "Retry",
+            icon_name="rotate",
+            tone="primary",
+            confirm=(
+                f"Retry failed job “{job.key}”? It is scheduled again to run now, with a"
+                " fresh count of attempts."
+            ),
+            confirm_label="Retry job",
+            confirm_tone="primary",
         )
-        cells += f'<td class="actions">{"".join(buttons)}</td>'
-    return f"<tr>{cells}</tr>"
+        cancel = action_button(
+            "cancel-failed",
+            job.key,
+            "Cancel",
+            icon_name="x",
+            tone="danger",
+            confirm=f"Remove failed job “{job.key}”? It will never run.",
+            confirm_label="Remove job",
+        )
+        cells += f'<td class="actions">{retry}{cancel}</td>'
+    return (
+        f"<tr data-key={attr(job.key)}>{cells}</tr>"
+        f'<tr class="error-row"><td colspan="{columns}"><div class="err">'
+        f"{icon('alert', size=14)}<code>{esc(job.last_error)}</code></div></td></tr>"
+    )

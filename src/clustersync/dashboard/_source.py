@@ -6,14 +6,10 @@
 Django or Flask service can hand its store over as is).
 
 Everything the pages read comes from an index and is bounded: a page of one-shot jobs
-(``list_jobs_page``, key order), ``count_jobs`` and ``next_job_delay``, the live leases
-and the registry of recurring jobs (both as small as the cluster's set of names). Nothing
-lists every pending job.
-
-Coming APIs are detected, not required: failed one-shot jobs
-(``scheduler.list_failed_jobs()`` / ``retry_failed(key)``) and recent runs
-(``recent_runs(store, limit=...)``). While the library has none, :attr:`Source.has_failed`
-and :attr:`Source.has_recent_runs` are False and the pages say so.
+(``list_jobs_page``, key order), ``count_jobs`` and ``next_job_delay``, the live leases,
+the registry of recurring jobs (both as small as the cluster's set of names), the recent
+runs (at most the 100 the store remembers) and the failed one-shot jobs (as many as have
+used up their attempts and wait for an operator). Nothing lists every pending job.
 """
 
 from __future__ import annotations
@@ -21,20 +17,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, cast
 
 from .. import aio as _aio_api
 from .._async.store import Store as AsyncStore
-from .._core.info import LockInfo, RecurringJobInfo
+from .._core.info import FailedJob, LockInfo, RecurringJobInfo, RunInfo
 from .._sync.store import Store as SyncStore
 from ..stores.contract import StoredJob
 
-T = TypeVar("T")
-
-#: Most failed jobs one page shows (the coming ``list_failed_jobs()`` returns them all).
+#: Most failed jobs one page shows (``list_failed_jobs()`` returns them all).
 MAX_FAILED_SHOWN = 200
 #: ``count_jobs()`` scans the namespace on some stores (PostgreSQL: about 0.2 s at a
 #: million jobs): a count that took longer than CHEAP_COUNT seconds is reused for
@@ -43,48 +36,6 @@ MAX_FAILED_SHOWN = 200
 CHEAP_COUNT = 0.02
 COUNT_REUSE = 50
 MAX_COUNT_AGE = 60.0
-
-
-class FailedJobLike(Protocol):
-    """A failed one-shot job, as the coming ``scheduler.list_failed_jobs()`` returns it."""
-
-    @property
-    def key(self) -> str: ...
-    @property
-    def run_at(self) -> datetime: ...
-    @property
-    def props(self) -> Any: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def last_error(self) -> str | None: ...
-    @property
-    def failed_at(self) -> datetime: ...
-
-
-class RunInfoLike(Protocol):
-    """One run of a job, as the coming ``recent_runs(store, limit)`` returns it."""
-
-    @property
-    def kind(self) -> str: ...  # "once" or "recurring"
-    @property
-    def key(self) -> str: ...
-    @property
-    def due(self) -> datetime | None: ...
-    @property
-    def started(self) -> datetime: ...
-    @property
-    def finished(self) -> datetime | None: ...
-    @property
-    def outcome(self) -> str | None: ...  # "ok", "error", "retry" or None (running)
-    @property
-    def error(self) -> str | None: ...
-    @property
-    def identity(self) -> str: ...
-    @property
-    def attempt(self) -> int: ...
-    @property
-    def lateness_s(self) -> float | None: ...
 
 
 class Source:
@@ -190,38 +141,15 @@ class Source:
     async def next_job_delay(self) -> float | None:
         return cast(float | None, await self._call(self.store._ops.next_job_delay))
 
-    # -- coming APIs, detected ------------------------------------------------------------
-
-    @property
-    def has_failed(self) -> bool:
-        """Whether this clustersync keeps failed one-shot jobs (``list_failed_jobs``)."""
-        return hasattr(self._api.JobOnceScheduler, "list_failed_jobs")
-
-    @property
-    def can_retry_failed(self) -> bool:
-        return hasattr(self._api.JobOnceScheduler, "retry_failed")
-
-    @property
-    def has_recent_runs(self) -> bool:
-        """Whether this clustersync records runs (``recent_runs``)."""
-        return hasattr(self._api, "recent_runs")
-
-    async def failed_jobs(self) -> Sequence[FailedJobLike] | None:
-        """The failed one-shot jobs, most recent failure first (None: not supported)."""
-        scheduler = self._scheduler()
-        list_failed = getattr(scheduler, "list_failed_jobs", None)
-        if list_failed is None:
-            return None
-        jobs = cast(list[FailedJobLike], await self._call(list_failed))
+    async def failed_jobs(self) -> list[FailedJob]:
+        """The failed one-shot jobs, most recent failure first."""
+        jobs = cast(list[FailedJob], await self._call(self._scheduler().list_failed_jobs))
         return sorted(jobs, key=lambda job: (job.failed_at, job.key), reverse=True)
 
-    async def recent_runs(self, limit: int) -> Sequence[RunInfoLike] | None:
-        """The latest runs of every kind of job (None: not supported)."""
-        recent = getattr(self._api, "recent_runs", None)
-        if recent is None:
-            return None
-        runs = await self._call(functools.partial(recent, self.store, limit=limit))
-        return cast(list[RunInfoLike], runs)
+    async def recent_runs(self, limit: int) -> list[RunInfo]:
+        """The latest runs of every kind of job, newest first."""
+        runs = await self._call(functools.partial(self._api.recent_runs, self.store, limit=limit))
+        return cast(list[RunInfo], runs)
 
     # -- actions --------------------------------------------------------------------------
 
@@ -234,13 +162,18 @@ class Source:
         await self._call(control, self.store, key)
 
     async def cancel_job(self, key: str) -> bool:
-        """Remove a pending one-shot job (and, once failed jobs exist, a failed one)."""
+        """Remove one-shot job ``key``, pending or failed (``scheduler.cancel``)."""
         return cast(bool, await self._call(self._scheduler().cancel, key))
 
+    async def cancel_failed(self, key: str) -> bool:
+        """Remove failed job ``key``; False if no failed job has that key. A job that is
+        pending again (retried meanwhile, by another operator or the CLI) is left alone:
+        the button named a failed job."""
+        if key not in {job.key for job in await self.failed_jobs()}:
+            return False
+        return await self.cancel_job(key)
+
     async def retry_failed(self, key: str) -> None:
-        """Schedule failed job ``key`` again now; ``KeyError`` if there is none;
-        ``NotImplementedError`` when this clustersync keeps no failed jobs."""
-        retry = getattr(self._scheduler(), "retry_failed", None)
-        if retry is None:
-            raise NotImplementedError("this version of clustersync keeps no failed jobs")
-        await self._call(retry, key)
+        """Schedule failed job ``key`` again now, with fresh attempts; ``KeyError`` if no
+        failed job has that key."""
+        await self._call(self._scheduler().retry_failed, key)

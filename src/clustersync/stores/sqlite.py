@@ -286,9 +286,13 @@ class SQLiteBackend:
         self._watcher: threading.Thread | None = None
         self._closed = False
         self._conn = self._connect()
+        try:
+            with self._translate("create the schema"):
+                self._create_schema()
+        except BaseException:
+            self._conn.close()  # e.g. a file that is not a database: nothing to keep open
+            raise
         _OPEN.add(self)
-        with self._translate("create the schema"):
-            self._create_schema()
 
     # -- connection management -----------------------------------------------------------
 
@@ -302,11 +306,19 @@ class SQLiteBackend:
             conn = sqlite3.connect(
                 self.path, timeout=0.0, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+        try:
             conn.execute("PRAGMA busy_timeout = 0")
             self._retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+        except BaseException as exc:
+            conn.close()  # e.g. a file that is not a database
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailableError(
+                    f"cannot open SQLite store {self.path!r}: {exc}"
+                ) from exc
+            raise
         return conn
 
     def _create_schema(self) -> None:

@@ -528,6 +528,12 @@ class StoreContract:
         assert [job.key for job in everything] == sorted(keys)
         assert everything[0].run_at_us == later
         assert opened._ops.list_jobs_page("zzz", None, 10) == ([], None)
+        # A cursor before the prefix's range starts at the prefix; one past it ends there.
+        before, _ = opened._ops.list_jobs_page("user:1", "other", 10)
+        assert [job.key for job in before] == ["user:1", "user:10:a", "user:1:a", "user:1:b"]
+        assert opened._ops.list_jobs_page("user:1", "user:2", 10) == ([], None)
+        inside, _ = opened._ops.list_jobs_page("user:1", "user:10:a", 10)
+        assert [job.key for job in inside] == ["user:1:a", "user:1:b"]
 
     def test_next_job_delay(self, opened: cs.Store) -> None:
         assert opened._ops.next_job_delay() is None

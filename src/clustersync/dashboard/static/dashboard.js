@@ -8,7 +8,8 @@
 //   second against the server's clock (X-Clustersync-Now), as _html.relative() renders them.
 // - Actions: <button data-action data-key [data-confirm]> POSTs {"key"} to actions/<action>
 //   with the header X-Clustersync-Action: 1 (what the server's CSRF check requires), shows
-//   the answer in a toast and refreshes at once.
+//   the answer in a toast and refreshes at once. With data-confirm, a dialog asks first
+//   (its button reads data-confirm-label, red unless data-confirm-tone="primary").
 (() => {
   "use strict";
 
@@ -167,13 +168,15 @@
 
   // -- actions --------------------------------------------------------------------------------
 
-  function ask(question, confirmLabel) {
+  function ask(question, confirmLabel, tone) {
     const dialog = document.getElementById("confirm");
     if (!dialog || typeof dialog.showModal !== "function") {
       return Promise.resolve(window.confirm(question));
     }
     dialog.querySelector("#confirm-text").textContent = question;
-    dialog.querySelector("#confirm-ok").textContent = confirmLabel || "Confirm";
+    const ok = dialog.querySelector("#confirm-ok");
+    ok.textContent = confirmLabel || "Confirm";
+    ok.className = tone === "primary" ? "btn primary" : "btn danger solid";
     dialog.returnValue = "";
     return new Promise((resolve) => {
       dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), {
@@ -207,8 +210,8 @@
   }
 
   async function act(button) {
-    const { action, key, confirm: question, confirmLabel } = button.dataset;
-    if (question && !(await ask(question, confirmLabel))) return;
+    const { action, key, confirm: question, confirmLabel, confirmTone } = button.dataset;
+    if (question && !(await ask(question, confirmLabel, confirmTone))) return;
     button.disabled = true;
     button.classList.add("busy");
     try {

@@ -122,6 +122,9 @@ SCHEMA = [
     _SEMAPHORES,
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_due ON clustersync_jobs (ns, due_us)",
     "CREATE INDEX IF NOT EXISTS clustersync_jobs_run_at ON clustersync_jobs (ns, run_at_us, key)",
+    # Listing by key range in byte order (LIST_JOBS_PAGE). An index, not a schema version:
+    # older versions of clustersync keep working on a store that has it.
+    'CREATE INDEX IF NOT EXISTS clustersync_jobs_key ON clustersync_jobs (ns, key COLLATE "C")',
 ]
 
 #: Statements that bring a store of the previous version to the version of the key.
@@ -712,16 +715,29 @@ NEXT_DELAY = f"""
 SELECT (SELECT due_us FROM clustersync_jobs WHERE ns = %(ns)s ORDER BY due_us LIMIT 1) - {_NOW}
 """
 
-# Key order is byte order (COLLATE "C"), the same in every store; the primary key's index
-# serves the range.
-LIST_JOBS_PAGE = f"""
+
+# Key order is byte order (COLLATE "C"), the same in every store, served by the index
+# clustersync_jobs_key (the primary key follows the database's collation, which is not
+# byte order in most locales). The bounds are index conditions, so a page costs its rows
+# wherever it starts: ``low`` is the prefix (``>=``) or the last key of the previous page
+# (``>``), ``high`` the end of the prefix's range (none for the empty prefix).
+def list_jobs_page_sql(*, after: bool, bounded: bool) -> str:
+    """The statement of one page of pending jobs in key order (see above)."""
+    low = ">" if after else ">="
+    high = 'AND key COLLATE "C" < %(high)s::text' if bounded else ""
+    return f"""
 WITH now AS (SELECT {_NOW} AS us)
 SELECT key, run_at_us, props, owner IS NULL OR due_us <= now.us FROM clustersync_jobs, now
-WHERE ns = %(ns)s AND key COLLATE "C" >= %(prefix)s
-    AND (%(after)s::text IS NULL OR key COLLATE "C" > %(after)s::text)
-    AND (%(high)s::text IS NULL OR key COLLATE "C" < %(high)s::text)
+WHERE ns = %(ns)s AND key COLLATE "C" {low} %(low)s::text {high}
 ORDER BY key COLLATE "C" LIMIT %(limit)s
 """
+
+
+LIST_JOBS_PAGE = {
+    (after, bounded): list_jobs_page_sql(after=after, bounded=bounded)
+    for after in (False, True)
+    for bounded in (False, True)
+}
 
 COUNT_JOBS = "SELECT count(*) FROM clustersync_jobs WHERE ns = %(ns)s"
 

@@ -958,14 +958,17 @@ class PostgresBackend(PushNotifications):
     def list_jobs_page(
         self, prefix: str, after: str | None, limit: int
     ) -> tuple[list[StoredJob], str | None]:
+        # Resume after ``after`` when it is inside the prefix's range (or past its start).
+        resume = after is not None and after.encode() >= prefix.encode()
+        high = prefix_end(prefix)
         params = {
             "ns": self._ns,
-            "prefix": prefix,
-            "after": after,
-            "high": prefix_end(prefix),
+            "low": after if resume else prefix,
+            "high": high,
             "limit": limit,
         }
-        rows = self._fetch("list jobs", q.LIST_JOBS_PAGE, params)
+        statement = q.LIST_JOBS_PAGE[resume, high is not None]
+        rows = self._fetch("list jobs", statement, params)
         page = [StoredJob(str(r[0]), int(r[1]), str(r[2])) for r in rows if r[3]]
         return page, (str(rows[-1][0]) if len(rows) == limit else None)
 

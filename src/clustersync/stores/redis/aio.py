@@ -95,8 +95,6 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 _KEEPALIVE = "clustersync-keepalive"
 #: Shortest BLPOP timeout sent (Redis reads 0 as "block forever").
 _MIN_BLOCK = 0.01
-#: Characters with a meaning in the patterns of ``SCAN … MATCH``.
-_GLOB_SPECIAL = frozenset("\\[]?*")
 #: Most redirections (``MOVED``/``ASK``) one call follows.
 _MAX_REDIRECTS = 16
 
@@ -139,6 +137,11 @@ class RedisBackend(PushNotifications):
         self._due = self._prefix + "due"
         self._runat = self._prefix + "runat"
         self._index = self._prefix + "keys"
+        self._lease_names = self._prefix + "lnames"
+        self._failed = self._prefix + "failed"
+        self._runs = self._prefix + "runs"
+        #: Where a job's key starts in the name of its hash (the scripts cut it from there).
+        self._prefix_bytes = len(self._prefix.encode("utf-8"))
         self._meta = self._prefix + "meta"  # last_finished of version 1 (read as a fallback)
         self._recurring = self._prefix + "rjobs"
         self._closed = False
@@ -393,15 +396,17 @@ class RedisBackend(PushNotifications):
     # -- leases --------------------------------------------------------------------------
 
     def _lease_keys(self, name: str) -> list[str]:
-        """The lease, its counter, its waiter flag, its grant queue and queue info, and
-        the events channel (the keys of the scripts that end a hold or queue up)."""
-        return [self._prefix + part + name for part in lua.LEASE_KEYS] + [self._events]
+        """The lease, its counter, its waiter flag, its grant queue and queue info, the
+        events channel and the index of lease keys (the keys of the scripts that end a
+        hold or queue up)."""
+        per_name = [self._prefix + part + name for part in lua.LEASE_KEYS]
+        return [*per_name, self._events, self._lease_names]
 
     async def now_us(self) -> int:
         return int(await self._run("read the time", "NOW", [self._due], []))
 
     async def acquire_lease(self, name: str, owner: str, ttl: float) -> AcquireResult:
-        keys = self._lease_keys(name)[:3]
+        keys = [*self._lease_keys(name)[:3], self._lease_names]
         (acquired, value), acks = await self._eval(
             "acquire a lease", "ACQUIRE", keys, [owner, _ms(ttl)], idempotent=True
         )
@@ -522,27 +527,14 @@ class RedisBackend(PushNotifications):
         return int(result) == 1
 
     async def list_leases(self) -> list[LeaseInfo]:
+        rows = await self._run("list leases", "LEASES", [self._lease_names], [])
         leases: list[LeaseInfo] = []
-        pattern = "".join("\\" + c if c in _GLOB_SPECIAL else c for c in self._prefix) + "l:*"
-        cursor = "0"
-        while True:
-            async with self._translate("list leases"):
-                ((cursor, keys),) = await self._call(
-                    "list leases",
-                    [("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)],
-                    idempotent=True,
-                )
-            keys = [str(key) for key in keys]
-            if keys:
-                rows = await self._run("list leases", "LEASES", keys, [])
-                for key, (value, pttl) in zip(keys, rows, strict=True):
-                    if not value or pttl is None or int(pttl) <= 0:
-                        continue
-                    token, _, owner = str(value).partition("|")
-                    name = key[len(self._prefix) + 2 :]
-                    leases.append(LeaseInfo(name, owner, int(token), int(pttl) / 1000))
-            if str(cursor) == "0":
-                break
+        skip = len(self._prefix) + 2  # "P l:"
+        for key, value, pttl in rows:
+            if pttl is None or int(pttl) <= 0:
+                continue
+            token, _, owner = str(value).partition("|")
+            leases.append(LeaseInfo(str(key)[skip:], owner, int(token), int(pttl) / 1000))
         leases.sort(key=lambda info: info.name)
         return leases
 
@@ -579,8 +571,8 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "leave the line of a semaphore",
             "LEAVE_SLOT_QUEUE",
-            [keys[4], keys[5], keys[3]],
-            [owner, self._events, name],
+            [keys[4], keys[5], keys[3], self._events],
+            [owner, name],
         )
         return int(result) == 1
 
@@ -595,8 +587,8 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "release a slot",
             "RELEASE_SLOT",
-            [keys[0], keys[1], keys[3]],
-            [owner, token, self._events, name],
+            [keys[0], keys[1], keys[3], self._events],
+            [owner, token, name],
         )
         return int(result) == 1
 
@@ -605,8 +597,8 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "break slots",
             "BREAK_SLOTS",
-            [keys[0], keys[1], keys[3]],
-            ["" if token is None else token, self._events, name],
+            [keys[0], keys[1], keys[3], self._events],
+            ["" if token is None else token, name],
         )
         return int(result)
 
@@ -675,8 +667,13 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "write job metadata",
             "SET_FINISHED",
-            [self._prefix + "r:" + key, self._prefix + "l:" + lease_name, self._recurring],
-            [f"{token}|{owner}", key, outcome, error or "", self._prefix, owner],
+            [
+                self._prefix + "r:" + key,
+                self._prefix + "l:" + lease_name,
+                self._recurring,
+                self._runs,
+            ],
+            [f"{token}|{owner}", key, outcome, error or "", owner],
             idempotent=True,
         )
         return int(result) == 1
@@ -698,6 +695,21 @@ class RedisBackend(PushNotifications):
         return [_recurring_record(row) for row in rows]
 
     # -- one-shot jobs -------------------------------------------------------------------
+
+    def _batch_keys(self, jobs: Sequence[NewJob]) -> list[str]:
+        """The keys of PUT_JOBS and UNDO_JOBS: the indexes and the events channel, then
+        the hash and the failed job hash of each job."""
+        keys = [self._prefix + name for name in lua.JOB_BATCH_KEYS]
+        for job in jobs:
+            keys += [self._prefix + "j:" + job.key, self._prefix + "fj:" + job.key]
+        return keys
+
+    def _job_keys(self, key: str) -> list[str]:
+        """The keys of the scripts on one job (see ``lua.JOB_KEYS``): the indexes, the
+        events channel, the failed set, the recent runs, the job's hash and its failed
+        job hash."""
+        fixed = [self._prefix + name for name in lua.JOB_KEYS]
+        return [*fixed, self._prefix + "j:" + key, self._prefix + "fj:" + key]
 
     async def put_jobs(self, jobs: Sequence[NewJob]) -> None:
         """One script for a batch of up to :data:`_PUT_STEP` jobs. A larger batch in one
@@ -723,11 +735,12 @@ class RedisBackend(PushNotifications):
                 stored += [job for job in step if job.key not in skipped]
         except DuplicateJobError:
             for start in range(0, len(stored), _PUT_STEP):
+                chunk = stored[start : start + _PUT_STEP]
                 await self._run(
                     "undo storing one-shot jobs",
                     "UNDO_JOBS",
-                    [self._due, self._runat],
-                    [self._prefix, *_job_args(stored[start : start + _PUT_STEP])],
+                    self._batch_keys(chunk),
+                    [self._prefix_bytes, "undo", *_job_args(chunk)],
                     idempotent=True,
                 )
             raise
@@ -737,8 +750,8 @@ class RedisBackend(PushNotifications):
         status, *keys = await self._run(
             "store one-shot jobs",
             "PUT_JOBS",
-            [self._due, self._runat, self._events],
-            [self._prefix, mode, *_job_args(jobs)],
+            self._batch_keys(jobs),
+            [self._prefix_bytes, mode, *_job_args(jobs)],
             idempotent=True,
         )
         if int(status) == 1:
@@ -749,7 +762,7 @@ class RedisBackend(PushNotifications):
         rows = await self._run(
             "claim due jobs",
             "CLAIM_DUE",
-            [self._due],
+            [self._due, self._runat, self._index],
             [self._prefix, owner, limit, int(claim_ttl * _US)],
         )
         return [
@@ -762,19 +775,16 @@ class RedisBackend(PushNotifications):
     ) -> list[str]:
         if not claims:
             return []
-        args: list[Any] = [self._prefix, owner, int(claim_ttl * _US)]
-        for key, claim in claims:
-            args += [key, str(claim)]
-        renewed = await self._run(
-            "renew job claims", "RENEW_CLAIMS", [self._due], args, idempotent=True
-        )
+        keys = [self._due] + [self._prefix + "j:" + key for key, _ in claims]
+        args: list[Any] = [self._prefix_bytes, owner, int(claim_ttl * _US)]
+        args += [str(claim) for _, claim in claims]
+        renewed = await self._run("renew job claims", "RENEW_CLAIMS", keys, args, idempotent=True)
         return [str(key) for key in renewed]
 
     def _end_run(
         self, key: str, owner: str, claim: int, outcome: str, error: str | None
     ) -> tuple[list[str], list[Any]]:
-        keys = [self._due, self._runat, self._events]
-        return keys, [self._prefix, key, owner, str(claim), outcome, error or ""]
+        return self._job_keys(key), [key, owner, str(claim), outcome, error or ""]
 
     async def complete_job(
         self, key: str, owner: str, claim: int, outcome: str, error: str | None
@@ -800,9 +810,7 @@ class RedisBackend(PushNotifications):
         return int(await self._run("fail a job", "FAIL_JOB", keys, args)) == 1
 
     async def list_failed_jobs(self) -> list[FailedJobRecord]:
-        rows = await self._run(
-            "list failed jobs", "LIST_FAILED", [self._prefix + "failed"], [self._prefix]
-        )
+        rows = await self._run("list failed jobs", "LIST_FAILED", [self._failed], [self._prefix])
         return [
             FailedJobRecord(str(k), int(r), str(p), int(a), str(e), int(f))
             for k, r, p, a, e, f in rows
@@ -812,15 +820,13 @@ class RedisBackend(PushNotifications):
         result = await self._run(
             "retry a failed job",
             "RETRY_FAILED",
-            [self._due, self._runat, self._events, self._prefix + "failed"],
-            [self._prefix, key],
+            self._job_keys(key),
+            [key],
         )
         return int(result) == 1
 
     async def recent_runs(self, limit: int) -> list[RunRecord]:
-        entries = await self._run(
-            "list recent runs", "RECENT_RUNS", [self._prefix + "runs"], [limit]
-        )
+        entries = await self._run("list recent runs", "RECENT_RUNS", [self._runs], [limit])
         runs = []
         for entry in entries:
             kind, key, due, started, finished, outcome, error, owner, attempt = json.loads(entry)
@@ -840,9 +846,7 @@ class RedisBackend(PushNotifications):
         return runs
 
     async def cancel_job(self, key: str) -> bool:
-        result = await self._run(
-            "cancel a job", "CANCEL", [self._due, self._runat, self._events], [self._prefix, key]
-        )
+        result = await self._run("cancel a job", "CANCEL", self._job_keys(key), [key])
         return int(result) == 1
 
     async def list_jobs(self) -> list[StoredJob]:
@@ -966,10 +970,11 @@ def _recurring_record(row: Any) -> RecurringJobRecord:
 
 
 def _job_args(jobs: Sequence[NewJob]) -> list[str]:
-    """key, run_at, props, scheduled_by, trace of each job, as the scripts take them."""
+    """run_at, props, scheduled_by, trace of each job, as PUT_JOBS and UNDO_JOBS take them
+    (the key is in the name of the job's hash)."""
     args: list[str] = []
     for job in jobs:
-        args += [job.key, str(job.run_at_us), job.props_json, job.scheduled_by, job.trace]
+        args += [str(job.run_at_us), job.props_json, job.scheduled_by, job.trace]
     return args
 
 

@@ -11,6 +11,9 @@ namespace in one Redis Cluster slot):
 - ``P q:<name>``   grant queue (``handoff="grant"``): sorted set owner -> time of its
                    first registration (µs), so waiters are served in arrival order
 - ``P qi:<name>``  hash owner -> ``"<registration expiry µs>|<granted lease ms>"``
+- ``P lnames``     set of the lease keys (``P l:<name>``) written and not yet deleted:
+                   the listing reads it (and drops the keys that expired) instead of
+                   scanning the keyspace
 - ``P g:<owner>``  grant list of one waiter: a release pushes the new token there after
                    writing the lease in the waiter's name; the waiter blocks on ``BLPOP``
 - ``P sl:<name>``  the live slots of a semaphore name: sorted set owner -> expiry (µs,
@@ -43,17 +46,22 @@ namespace in one Redis Cluster slot):
                    on cancel, ``job:<key>`` when a recurring job is paused, resumed or
                    triggered
 
-Keys. The scripts declare (``KEYS``) the keys they route by: the lease and its counter,
-flag, queue and grant list, the slots of a semaphore, the job indexes, the events
-channel (``SPUBLISH`` on Redis Cluster is routed like a key). Some scripts also reach
-keys whose names they build from the prefix ``P`` (an argument) or find in the data: the
-grant list of the waiter a release hands the lease to (``g:<owner>`` of the queue's
-first live entry), the hashes of one-shot jobs, live or failed, the key index and the
-recent runs (the one-shot job scripts), the records of the registered recurring jobs
-(listing). Those carry the namespace's hash tag, so they are in the slot of the declared keys, which
-Redis Cluster allows (it checks every command a script runs against the slot of its
-declared keys). ``NOW`` needs no key and declares one of the namespace anyway, so that
-it runs in the namespace's slot.
+Keys. The scripts declare (``KEYS``) every key whose name the client knows: the lease
+and its counter, flag, queue and grant list, the slots of a semaphore, the records of a
+recurring job, the job indexes (``due``, ``runat``, ``keys``), the failed set, the
+recent runs, the hashes ``j:<key>`` and ``fj:<key>`` of the one-shot jobs the client
+names (a batch, the claims it renews, the job whose run ends, that it cancels or retries
+from the failed jobs), and the events channel (``SPUBLISH`` on Redis Cluster is routed
+like a key). A script builds a key name from the prefix ``P`` (an argument) only for a
+key it finds in the data: the grant list of the waiter a release hands the lease to
+(``g:<owner>`` of the queue's first live entry), the hashes of the one-shot jobs an
+index lists (claiming, listing), the failed job hashes the failed set lists, the records
+of the registered recurring jobs (listing). Those carry the namespace's hash tag, so
+they are in the slot of the declared keys, which Redis Cluster allows (it checks every
+command a script runs against the slot of its declared keys). Where a script gets jobs
+as their hashes alone (PUT_JOBS, UNDO_JOBS, RENEW_CLAIMS), it cuts each key from the
+hash's name (the length of ``P`` in bytes is an argument). ``NOW`` needs no key and
+declares one of the namespace anyway, so that it runs in the namespace's slot.
 
 Fencing tokens: ``mint`` gives ``max(last token + 1, TIME in µs)``, a hybrid-logical-clock
 floor: a token is at least the minting server's clock. A counter that is missing (first
@@ -109,9 +117,11 @@ LEASE_KEYS = ("l:", "f:", "w:", "q:", "qi:")
 
 _LEASE_KEYS = """
 -- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag, KEYS[4] grant queue,
--- KEYS[5] queue info, KEYS[6] events channel; ARGV[1] prefix P, ARGV[2] name
+-- KEYS[5] queue info, KEYS[6] events channel, KEYS[7] the index of lease keys;
+-- ARGV[1] prefix P, ARGV[2] name
 local P, name = ARGV[1], ARGV[2]
 local lease, fence, flag, queue, info, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local names = KEYS[7]
 """
 
 # Ends a hold: hands the lease to the first live waiter of the grant queue (a new token,
@@ -140,6 +150,7 @@ local function let_go()
         local px = string.sub(reg, bar + 1)
         local token = string.format('%d', mint(fence))
         redis.call('SET', lease, token .. '|' .. first, 'PX', px)
+        redis.call('SADD', names, lease)
         local grant = P .. 'g:' .. first
         redis.call('RPUSH', grant, token)
         redis.call('PEXPIRE', grant, px)
@@ -148,6 +159,7 @@ local function let_go()
     end
   end
   redis.call('DEL', lease)
+  redis.call('SREM', names, lease)
   if redis.call('DEL', flag) == 1 then
     redis.call('PUBLISH', events, 'lease:' .. name)  -- contract.lease_channel(name)
   end
@@ -164,7 +176,8 @@ end
 ACQUIRE = (
     _MINT
     + """
--- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] ttl ms
+-- KEYS[1] lease, KEYS[2] fence counter, KEYS[3] waiter flag, KEYS[4] the index of lease
+-- keys; ARGV[1] owner, ARGV[2] ttl ms
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local bar = string.find(cur, '|', 1, true)
@@ -183,6 +196,7 @@ if cur then
 end
 local token = mint(KEYS[2])
 redis.call('SET', KEYS[1], string.format('%d', token) .. '|' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[4], KEYS[1])
 return {1, token}
 """
 )
@@ -195,16 +209,17 @@ return {1, token}
 ENQUEUE = (
     _LET_GO
     + """
--- KEYS[7] the caller's grant list; ARGV[3] owner, ARGV[4] ttl ms, ARGV[5] granted lease
+-- KEYS[8] the caller's grant list; ARGV[3] owner, ARGV[4] ttl ms, ARGV[5] granted lease
 -- ms, ARGV[6] registration ms
 local me = ARGV[3]
 local cur = redis.call('GET', lease)
-redis.call('DEL', KEYS[7])
+redis.call('DEL', KEYS[8])
 if not cur then
   redis.call('ZREM', queue, me)
   redis.call('HDEL', info, me)
   local token = mint(fence)
   redis.call('SET', lease, string.format('%d', token) .. '|' .. me, 'PX', ARGV[4])
+  redis.call('SADD', names, lease)
   return {1, token, tonumber(ARGV[4])}
 end
 local owner, token = owner_of(cur)
@@ -226,10 +241,10 @@ return {0, 0, redis.call('PTTL', lease)}
 WITHDRAW = (
     _LET_GO
     + """
--- KEYS[7] the caller's grant list; ARGV[3] owner
+-- KEYS[8] the caller's grant list; ARGV[3] owner
 redis.call('ZREM', queue, ARGV[3])
 redis.call('HDEL', info, ARGV[3])
-redis.call('DEL', KEYS[7])
+redis.call('DEL', KEYS[8])
 local cur = redis.call('GET', lease)
 if cur and owner_of(cur) == ARGV[3] then
   let_go()
@@ -275,14 +290,15 @@ return 0
 )
 
 # The recent runs of a namespace: a list "P runs" of JSON entries, newest first, cut at
-# RECENT_RUNS_KEPT. remember(P, kind, key, due, started, finished, outcome, error, owner,
-# attempt) with times as strings of µs (or false).
+# RECENT_RUNS_KEPT. remember(runs, kind, key, due, started, finished, outcome, error,
+# owner, attempt) with runs the list (a declared key) and times as strings of µs (or
+# false).
 _REMEMBER = (
     """
-local function remember(P, kind, key, due, started, finished, outcome, error, owner, attempt)
-  redis.call('LPUSH', P .. 'runs', cjson.encode({kind, key, due or false, started or false,
+local function remember(runs, kind, key, due, started, finished, outcome, error, owner, attempt)
+  redis.call('LPUSH', runs, cjson.encode({kind, key, due or false, started or false,
     finished, outcome, error or false, owner, attempt}))
-  redis.call('LTRIM', P .. 'runs', 0, """
+  redis.call('LTRIM', runs, 0, """
     + str(RECENT_RUNS_KEPT - 1)
     + """)
 end
@@ -299,9 +315,9 @@ return {value, redis.call('PTTL', KEYS[1])}
 """
 
 # Semaphore slots. Every key is passed in KEYS (all in the namespace's slot): KEYS[1] the
-# sorted set owner -> expiry µs, KEYS[2] the hash owner -> token, then (where used) the
+# sorted set owner -> expiry µs, KEYS[2] the hash owner -> token, then (ACQUIRE_SLOT) the
 # fencing counter, the waiter flag and the line (KEYS[5] owner -> arrival, KEYS[6] owner
-# -> expiry). The events channel is not a key: it comes in ARGV.
+# -> expiry), or (RELEASE_SLOT, BREAK_SLOTS) the waiter flag and the events channel.
 # Expired slots are dropped by whoever finds them; both keys live as long as their
 # latest slot (plus a second), so an abandoned semaphore leaves only its counter.
 _SLOTS = (
@@ -409,8 +425,8 @@ return {1, token}
 LEAVE_SLOT_QUEUE = (
     _NOW
     + """
--- KEYS[1] line, KEYS[2] places, KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] events
--- channel, ARGV[3] name
+-- KEYS[1] line, KEYS[2] places, KEYS[3] waiter flag, KEYS[4] events channel; ARGV[1]
+-- owner, ARGV[2] name
 local expiry = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -418,7 +434,7 @@ if not expiry or tonumber(expiry) <= now then
   return 0
 end
 if redis.call('DEL', KEYS[3]) == 1 then
-  redis.call('PUBLISH', ARGV[2], 'lease:' .. ARGV[3])
+  redis.call('PUBLISH', KEYS[4], 'lease:' .. ARGV[2])
 end
 return 1
 """
@@ -440,14 +456,14 @@ return 1
 RELEASE_SLOT = (
     _SLOTS
     + """
--- KEYS[3] waiter flag; ARGV[1] owner, ARGV[2] token, ARGV[3] events channel, ARGV[4] name
+-- KEYS[3] waiter flag, KEYS[4] events channel; ARGV[1] owner, ARGV[2] token, ARGV[3] name
 if live_token(ARGV[1]) ~= ARGV[2] then
   return 0
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('DEL', KEYS[3]) == 1 then
-  redis.call('PUBLISH', ARGV[3], 'lease:' .. ARGV[4])  -- contract.lease_channel(name)
+  redis.call('PUBLISH', KEYS[4], 'lease:' .. ARGV[3])  -- contract.lease_channel(name)
 end
 return 1
 """
@@ -456,8 +472,8 @@ return 1
 BREAK_SLOTS = (
     _SLOTS
     + """
--- KEYS[3] waiter flag; ARGV[1] token ('' for every slot), ARGV[2] events channel,
--- ARGV[3] name
+-- KEYS[3] waiter flag, KEYS[4] events channel; ARGV[1] token ('' for every slot), ARGV[2]
+-- name
 drop_expired()
 local ended = 0
 for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -468,7 +484,7 @@ for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   end
 end
 if ended > 0 and redis.call('DEL', KEYS[3]) == 1 then
-  redis.call('PUBLISH', ARGV[2], 'lease:' .. ARGV[3])
+  redis.call('PUBLISH', KEYS[4], 'lease:' .. ARGV[2])
 end
 return ended
 """
@@ -491,13 +507,19 @@ return out
 """
 )
 
-# The value and remaining life of each lease key a SCAN found (listing): a key that
-# expired in between comes back as {false, -2}.
+# The live leases, from the index "P lnames" of lease keys (kept by the scripts that write
+# or delete a lease): {key, value, remaining ms} of each; keys that expired meanwhile
+# leave the index (the only write: running it twice is harmless).
 LEASES = """
--- KEYS the lease keys
+-- KEYS[1] the index of lease keys
 local out = {}
-for i, key in ipairs(KEYS) do
-  out[i] = {redis.call('GET', key), redis.call('PTTL', key)}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local value = redis.call('GET', key)
+  if value then
+    out[#out + 1] = {key, value, redis.call('PTTL', key)}
+  else
+    redis.call('SREM', KEYS[1], key)
+  end
 end
 return out
 """
@@ -578,8 +600,8 @@ return 1
 
 SET_FINISHED = (
     """
--- KEYS[1] job hash, KEYS[2] lease, KEYS[3] the set of job keys; ARGV[1] "token|owner",
--- ARGV[2] key, ARGV[3] outcome, ARGV[4] error or '', ARGV[5] prefix, ARGV[6] owner
+-- KEYS[1] job hash, KEYS[2] lease, KEYS[3] the set of job keys, KEYS[4] recent runs;
+-- ARGV[1] "token|owner", ARGV[2] key, ARGV[3] outcome, ARGV[4] error or '', ARGV[5] owner
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
@@ -591,8 +613,8 @@ local finished = string.format('%d', now)
 redis.call('HSET', KEYS[1], 'f', finished, 'o', ARGV[3], 'e', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
 local error = ARGV[4] ~= '' and ARGV[4] or false
-remember(ARGV[5], 'recurring', ARGV[2], false, redis.call('HGET', KEYS[1], 's'), finished,
-  ARGV[3], error, ARGV[6], 1)
+remember(KEYS[4], 'recurring', ARGV[2], false, redis.call('HGET', KEYS[1], 's'), finished,
+  ARGV[3], error, ARGV[5], 1)
 return 1
 """
 )
@@ -640,30 +662,41 @@ return out
 """
 )
 
+#: The fixed keys of PUT_JOBS and UNDO_JOBS, in this order; the hash ``j:<key>`` and the
+#: failed job hash ``fj:<key>`` of each job of the batch follow.
+JOB_BATCH_KEYS = ("due", "runat", "events", "keys")
+
+#: The keys of the scripts on one one-shot job (COMPLETE, RETRY_JOB, FAIL_JOB,
+#: RETRY_FAILED, CANCEL), in this order; the job's hash ``j:<key>`` and its failed job
+#: hash ``fj:<key>`` follow.
+JOB_KEYS = ("due", "runat", "events", "keys", "failed", "runs")
+
 # Publishes only when a new job is due before every stored one (or none is stored): a
 # scheduler never sleeps past the earliest due time it read, and the script runs
 # atomically, so a later job is found when that scheduler wakes and rereads.
 PUT_JOBS = """
--- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, ARGV[2] "put" or "check",
--- then key, run_at, props, scheduled_by, trace... Returns {1, key} for a duplicate: a
--- key repeated in the batch, or stored with another run time or props, or a failed job
--- (nothing is stored). Else {0, keys
+-- KEYS[1] due, KEYS[2] runat, KEYS[3] events, KEYS[4] keys index, then the hash
+-- "P j:<key>" and the failed job hash "P fj:<key>" of each job; ARGV[1] the length of P
+-- in bytes, ARGV[2] "put" or "check", then run_at, props, scheduled_by, trace of each
+-- job. Returns {1, key} for a duplicate: a key repeated in the batch, or stored with
+-- another run time or props, or a failed job (nothing is stored). Else {0, keys
 -- skipped...}: jobs stored identically already are a retry, left as they are; "check"
 -- stores nothing.
-local prefix = ARGV[1]
+local skip_prefix = tonumber(ARGV[1]) + 3  -- the key follows "P j:"
 local seen, skip, skipped = {}, {}, {0}
-for i = 3, #ARGV, 5 do
-  local key = ARGV[i]
+for i = 5, #KEYS, 2 do
+  local h, a = KEYS[i], 2 * i - 7
+  local key = string.sub(h, skip_prefix)
   if seen[key] then
     return {1, key}
   end
   seen[key] = true
-  if redis.call('EXISTS', prefix .. 'fj:' .. key) == 1 then
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
     return {1, key}  -- a failed job: retry or cancel it first
   end
-  local stored = redis.call('HMGET', prefix .. 'j:' .. key, 'r', 'p')
+  local stored = redis.call('HMGET', h, 'r', 'p')
   if stored[1] then
-    if stored[1] ~= ARGV[i + 1] or stored[2] ~= ARGV[i + 2] then
+    if stored[1] ~= ARGV[a] or stored[2] ~= ARGV[a + 1] then
       return {1, key}
     end
     skip[key] = true
@@ -676,15 +709,16 @@ end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local earliest = first[2] and tonumber(first[2])
 local wake = not earliest
-for i = 3, #ARGV, 5 do
-  local key = ARGV[i]
+for i = 5, #KEYS, 2 do
+  local h, a = KEYS[i], 2 * i - 7
+  local key = string.sub(h, skip_prefix)
   if not skip[key] then
-    redis.call('HSET', prefix .. 'j:' .. key, 'r', ARGV[i + 1], 'p', ARGV[i + 2], 'c', 0,
-      'a', 0, 'd', ARGV[i + 1], 'b', ARGV[i + 3], 't', ARGV[i + 4])
-    redis.call('ZADD', KEYS[1], ARGV[i + 1], key)
-    redis.call('ZADD', KEYS[2], ARGV[i + 1], key)
-    redis.call('ZADD', prefix .. 'keys', 0, key)
-    if earliest and tonumber(ARGV[i + 1]) < earliest then
+    redis.call('HSET', h, 'r', ARGV[a], 'p', ARGV[a + 1], 'c', 0, 'a', 0, 'd', ARGV[a],
+      'b', ARGV[a + 2], 't', ARGV[a + 3])
+    redis.call('ZADD', KEYS[1], ARGV[a], key)
+    redis.call('ZADD', KEYS[2], ARGV[a], key)
+    redis.call('ZADD', KEYS[4], 0, key)
+    if earliest and tonumber(ARGV[a]) < earliest then
       wake = true
     end
   end
@@ -698,15 +732,18 @@ return skipped
 # Undoes the earlier steps of a batch stored in several steps (see RedisBackend.put_jobs)
 # when a later step met a duplicate: deletes the jobs the batch stored, unless claimed.
 UNDO_JOBS = """
--- KEYS[1] due, KEYS[2] runat; ARGV[1] prefix, then key, run_at, props, by, trace...
-for i = 2, #ARGV, 5 do
-  local h = ARGV[1] .. 'j:' .. ARGV[i]
+-- KEYS as PUT_JOBS; ARGV[1] the length of P in bytes, ARGV[2] unused, then run_at, props,
+-- scheduled_by, trace of each job
+local skip_prefix = tonumber(ARGV[1]) + 3  -- the key follows "P j:"
+for i = 5, #KEYS, 2 do
+  local h, a = KEYS[i], 2 * i - 7
+  local key = string.sub(h, skip_prefix)
   local stored = redis.call('HMGET', h, 'r', 'p', 'o')
-  if stored[1] == ARGV[i + 1] and stored[2] == ARGV[i + 2] and not stored[3] then
+  if stored[1] == ARGV[a] and stored[2] == ARGV[a + 1] and not stored[3] then
     redis.call('DEL', h)
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('ZREM', KEYS[2], ARGV[i])
-    redis.call('ZREM', ARGV[1] .. 'keys', ARGV[i])
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('ZREM', KEYS[2], key)
+    redis.call('ZREM', KEYS[4], key)
   end
 end
 return 0
@@ -715,7 +752,8 @@ return 0
 # Claims the jobs the due index lists (their hashes are keys found in the data).
 CLAIM_DUE = (
     """
--- KEYS[1] due; ARGV[1] prefix, ARGV[2] owner, ARGV[3] limit, ARGV[4] claim ttl µs
+-- KEYS[1] due, KEYS[2] runat, KEYS[3] keys index; ARGV[1] prefix, ARGV[2] owner, ARGV[3]
+-- limit, ARGV[4] claim ttl µs
 """
     + _NOW
     + """
@@ -727,8 +765,8 @@ for _, key in ipairs(keys) do
   if redis.call('EXISTS', h) == 0 then
     -- An index entry whose job is gone (evicted, or deleted by hand): drop it.
     redis.call('ZREM', KEYS[1], key)
-    redis.call('ZREM', ARGV[1] .. 'runat', key)
-    redis.call('ZREM', ARGV[1] .. 'keys', key)
+    redis.call('ZREM', KEYS[2], key)
+    redis.call('ZREM', KEYS[3], key)
   else
     local claim = redis.call('HINCRBY', h, 'c', 1)
     local attempt = redis.call('HINCRBY', h, 'a', 1)
@@ -745,17 +783,19 @@ return out
 
 RENEW_CLAIMS = (
     """
--- KEYS[1] due; ARGV[1] prefix, ARGV[2] owner, ARGV[3] claim ttl µs, then key, claim...
+-- KEYS[1] due, then the hash "P j:<key>" of each claimed job; ARGV[1] the length of P in
+-- bytes, ARGV[2] owner, ARGV[3] claim ttl µs, then the claim of each job
 """
     + _NOW
     + """
+local skip_prefix = tonumber(ARGV[1]) + 3  -- the key follows "P j:"
 local untl = now + tonumber(ARGV[3])
 local out = {}
-for i = 4, #ARGV, 2 do
-  local key = ARGV[i]
-  local v = redis.call('HMGET', ARGV[1] .. 'j:' .. key, 'o', 'c')
+for i = 2, #KEYS do
+  local key = string.sub(KEYS[i], skip_prefix)
+  local v = redis.call('HMGET', KEYS[i], 'o', 'c')
   local due = redis.call('ZSCORE', KEYS[1], key)
-  if v[1] == ARGV[2] and v[2] == ARGV[i + 1] and due and tonumber(due) > now then
+  if v[1] == ARGV[2] and v[2] == ARGV[i + 2] and due and tonumber(due) > now then
     redis.call('ZADD', KEYS[1], untl, key)
     out[#out + 1] = key
   end
@@ -764,28 +804,33 @@ return out
 """
 )
 
-# The end of an attempt run under claim ARGV[4] of ARGV[3]: "done" deletes the job,
-# "retry" makes it pending again (due in ARGV[7] µs; ARGV[8] "1": the attempt counts),
+# The keys of the scripts on one job (JOB_KEYS, then the job's two hashes).
+_ONE_JOB_KEYS = """
+-- KEYS[1] due, KEYS[2] runat, KEYS[3] events, KEYS[4] keys index, KEYS[5] failed set,
+-- KEYS[6] recent runs, KEYS[7] job hash "P j:<key>", KEYS[8] failed job hash "P fj:<key>"
+"""
+
+# The end of an attempt run under claim ARGV[3] of ARGV[2]: "done" deletes the job,
+# "retry" makes it pending again (due in ARGV[6] µs; ARGV[7] "1": the attempt counts),
 # "fail" moves it to the failed jobs. Each remembers the run.
 _END_RUN = (
     _NOW
     + _REMEMBER
+    + _ONE_JOB_KEYS
     + """
--- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, ARGV[2] key, ARGV[3] owner,
--- ARGV[4] claim, ARGV[5] outcome, ARGV[6] error or ''
-local P, key = ARGV[1], ARGV[2]
-local h = P .. 'j:' .. key
+-- ARGV[1] key, ARGV[2] owner, ARGV[3] claim, ARGV[4] outcome, ARGV[5] error or ''
+local key, h = ARGV[1], KEYS[7]
 local v = redis.call('HMGET', h, 'o', 'c', 'r', 'p', 'a', 'd', 'k')
-if v[1] ~= ARGV[3] or v[2] ~= ARGV[4] then
+if v[1] ~= ARGV[2] or v[2] ~= ARGV[3] then
   return 0
 end
-local error = ARGV[6] ~= '' and ARGV[6] or false
+local error = ARGV[5] ~= '' and ARGV[5] or false
 local finished = string.format('%d', now)
 local function forget()
   redis.call('DEL', h)
   redis.call('ZREM', KEYS[1], key)
   redis.call('ZREM', KEYS[2], key)
-  redis.call('ZREM', P .. 'keys', key)
+  redis.call('ZREM', KEYS[4], key)
 end
 """
 )
@@ -794,7 +839,7 @@ COMPLETE = (
     _END_RUN
     + """
 forget()
-remember(P, 'once', key, v[6] or v[3], v[7], finished, ARGV[5], error, ARGV[3],
+remember(KEYS[6], 'once', key, v[6] or v[3], v[7], finished, ARGV[4], error, ARGV[2],
   tonumber(v[5] or '1'))
 return 1
 """
@@ -803,10 +848,10 @@ return 1
 RETRY_JOB = (
     _END_RUN
     + """
--- ARGV[7] delay µs, ARGV[8] "1" if the attempt counts
-local due = string.format('%d', now + tonumber(ARGV[7]))
-if ARGV[8] == '1' then
-  remember(P, 'once', key, v[6] or v[3], v[7], finished, 'retry', error, ARGV[3],
+-- ARGV[6] delay µs, ARGV[7] "1" if the attempt counts
+local due = string.format('%d', now + tonumber(ARGV[6]))
+if ARGV[7] == '1' then
+  remember(KEYS[6], 'once', key, v[6] or v[3], v[7], finished, 'retry', error, ARGV[2],
     tonumber(v[5] or '1'))
 else
   redis.call('HINCRBY', h, 'a', -1)
@@ -823,15 +868,17 @@ FAIL_JOB = (
     _END_RUN
     + """
 forget()
-redis.call('HSET', P .. 'fj:' .. key, 'r', v[3], 'p', v[4], 'a', v[5] or '1', 'e',
-  ARGV[6], 'f', finished)
-redis.call('SADD', P .. 'failed', key)
-remember(P, 'once', key, v[6] or v[3], v[7], finished, 'error', error, ARGV[3],
+redis.call('HSET', KEYS[8], 'r', v[3], 'p', v[4], 'a', v[5] or '1', 'e', ARGV[5], 'f',
+  finished)
+redis.call('SADD', KEYS[5], key)
+remember(KEYS[6], 'once', key, v[6] or v[3], v[7], finished, 'error', error, ARGV[2],
   tonumber(v[5] or '1'))
 return 1
 """
 )
 
+# Reads the failed job hashes of the keys the failed set lists (keys found in the data,
+# see the module docstring).
 LIST_FAILED = """
 -- KEYS[1] the set of failed keys; ARGV[1] prefix
 local keys = redis.call('SMEMBERS', KEYS[1])
@@ -848,20 +895,21 @@ return out
 
 RETRY_FAILED = (
     _NOW
+    + _ONE_JOB_KEYS
     + """
--- KEYS[1] due, KEYS[2] runat, KEYS[3] events, KEYS[4] failed set; ARGV[1] prefix, ARGV[2] key
-local P, key = ARGV[1], ARGV[2]
-local v = redis.call('HMGET', P .. 'fj:' .. key, 'r', 'p')
+-- ARGV[1] key
+local key = ARGV[1]
+local v = redis.call('HMGET', KEYS[8], 'r', 'p')
 if not v[1] then
   return 0
 end
-redis.call('DEL', P .. 'fj:' .. key)
-redis.call('SREM', KEYS[4], key)
+redis.call('DEL', KEYS[8])
+redis.call('SREM', KEYS[5], key)
 local due = string.format('%d', now)
-redis.call('HSET', P .. 'j:' .. key, 'r', v[1], 'p', v[2], 'c', 0, 'a', 0, 'd', due)
+redis.call('HSET', KEYS[7], 'r', v[1], 'p', v[2], 'c', 0, 'a', 0, 'd', due)
 redis.call('ZADD', KEYS[1], due, key)
 redis.call('ZADD', KEYS[2], v[1], key)
-redis.call('ZADD', P .. 'keys', 0, key)
+redis.call('ZADD', KEYS[4], 0, key)
 redis.call('PUBLISH', KEYS[3], 'jobs')
 return 1
 """
@@ -873,12 +921,13 @@ return redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 """
 
 CANCEL = (
-    """
--- KEYS[1] due, KEYS[2] runat, KEYS[3] events; ARGV[1] prefix, ARGV[2] key
-local h = ARGV[1] .. 'j:' .. ARGV[2]
+    _ONE_JOB_KEYS
+    + """
+-- ARGV[1] key
+local h = KEYS[7]
 if redis.call('EXISTS', h) == 0 then
-  if redis.call('DEL', ARGV[1] .. 'fj:' .. ARGV[2]) == 1 then
-    redis.call('SREM', ARGV[1] .. 'failed', ARGV[2])
+  if redis.call('DEL', KEYS[8]) == 1 then
+    redis.call('SREM', KEYS[5], ARGV[1])
     return 1  -- a failed job
   end
   return 0
@@ -887,11 +936,11 @@ end
     + _NOW
     + """
 local owner = redis.call('HGET', h, 'o')
-local due = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
+local due = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
 redis.call('DEL', h)
-redis.call('ZREM', KEYS[1], ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', ARGV[1] .. 'keys', ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('PUBLISH', KEYS[3], 'jobs')
 if (not owner) or due <= now then
   return 1
