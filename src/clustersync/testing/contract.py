@@ -603,10 +603,11 @@ class StoreContract:
         )
         assert first.claimed_us >= now - _US
         assert not opened._ops.retry_job("job", "two", first.claim, 0.0, "boom", True)
-        assert opened._ops.retry_job("job", "one", first.claim, SHORT_TTL, "ValueError: x", True)
+        # A retry delay of a second: "not before the delay" must hold on a loaded machine.
+        assert opened._ops.retry_job("job", "one", first.claim, 1.0, "ValueError: x", True)
         assert [job.key for job in opened._ops.list_jobs()] == ["job"], "pending again"
         assert opened._ops.claim_due_jobs("two", 5, LONG_TTL) == [], "not before the delay"
-        time.sleep(EXPIRED)
+        time.sleep(1.0 + EXPIRED)
         (second,) = opened._ops.claim_due_jobs("two", 5, LONG_TTL)
         assert second.attempt == 2
         assert second.due_us > first.claimed_us, "the retry's due time, not run_at"
