@@ -326,6 +326,11 @@ class Job:
         hold = self._lease.hold
         if hold is None:  # pragma: no cover - the lease is held during the run
             return False
+        if hold.lost or shim.monotonic() >= hold.deadline:
+            # Declared lost here (on_lost ran, the loss was logged): the store may still
+            # hold the lease for a round trip longer, but the run is not recorded, as
+            # the log said, and the job is due again.
+            return False
         backoff = Backoff(base=0.02, cap=0.5)
         while True:
             try:

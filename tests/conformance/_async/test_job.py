@@ -282,6 +282,33 @@ async def test_run_that_lost_its_lease_is_not_recorded(
         assert await job.close(timeout=5)
 
 
+async def test_a_run_declared_lost_is_not_recorded_while_the_store_still_holds_it(
+    store: cs.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (a CI run behind PgBouncer): the holder declares its lease lost at its
+    local deadline, up to a round trip before the store's expiry. A run that ended in
+    between still wrote last_finished after its loss was logged, so the job did not run
+    again as the log implied. The store here keeps the lease a minute longer."""
+    caplog.set_level(logging.ERROR, logger="clustersync")
+    faults = inject_faults(store)
+    gate = Gate()
+    job = cs.schedule(store, "lost-but-stored", cs.wait_for_interval(HOUR), gate, ttl=0.3)
+    try:
+        assert await eventually(gate.started.is_set)
+        faults.fail({"renew_lease"})
+        hold = job._lease.hold
+        assert hold is not None
+        assert await faults.backend.renew_lease(job._lease.name, hold.owner, hold.token, 60.0)
+        assert await eventually(lambda: "lost job" in caplog.text, 3.0)
+        gate.opened.set()
+        assert await eventually(lambda: "last_finished not recorded" in caplog.text, 5.0)
+        # The release freed the store's lease: the job, not recorded, runs again.
+        assert await eventually(lambda: gate.runs >= 2, 5.0)
+    finally:
+        gate.opened.set()
+        assert await job.close(timeout=5)
+
+
 async def test_a_brief_store_error_after_a_run_does_not_rerun_the_job(
     store: cs.Store,
 ) -> None:
