@@ -1,8 +1,9 @@
 """Shared fixtures: which stores the suites run against.
 
 The stores come from the registry (:func:`clustersync.stores.store_kinds`): one *target*
-per registered kind, plus one per mode worth testing on its own (``redis-grant``: Redis
-with ``handoff="grant"``, for every kind that offers the ``grant`` capability).
+per registered kind, plus one per mode worth testing on its own (``redis-notify``: Redis
+with ``handoff="notify"``, for every kind that offers the ``grant`` capability, whose
+default is ``handoff="grant"``).
 ``CLUSTERSYNC_TEST_BACKENDS`` (comma-separated targets) selects some; the default is
 every target, except that the targets served by a deployment of several servers run only
 the store suites (``tests/conformance``, ``tests/contract``) by default (name them in
@@ -73,8 +74,9 @@ TEST_URLS: dict[str, UrlFactory] = {
 #: Kinds served by a topology of several servers (session fixtures of tests/topologies.py):
 #: by default only the store suites run on them, without their modes (see the docstring).
 TOPOLOGY_KINDS = frozenset({"redis-sentinel", "redis-cluster"})
-#: Modes tested as targets of their own: capability -> (suffix, URL query).
-MODES = {"grant": ("-grant", "handoff=grant")}
+#: Modes tested as targets of their own: capability -> (suffix, URL query). A kind with
+#: the ``grant`` capability grants by default; its ``notify`` mode is a target of its own.
+MODES = {"grant": ("-notify", "handoff=notify")}
 #: Topology targets: name -> (kind name, URL of the session's deployment).
 TOPOLOGY_TARGETS: dict[str, tuple[str, UrlFactory]] = {
     # A primary and an asynchronous streaming standby: the libpq multi-host URL with
@@ -115,7 +117,7 @@ ALL_BACKENDS = tuple(TARGETS)
 
 
 def kind_of(target: str) -> StoreKind:
-    """The store kind of a target (``"redis-grant"`` -> the Redis kind)."""
+    """The store kind of a target (``"redis-notify"`` -> the Redis kind)."""
     return TARGETS[target][0]
 
 

@@ -32,7 +32,7 @@ from tests.conftest import selected_backends
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.skipif(
-    not {"redis", "redis-grant"} & set(selected_backends()), reason="Redis not selected"
+    not {"redis", "redis-notify"} & set(selected_backends()), reason="Redis not selected"
 )
 
 NAME = "m:lock"  # the lease name of Mutex(store, "lock")
@@ -113,6 +113,7 @@ def test_handoff_option_is_checked(redis_server: RedisServer, namespace: str) ->
     for grant_store_url, options in [
         (url + "?handoff=grant", {}),
         (url, {"handoff": "grant"}),
+        (url, {}),
         (url + "?socket_timeout=5&handoff=grant", {}),
     ]:
         with cs.open_store(grant_store_url, namespace=namespace, **options) as store:
@@ -121,7 +122,67 @@ def test_handoff_option_is_checked(redis_server: RedisServer, namespace: str) ->
             assert mutex.acquire(timeout=1)
             mutex.release()
     with cs.open_store(url, namespace=namespace) as store:
-        assert not store._grants  # notify is the default
+        assert store._grants  # grant is the default
+    with cs.open_store(url + "?handoff=notify", namespace=namespace) as store:
+        assert not store._grants
+
+
+def test_grant_waiters_option_is_checked(redis_server: RedisServer, namespace: str) -> None:
+    url = redis_server.url
+    for bad in (-1, 10_001, 1.5, True, "8"):
+        with pytest.raises(cs.ConfigurationError, match="grant_waiters must be"):
+            cs.open_store(url, namespace=namespace, grant_waiters=bad)
+    with pytest.raises(cs.ConfigurationError, match="grant_waiters must be"):
+        cs.open_store(url + "?grant_waiters=many", namespace=namespace)
+    with pytest.raises(cs.ConfigurationError, match="conflicting"):
+        cs.open_store(url + "?grant_waiters=2", namespace=namespace, grant_waiters=3)
+    with cs.open_store(url + "?grant_waiters=3", namespace=namespace) as store:
+        assert store._grant_ops.max_blocked_waiters == 3
+    with cs.open_store(url, namespace=namespace) as store:
+        assert store._grant_ops.max_blocked_waiters == 16
+    # A bounded pool keeps half of its connections for the other calls.
+    with cs.open_store(url, namespace=namespace, max_connections=6) as store:
+        assert store._grant_ops.max_blocked_waiters == 3
+
+
+def test_waiters_beyond_grant_waiters_are_notified(
+    redis_server: RedisServer, raw: Any, namespace: str
+) -> None:
+    """With ``grant_waiters=1``, one blocked acquire of the store queues up (and holds a
+    connection in BLPOP); the next one waits to be notified. Both get the lock, one at a
+    time, and nothing is left queued."""
+    with (
+        cs.open_store(redis_server.url, namespace=namespace) as holder_store,
+        cs.open_store(redis_server.url + "?grant_waiters=1", namespace=namespace) as store,
+    ):
+        holder = cs.Mutex(holder_store, "lock")
+        assert holder.acquire(timeout=1)
+        results: list[bool] = []
+
+        def take_and_release() -> None:
+            mutex = cs.Mutex(store, "lock")
+            results.append(mutex.acquire(timeout=10))
+            mutex.release()
+
+        def start() -> threading.Thread:
+            thread = threading.Thread(target=take_and_release, daemon=True)
+            thread.start()
+            return thread
+
+        first = start()
+        deadline = time.monotonic() + 5
+        while _queued(raw, namespace) == [] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(_queued(raw, namespace)) == 1
+        second = start()
+        time.sleep(0.3)
+        assert len(_queued(raw, namespace)) == 1  # the second one is not queued
+        assert raw.exists(key_prefix(namespace) + "w:" + NAME)  # but flagged as a waiter
+        holder.release()
+        first.join(10)
+        second.join(10)
+        assert results == [True, True]
+        assert _queued(raw, namespace) == []
 
 
 # -- the queue, operation by operation -----------------------------------------------------
@@ -284,7 +345,7 @@ def test_notified_and_granted_waiters_share_one_lock(
     redis_server: RedisServer, grant_url: str, namespace: str
 ) -> None:
     with (
-        cs.open_store(redis_server.url, namespace=namespace) as notify_store,
+        cs.open_store(redis_server.url + "?handoff=notify", namespace=namespace) as notify_store,
         cs.open_store(grant_url, namespace=namespace) as grant_store,
     ):
         holder = cs.Mutex(notify_store, "lock")

@@ -8,4 +8,4 @@ from clustersync.testing.contract import StoreContract
 
 class TestRegisteredStores(StoreContract):
     """Uses the ``store_url`` fixture of ``tests/conftest.py``: one run per store kind
-    (and per mode, e.g. Redis with ``handoff="grant"``)."""
+    (and per mode, e.g. Redis with ``handoff="notify"``)."""

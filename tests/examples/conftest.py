@@ -11,7 +11,7 @@ from tests.conftest import kind_of, shared_backends
 
 def example_backends() -> list[str]:
     """One selected target per store kind that processes share (SQLite, Redis,
-    PostgreSQL): the examples do not depend on modes such as ``redis-grant``."""
+    PostgreSQL): the examples do not depend on modes such as ``redis-notify``."""
     return [b for b in shared_backends() if kind_of(b).name == b]
 
 

@@ -808,7 +808,7 @@ def test_postgres_urls_and_credentials(request: pytest.FixtureRequest) -> None:
 
 
 def test_server_store_options(store_url: str, backend: str, store: cs.Store) -> None:
-    if backend not in ("redis", "postgres", "redis-grant"):
+    if backend not in ("redis", "postgres", "redis-notify"):
         pytest.skip("options of the server stores")
     option_names = (
         ["socket_timeout", "connect_timeout", "max_connections", "handoff"]

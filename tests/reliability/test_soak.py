@@ -560,11 +560,11 @@ def test_soak_under_faults(
     server: RedisServer | PostgresServer | None = None
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'soak.db'}"
-    elif backend in ("redis", "redis-grant"):
+    elif backend in ("redis", "redis-notify"):
         server = private_server(
             RedisServer(persistence=True, extra_args=["--appendfsync", "always"])
         )
-        url = server.url + ("?handoff=grant" if backend == "redis-grant" else "")
+        url = server.url + ("?handoff=notify" if backend == "redis-notify" else "")
     else:
         server = private_server(PostgresServer(fsync=True))
         url = server.url

@@ -13,10 +13,12 @@ Guarantees and failure modes:
 - Waiters register for the lease's release notification before each attempt and also
   wake when the current lease would expire, so handoff does not depend on polling and
   a lost notification costs latency, never correctness.
-- With a granting store (Redis, ``handoff="grant"``), a blocking acquire without
-  ``cancel`` queues up in the store instead and the release writes the lease in its
-  name; the grant's life is counted from before the wait was sent (see
-  :meth:`Lease._wait_for_grant`), and leaving the queue passes an unseen grant on.
+- With a granting store (Redis, ``handoff="grant"``, the default), a blocking acquire
+  without ``cancel`` queues up in the store instead and the release writes the lease in
+  its name; the grant's life is counted from before the wait was sent (see
+  :meth:`Lease._wait_for_grant`), and leaving the queue passes an unseen grant on. At
+  most ``max_blocked_waiters`` acquisitions of a store queue at once (each blocks on a
+  connection); the others wait to be notified, as with ``handoff="notify"``.
 """
 
 from __future__ import annotations
@@ -196,7 +198,14 @@ class Lease:
         # store error) finds the lease the first attempt may have taken, never orphans it.
         owner = new_owner_id(self.store.identity)
         started_ns = now_ns()
-        if blocking and cancel is None and self.store._grants and self.grantable:
+        if (
+            blocking
+            and cancel is None
+            and self.store._grants
+            and self.grantable
+            # Beyond the store's places in grant queues, waiters are notified instead.
+            and self.store._grant_places.take()
+        ):
             span = LockWaitSpan(self.label, self.description, started_ns)
             outcome = "error"
             try:
@@ -204,6 +213,7 @@ class Lease:
                 outcome = _result(acquired, cancel)
                 return acquired
             finally:
+                self.store._grant_places.give_back()
                 span.end(outcome)
         acquired = False
         try:

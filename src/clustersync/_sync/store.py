@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import _metrics
 from .._concurrency import threads as shim
+from .._core.places import Places
 from .._core.validation import validate_name
 from .._notify import ChangeHub
 from ..exceptions import ConfigurationError, StoreUnavailableError
@@ -112,6 +113,10 @@ class Store:
         self._closed = False
         #: Whether blocked acquires queue up for a direct grant (``handoff="grant"``).
         self._grants = "grant" in backend.capabilities
+        #: Places of blocked waiters in grant queues (each may hold a connection).
+        self._grant_places = Places(
+            cast(GrantHandoff, backend).max_blocked_waiters if self._grants else 0
+        )
         backend.set_listener(self._hub)
         _OPEN_STORES.add(self)
 

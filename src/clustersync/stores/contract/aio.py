@@ -311,6 +311,10 @@ class GrantHandoff(Protocol):
     for at most that long; its holder's renewer extends it to the ttl.
     """
 
+    #: How many waiters of this store may block in :meth:`wait_for_grant` at once (each
+    #: may hold a connection while it blocks); the others wait to be notified.
+    max_blocked_waiters: int
+
     async def wait_for_grant(self, name: str, owner: str, ttl: float, wait: float) -> GrantResult:
         """Take the lease if it is free, else queue up ``owner`` (or refresh its place)
         and block for up to ``wait`` seconds until a release grants the lease to it. The

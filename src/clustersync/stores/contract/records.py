@@ -25,7 +25,7 @@ JOBS_DUE_PREFIX = JOBS_CHANNEL + "@"
 #: Life of a lease that a release hands to a queued waiter (``handoff="grant"``), until
 #: the new holder's renewer extends it to its ttl: a waiter that died while queued keeps
 #: the lock for no longer than this, not for its whole ttl.
-GRANT_LEASE_MS = 2000
+GRANT_LEASE_MS = 1000
 
 
 def parse_jobs_due(message: str) -> float | None:

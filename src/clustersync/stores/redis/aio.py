@@ -39,6 +39,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as redis_client
@@ -127,6 +128,9 @@ class RedisBackend(PushNotifications):
         #: first of them (see :meth:`wait_for_grant`); ``"notify"``: they are woken.
         self.handoff = settings.handoff
         self.capabilities = frozenset({"grant"}) if self.handoff == "grant" else frozenset()
+        #: Waiters of this store that may block in grant queues at once (each holds a
+        #: connection while it blocks); the others wait to be notified.
+        self.max_blocked_waiters = settings.grant_waiters
         #: Replicas that must acknowledge every write (``WAIT``); 0: none.
         self.min_replicas = settings.min_replicas
         self._wait_ms = max(1, int(settings.min_replicas_timeout * 1000))
@@ -178,6 +182,12 @@ class RedisBackend(PushNotifications):
                 f" not {type(sentinel_password).__name__}"
             )
         url, settings = read_settings(url, options, timeout)
+        if max_connections is not None:
+            # A waiter blocked in BLPOP holds a connection of the pool: at most half of a
+            # bounded pool, so that the other calls always find one.
+            settings = replace(
+                settings, grant_waiters=min(settings.grant_waiters, max_connections // 2)
+            )
         reject_unknown(options, "redis")
         target = parse_target(url)
         if sentinel_password is not None and target.mode != "sentinel":

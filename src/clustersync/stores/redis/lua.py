@@ -91,7 +91,7 @@ WAITER_GRACE_MS = 5000
 
 #: How long a waiter's registration in the grant queue lives without a refresh (waiters
 #: refresh it several times within this; a dead waiter drops out after it).
-REGISTRATION_MS = 2000
+REGISTRATION_MS = 1000
 #: Dead registrations a release skips at most before it frees the lease instead.
 _MAX_SKIPPED = 100
 

@@ -7,7 +7,7 @@
   Cluster.
 
 The store's own options may also be given in the query of any of them (so that
-``CLUSTERSYNC_URL`` can carry them): ``handoff``, ``min_replicas``,
+``CLUSTERSYNC_URL`` can carry them): ``handoff``, ``grant_waiters``, ``min_replicas``,
 ``min_replicas_timeout``, ``failover_timeout``. Every malformed URL or option is a
 :class:`~clustersync.ConfigurationError` whose message names the URL without its
 password.
@@ -31,6 +31,13 @@ DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_REDIS_PORT = 6379
 #: ``handoff`` values: notify waiters of a release, or grant the lease to the first one.
 HANDOFFS = ("notify", "grant")
+#: The default ``handoff``: a release grants the lease to the first queued waiter.
+DEFAULT_HANDOFF = "grant"
+#: Waiters of one store that may block in grant queues at once by default (each on a
+#: connection of its own while it blocks); the others are notified.
+DEFAULT_GRANT_WAITERS = 16
+#: Most ``grant_waiters`` (a typo guard, below Redis's default ``maxclients``).
+MAX_GRANT_WAITERS = 10_000
 #: Most replicas ``min_replicas`` may ask for (a typo guard: nobody runs more).
 MAX_MIN_REPLICAS = 100
 #: How long a call retries errors that prove it was not executed, by default: long enough
@@ -63,7 +70,8 @@ class Target:
 class Settings:
     """The store's own options, from the keyword options and the URL's query."""
 
-    handoff: str = "notify"
+    handoff: str = DEFAULT_HANDOFF
+    grant_waiters: int = DEFAULT_GRANT_WAITERS
     min_replicas: int = 0
     min_replicas_timeout: float = DEFAULT_MIN_REPLICAS_TIMEOUT
     failover_timeout: float = 0.0
@@ -79,6 +87,19 @@ def _handoff(value: Any) -> str:
             f"invalid store option: handoff must be 'notify' or 'grant', got {value!r}"
         )
     return str(value)
+
+
+def _grant_waiters(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GRANT_WAITERS:
+        raise ConfigurationError(
+            f"invalid store option: grant_waiters must be an int from 0 to {MAX_GRANT_WAITERS},"
+            f" got {value!r}"
+        )
+    return value
+
+
+def _grant_waiters_text(text: str) -> int:
+    return _grant_waiters(int(text) if text.strip().isdigit() else text)
 
 
 def _replicas(value: Any) -> int:
@@ -118,6 +139,7 @@ def _seconds_text(name: str, *, allow_zero: bool) -> Callable[[str], float]:
 #: how the URL's text is.
 QUERY_OPTIONS: dict[str, tuple[Callable[[Any], Any], Callable[[str], Any]]] = {
     "handoff": (_handoff, _handoff),
+    "grant_waiters": (_grant_waiters, _grant_waiters_text),
     "min_replicas": (_replicas, _replicas_text),
     "min_replicas_timeout": (
         _seconds("min_replicas_timeout", allow_zero=False),
