@@ -16,8 +16,9 @@ Peers and their configuration (the closest each has to clustersync's self-renewi
   unlock; the lock lives as long as the session (no ttl: a dead holder's lock goes when
   the server notices the closed connection).
 - ``clustersync`` — ``clustersync.Mutex(store, name, ttl=ttl)`` on Redis, PostgreSQL or
-  SQLite (threading API); ``clustersync handoff=grant`` is the same on a Redis store
-  opened with ``?handoff=grant`` (releases hand the lock to the first queued waiter).
+  SQLite (threading API), in its default mode (on Redis ``handoff=grant``: releases
+  hand the lock to the first queued waiter); ``clustersync handoff=notify`` is Redis
+  opened with ``?handoff=notify`` (waiters are woken by a message and retry).
 """
 
 from __future__ import annotations

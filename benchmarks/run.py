@@ -167,11 +167,11 @@ def lock_specs(stores: Stores) -> list[bl.LockSpec]:
             "cs-redis", "clustersync", "redis", "clustersync", stores.redis, default_ttl=15
         ),
         bl.LockSpec(
-            "cs-redis-grant",
-            "clustersync handoff=grant",
+            "cs-redis-notify",
+            "clustersync handoff=notify",
             "redis",
             "clustersync",
-            stores.redis + "?handoff=grant",
+            stores.redis + "?handoff=notify",
             default_ttl=15,
         ),
         bl.LockSpec("redis-py", "redis-py Lock", "redis", "redis-py", stores.redis),
@@ -181,6 +181,14 @@ def lock_specs(stores: Stores) -> list[bl.LockSpec]:
         bl.LockSpec("pottery", "pottery Redlock", "redis", "pottery", stores.redis, default_ttl=10),
         bl.LockSpec(
             "cs-postgres", "clustersync", "postgres", "clustersync", stores.postgres, default_ttl=15
+        ),
+        bl.LockSpec(
+            "cs-postgres-advisory",
+            "clustersync handoff=advisory",
+            "postgres",
+            "clustersync",
+            stores.postgres + "?handoff=advisory",
+            default_ttl=15,
         ),
         bl.LockSpec("pg-advisory", "advisory lock", "postgres", "pg-advisory", stores.postgres),
         bl.LockSpec(

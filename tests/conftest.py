@@ -2,8 +2,8 @@
 
 The stores come from the registry (:func:`clustersync.stores.store_kinds`): one *target*
 per registered kind, plus one per mode worth testing on its own (``redis-notify``: Redis
-with ``handoff="notify"``, for every kind that offers the ``grant`` capability, whose
-default is ``handoff="grant"``).
+with ``handoff="notify"``, its default being ``"grant"``; ``postgres-advisory``:
+PostgreSQL with the opt-in ``handoff="advisory"``).
 ``CLUSTERSYNC_TEST_BACKENDS`` (comma-separated targets) selects some; the default is
 every target, except that the targets served by a deployment of several servers run only
 the store suites (``tests/conformance``, ``tests/contract``) by default (name them in
@@ -74,9 +74,13 @@ TEST_URLS: dict[str, UrlFactory] = {
 #: Kinds served by a topology of several servers (session fixtures of tests/topologies.py):
 #: by default only the store suites run on them, without their modes (see the docstring).
 TOPOLOGY_KINDS = frozenset({"redis-sentinel", "redis-cluster"})
-#: Modes tested as targets of their own: capability -> (suffix, URL query). A kind with
-#: the ``grant`` capability grants by default; its ``notify`` mode is a target of its own.
-MODES = {"grant": ("-notify", "handoff=notify")}
+#: Modes tested as targets of their own: kind -> [(suffix, URL query)]. Redis grants by
+#: default (its ``notify`` mode is a target); PostgreSQL notifies by default (its opt-in
+#: advisory queue is a target).
+MODES = {
+    "redis": [("-notify", "handoff=notify")],
+    "postgres": [("-advisory", "handoff=advisory")],
+}
 #: Topology targets: name -> (kind name, URL of the session's deployment).
 TOPOLOGY_TARGETS: dict[str, tuple[str, UrlFactory]] = {
     # A primary and an asynchronous streaming standby: the libpq multi-host URL with
@@ -102,8 +106,7 @@ def _targets() -> dict[str, tuple[StoreKind, str | None]]:
     targets: dict[str, tuple[StoreKind, str | None]] = {}
     for kind in store_kinds():
         targets[kind.name] = (kind, None)
-        for capability in sorted(kind.capabilities):
-            suffix, query = MODES[capability]
+        for suffix, query in MODES.get(kind.name, []):
             targets[kind.name + suffix] = (kind, query)
     kinds = {kind.name: kind for kind in store_kinds()}
     for name, (kind_name, _) in TOPOLOGY_TARGETS.items():

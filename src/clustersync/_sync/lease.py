@@ -52,9 +52,6 @@ MAX_WAIT_WITHOUT_NEWS = 2.0
 SLOW_ANSWER_RETRY = 0.05
 #: How long ``release()`` retries a failing store before leaving the lease to expire.
 RELEASE_RETRY_SECONDS = 2.0
-#: Longest single wait in a grant queue: each round refreshes our place in the queue
-#: (which lapses after ``REGISTRATION_MS`` without one) and notices a free lease.
-GRANT_WAIT_SLICE = 0.5
 #: How much faster than the store's clock this host's monotonic clock may run, relative:
 #: NTP slews a clock by at most 0.05 %; 0.1 % is 15 ms of a 15 s lease.
 CLOCK_DRIFT = 0.001
@@ -302,20 +299,20 @@ class Lease:
         """Blocking acquire through the store's grant queue (``handoff="grant"``).
 
         Each round takes the lease if it is free, else queues up (keeping our place) and
-        blocks until a release hands the lease to us, for at most a slice of
-        :data:`GRANT_WAIT_SLICE` (shorter for short leases, so that a grant is never
-        older than a quarter of its life when we see it). Leaving without the lease
+        blocks until a release hands the lease to us, for at most the store's
+        ``grant_wait(ttl)`` (Redis: 0.25 s, so that a grant is never older than a quarter
+        of its life when we see it). Leaving without the lease
         (timeout, store error, cancellation) withdraws from the queue and passes on a
         grant we never saw.
         """
-        granted_life = min(self.ttl, GRANT_LEASE_SECONDS)
+        longest_wait = self.store._grant_ops.grant_wait(self.ttl)
         backoff = Backoff()
         error: StoreUnavailableError | None = None
         acquired = False
         tried = False
         try:
             while True:
-                wait = min(GRANT_WAIT_SLICE, granted_life / 4)
+                wait = longest_wait
                 if deadline is not None:
                     remaining = deadline - shim.monotonic()
                     if remaining <= 0 and tried:

@@ -352,7 +352,8 @@ def _common_options(kind: StoreKind, options: dict[str, Any]) -> dict[str, Any]:
         if options["handoff"] != "notify":
             raise ConfigurationError(
                 f"handoff={options['handoff']!r}: the {kind.name} store only notifies"
-                " waiters (handoff='grant' is a Redis store option)"
+                " waiters (handoff='grant' is a Redis store option, handoff='advisory' a"
+                " PostgreSQL one)"
             )
         del options["handoff"]
     return options

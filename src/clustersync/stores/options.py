@@ -11,7 +11,21 @@ from typing import Any
 from .._core.validation import MAX_TTL_SECONDS, validate_seconds
 from ..exceptions import ConfigurationError
 
-__all__ = ["option_count", "option_seconds", "option_timeout", "reject_unknown"]
+__all__ = [
+    "DEFAULT_GRANT_WAITERS",
+    "option_count",
+    "option_grant_waiters",
+    "option_grant_waiters_text",
+    "option_seconds",
+    "option_timeout",
+    "reject_unknown",
+]
+
+#: Acquisitions of one store that may block in a handoff queue at once by default (each
+#: on a connection of its own while it blocks); the others wait to be notified.
+DEFAULT_GRANT_WAITERS = 16
+#: Most ``grant_waiters`` (a typo guard, below Redis's default ``maxclients``).
+MAX_GRANT_WAITERS = 10_000
 
 
 def option_seconds(value: Any, name: str) -> float:
@@ -41,6 +55,21 @@ def option_count(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"invalid store option: {name} must be an int >= 1, got {value!r}")
     return value
+
+
+def option_grant_waiters(value: Any) -> int:
+    """The ``grant_waiters`` option: an int from 0 to 10,000."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GRANT_WAITERS:
+        raise ConfigurationError(
+            f"invalid store option: grant_waiters must be an int from 0 to {MAX_GRANT_WAITERS},"
+            f" got {value!r}"
+        )
+    return value
+
+
+def option_grant_waiters_text(text: str) -> int:
+    """The ``grant_waiters`` option given in a URL's query."""
+    return option_grant_waiters(int(text) if text.strip().isdigit() else text)
 
 
 def reject_unknown(options: dict[str, Any], kind: str) -> None:

@@ -315,6 +315,12 @@ class GrantHandoff(Protocol):
     #: may hold a connection while it blocks); the others wait to be notified.
     max_blocked_waiters: int
 
+    def grant_wait(self, ttl: float) -> float:
+        """The longest single wait to ask :meth:`wait_for_grant` for, for a lease of
+        ``ttl`` seconds (a waiter then calls again: it keeps its place in the queue, and
+        a lease broken or expired meanwhile is noticed)."""
+        ...
+
     async def wait_for_grant(self, name: str, owner: str, ttl: float, wait: float) -> GrantResult:
         """Take the lease if it is free, else queue up ``owner`` (or refresh its place)
         and block for up to ``wait`` seconds until a release grants the lease to it. The

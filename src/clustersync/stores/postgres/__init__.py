@@ -26,4 +26,6 @@ KIND = StoreKind(
     extra="postgres",
     reach="cluster",
     durable=True,
+    # handoff="advisory": blocked acquisitions queue in the server (opt-in).
+    capabilities=frozenset({"grant"}),
 )

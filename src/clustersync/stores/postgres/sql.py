@@ -19,7 +19,9 @@ Nothing relies on session state (no session advisory locks, no temp tables, no
 ``SET``), so the store works behind a transaction-pooling PgBouncer (protocol-level
 prepared statements need PgBouncer 1.21+ with ``max_prepared_statements``, or the store
 option ``prepared_statements=False``; LISTEN does not work there: ``wakeups="poll"``
-and :data:`POLL_CHANGES`).
+and :data:`POLL_CHANGES`) — except the opt-in ``handoff="advisory"``, whose blocked
+acquisitions queue in the server on a session-level advisory lock
+(:data:`QUEUE_FUNCTIONS`) and so need a direct connection.
 """
 
 from __future__ import annotations
@@ -757,3 +759,74 @@ SELECT now.us,
     ARRAY(SELECT key FROM clustersync_recurring WHERE ns = %(ns)s AND triggered)
 FROM now
 """
+
+
+# -- the advisory queue (handoff="advisory") -------------------------------------------------
+#
+# A blocked acquisition waits in the server's lock queue: on a connection of its own it
+# takes a session-level advisory lock on the name (for at most p_wait_ms), then the lease
+# row exactly as ACQUIRE does, in one call. The release frees the row, then the advisory
+# lock, in one call; the next waiter's backend wakes at once and takes the row (its
+# INSERT waits for the release's commit, then sees the row free). The row stays the truth
+# for ownership, tokens and expiry: a waiter whose wait ran out (a holder paused past its
+# expiry keeps its advisory lock) still tries the row, and holders through the pool
+# (non-blocking acquires, jobs) and through the queue exclude each other by the row alone.
+# Functions, not a schema version: versions of clustersync without them keep working on
+# a store that has them. Their name carries their own version.
+
+
+def _in_function(statement: str) -> str:
+    """A statement of this module with its parameters read from the function's arguments."""
+    for name in ("ns", "name", "owner", "token", "ttl_us", "channel"):
+        statement = statement.replace(f"%({name})s", f"p_{name}")
+    return statement.strip()
+
+
+#: Releases the lease of an owner whatever its token (a waiter leaving the queue after a
+#: call whose answer it never saw: the lease may be its own).
+RELEASE_OWNED = RELEASE.replace("AND token = %(token)s", "")
+
+QUEUE_ACQUIRE = "SELECT * FROM clustersync_queue_acquire_v1(%s, %s, %s, %s, %s, %s)"
+QUEUE_RELEASE = "SELECT clustersync_queue_release_v1(%s, %s, %s, %s, %s, %s)"
+QUEUE_WITHDRAW = "SELECT clustersync_queue_withdraw_v1(%s, %s, %s, %s, %s)"
+
+QUEUE_FUNCTIONS = [
+    f"""CREATE OR REPLACE FUNCTION clustersync_queue_acquire_v1(
+    p_ns text, p_name text, p_owner text, p_ttl_us bigint, p_key bigint, p_wait_ms integer,
+    OUT locked boolean, OUT lease_token bigint, OUT remaining_us bigint)
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM set_config('lock_timeout', p_wait_ms::text, true);
+    BEGIN
+        PERFORM pg_advisory_lock(p_key);
+        locked := true;
+    EXCEPTION WHEN lock_not_available THEN
+        locked := false;
+    END;
+    PERFORM set_config('lock_timeout', '0', true);
+    {_in_function(ACQUIRE)} INTO lease_token, remaining_us;
+END
+$fn$""",
+    f"""CREATE OR REPLACE FUNCTION clustersync_queue_release_v1(
+    p_ns text, p_name text, p_owner text, p_token bigint, p_channel text, p_key bigint)
+RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+    notified bigint;
+BEGIN
+    {_in_function(RELEASE)} INTO notified;
+    PERFORM pg_advisory_unlock(p_key);
+    RETURN notified IS NOT NULL;
+END
+$fn$""",
+    f"""CREATE OR REPLACE FUNCTION clustersync_queue_withdraw_v1(
+    p_ns text, p_name text, p_owner text, p_channel text, p_key bigint)
+RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+    notified bigint;
+BEGIN
+    {_in_function(RELEASE_OWNED)} INTO notified;
+    PERFORM pg_advisory_unlock(p_key);
+    RETURN notified IS NOT NULL;
+END
+$fn$""",
+]

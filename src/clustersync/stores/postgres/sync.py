@@ -77,6 +77,7 @@ from ..contract import (
     AcquireResult,
     ClaimedJob,
     FailedJobRecord,
+    GrantResult,
     JobMetadataRecord,
     LeaseInfo,
     NewJob,
@@ -89,7 +90,13 @@ from ..contract import (
     prefix_end,
 )
 from ..feed.sync import POLL, ChangeFeed, ChangePoller, PushNotifications
-from ..options import option_count, option_timeout
+from ..options import (
+    DEFAULT_GRANT_WAITERS,
+    option_count,
+    option_grant_waiters,
+    option_grant_waiters_text,
+    option_timeout,
+)
 from ..registry import redact
 from . import sql as q
 
@@ -118,8 +125,21 @@ CHANGE_POLL = 0.5
 #: A lease whose acquisition was refused is polled for this long (a waiter asks again
 #: at least every 2 s, which extends it).
 WATCH_REFUSED = 3.0
+#: ``handoff`` values: waiters are notified of a release (LISTEN or polling), or blocked
+#: acquisitions queue in the server on a session-level advisory lock (see
+#: :data:`~clustersync.stores.postgres.sql.QUEUE_FUNCTIONS`).
+HANDOFFS = ("notify", "advisory")
+#: Longest single wait in the advisory lock queue (shorter for short leases): a holder
+#: paused past its expiry, or a lease broken by an operator, keeps its advisory lock, and
+#: its waiters see the row free when their wait runs out.
+ADVISORY_WAIT = 2.0
+#: Idle connections kept for the next acquisitions through the advisory queue.
+SPARE_SESSIONS = 4
+#: How often a waiter that holds the advisory lock, but not the lease (taken without the
+#: queue: a non-blocking acquire, a job), checks the lease again.
+ROW_POLL = 0.05
 #: Store options that may also be given in the URL's query (libpq would reject them).
-_URL_OPTIONS = ("wakeups", "prepared_statements")
+_URL_OPTIONS = ("wakeups", "prepared_statements", "handoff", "grant_waiters")
 #: ``target_session_attrs`` values that may land on a standby, where nothing works.
 _STANDBY_SESSIONS = ("read-only", "standby", "prefer-standby")
 
@@ -147,6 +167,8 @@ class PostgresBackend(PushNotifications):
         max_connections: int = 10,
         prepared_statements: bool = True,
         wakeups: str = "listen",
+        handoff: str = "notify",
+        grant_waiters: int = DEFAULT_GRANT_WAITERS,
         hosts: _Hosts | None = None,
     ) -> None:
         self._url = url
@@ -187,6 +209,16 @@ class PostgresBackend(PushNotifications):
                 answer_within=socket_timeout,
             )
         self._closed = False
+        #: ``"advisory"``: blocked acquisitions queue in the server (capability
+        #: ``grant``, see :meth:`wait_for_grant`); ``"notify"``: they are woken.
+        self.handoff = handoff
+        self.capabilities = frozenset({"grant"}) if handoff == "advisory" else frozenset()
+        self.max_blocked_waiters = grant_waiters
+        #: Connections of their own holding the advisory lock of a lease: (name, owner)
+        #: -> connection; and idle ones kept for the next acquisitions.
+        self._sessions: dict[tuple[str, str], Any] = {}
+        self._spare_sessions: list[Any] = []
+        self._sessions_lock = threading.Lock()
         # The connection pool: idle connections with when they were checked in (newest
         # last), how many are open or being opened, and who waits for one when all
         # max_connections are busy.
@@ -215,6 +247,21 @@ class PostgresBackend(PushNotifications):
             "prepared_statements", in_url.get("prepared_statements"), options, True
         )
         wakeups = _choice_option("wakeups", in_url.get("wakeups"), options, WAKEUPS)
+        handoff = _choice_option("handoff", in_url.get("handoff"), options, HANDOFFS)
+        waiters = _merged_option("grant_waiters", None, options)
+        if "grant_waiters" in in_url:
+            waiters.insert(0, option_grant_waiters_text(in_url["grant_waiters"]))
+        waiters = [option_grant_waiters(value) for value in waiters]
+        if len(set(waiters)) > 1:
+            raise ConfigurationError(
+                "conflicting grant_waiters settings in the URL and the options"
+            )
+        if handoff == "advisory" and wakeups == "poll":
+            raise ConfigurationError(
+                "invalid store options: handoff='advisory' holds session-level advisory locks,"
+                " which need a direct connection to PostgreSQL; wakeups='poll' marks a"
+                " transaction-pooling PgBouncer, where they cannot work (use handoff='notify')"
+            )
         if options:
             raise ConfigurationError(
                 f"unknown option(s) for the postgres store: {', '.join(sorted(options))}"
@@ -239,6 +286,8 @@ class PostgresBackend(PushNotifications):
             max_connections=max_connections,
             prepared_statements=prepared,
             wakeups=wakeups,
+            handoff=handoff,
+            grant_waiters=waiters[0] if waiters else DEFAULT_GRANT_WAITERS,
             hosts=hosts,
         )
         try:
@@ -286,6 +335,9 @@ class PostgresBackend(PushNotifications):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (q.SCHEMA_LOCK_KEY,))
             for statement in q.SCHEMA:
                 conn.execute(statement)
+            if self.handoff == "advisory":
+                for statement in q.QUEUE_FUNCTIONS:
+                    conn.execute(statement)
             cur = conn.execute("SELECT max(version) FROM clustersync_schema")
             row = cur.fetchone()
             version = row[0] if row else None
@@ -570,6 +622,9 @@ class PostgresBackend(PushNotifications):
         replaced, in this process only, by ``/dev/null``, so that nothing the child's
         copies do (libpq's goodbye message when they are finalized) reaches the server
         on the parent's sessions; the store then opens connections of its own."""
+        with self._sessions_lock:  # the parent's advisory locks stay the parent's
+            self._sessions.clear()
+            self._spare_sessions.clear()
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             for conn in list(self._connections):
@@ -584,6 +639,13 @@ class PostgresBackend(PushNotifications):
             return
         self._closed = True
         self._listener = None
+        with self._sessions_lock:
+            sessions = [*self._sessions.values(), *self._spare_sessions]
+            self._sessions.clear()
+            self._spare_sessions.clear()
+        for conn in sessions:  # the server frees their advisory locks
+            with contextlib.suppress(Exception):
+                conn.close()
         if self._feed is not None:
             self._feed.close()
         if self._poller is not None:
@@ -624,6 +686,15 @@ class PostgresBackend(PushNotifications):
         return self._rowcount("renew a lease", q.RENEW, params) == 1
 
     def release_lease(self, name: str, owner: str, token: int) -> bool:
+        with self._sessions_lock:
+            session = self._sessions.pop((name, owner), None)
+        if session is not None:  # taken through the advisory queue
+            args = (self._ns, name, owner, token, self._channel, self._advisory_key(name))
+            row = self._on_session("release a lease", session, q.QUEUE_RELEASE, args, 0.0)
+            self._spare(session)
+            if row[0]:
+                self._local_change(lease_channel(name))
+            return bool(row[0])
         params = {
             "ns": self._ns,
             "name": name,
@@ -642,6 +713,144 @@ class PostgresBackend(PushNotifications):
         if broken:
             self._local_change(lease_channel(name))
         return broken
+
+    # -- the advisory queue (handoff="advisory") ---------------------------------------------
+
+    def grant_wait(self, ttl: float) -> float:
+        """At most :data:`ADVISORY_WAIT` and a quarter of the ttl: when a wait in the queue
+        runs out, the waiter tries the lease row itself, so a holder paused past its
+        expiry (which keeps its advisory lock) loses the lease to it by then."""
+        return min(ADVISORY_WAIT, ttl / 4, self._socket_timeout / 2)
+
+    def wait_for_grant(self, name: str, owner: str, ttl: float, wait: float) -> GrantResult:
+        """Queue in the server for the lease (``handoff="advisory"``): on a connection of
+        its own, wait up to ``wait`` seconds for the session-level advisory lock of the
+        name, then take the lease row (free or expired: the row stays the truth), in one
+        call. While the lease is held, that connection keeps the advisory lock, and
+        :meth:`release_lease` frees the row, then the lock, in one call: the next
+        waiter's backend, already queued, takes the row at once. A wait that runs out
+        still tries the row (a holder paused past its expiry). A waiter that got the
+        advisory lock while the lease was taken without the queue keeps the lock and
+        checks the row every :data:`ROW_POLL`."""
+        with self._sessions_lock:
+            session = self._sessions.get((name, owner))
+        queued = session is not None  # we hold the advisory lock already
+        if session is None:
+            with self._translate("wait for a lease"):
+                session = self._session()
+        try:
+            if queued:
+                params = {"ns": self._ns, "name": name, "owner": owner, "ttl_us": int(ttl * _US)}
+                token, remaining_us = self._on_session(
+                    "wait for a lease", session, q.ACQUIRE, params, 0.0
+                )
+                locked = True
+            else:
+                args = (
+                    self._ns,
+                    name,
+                    owner,
+                    int(ttl * _US),
+                    self._advisory_key(name),
+                    max(1, int(wait * 1000)),
+                )
+                locked, token, remaining_us = self._on_session(
+                    "wait for a lease", session, q.QUEUE_ACQUIRE, args, wait
+                )
+        except BaseException:
+            with self._sessions_lock:
+                self._sessions.pop((name, owner), None)
+            raise
+        if locked and not queued:
+            with self._sessions_lock:
+                self._sessions[(name, owner)] = session
+        if token is not None:
+            if not locked:  # taken from a holder past its expiry, without the queue
+                self._spare(session)
+            return GrantResult(int(token), valid_for=ttl)
+        left = max(0, int(remaining_us or 0)) / _US
+        if not locked:  # the wait ran out: the caller queues again at once
+            self._spare(session)
+            return GrantResult(None, retry_after=left)
+        shim.sleep(min(wait, left + 0.001, ROW_POLL))
+        return GrantResult(None, retry_after=left)
+
+    def withdraw_waiter(self, name: str, owner: str) -> bool:
+        """Leave the queue of ``name``: free the advisory lock if we hold it, and the
+        lease if a call whose answer we never saw took it for ``owner``. True if it did."""
+        with self._sessions_lock:
+            session = self._sessions.pop((name, owner), None)
+        if session is not None:
+            args = (self._ns, name, owner, self._channel, self._advisory_key(name))
+            row = self._on_session(
+                "leave the queue of a lease", session, q.QUEUE_WITHDRAW, args, 0.0
+            )
+            self._spare(session)
+            freed = bool(row[0])
+        else:
+            params = {"ns": self._ns, "name": name, "owner": owner, "channel": self._channel}
+            rows = self._fetch("leave the queue of a lease", q.RELEASE_OWNED, params)
+            freed = len(rows) == 1
+        if freed:
+            self._local_change(lease_channel(name))
+        return freed
+
+    def _advisory_key(self, name: str) -> int:
+        """The advisory lock key of a lease: 64 bits of a hash of the namespace and name
+        (a collision only makes two names queue together; the rows stay apart)."""
+        digest = hashlib.blake2b(f"{self._ns}\0{name}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def _session(self) -> Any:
+        """An idle connection of its own (not of the pool) for the advisory queue."""
+        while True:
+            with self._sessions_lock:
+                if self._closed:
+                    raise StoreUnavailableError(f"store {self._safe_url} is closed")
+                conn = self._spare_sessions.pop() if self._spare_sessions else None
+            if conn is None:
+                return self._connect()
+            if not conn.closed and not _closed_by_server(conn):
+                return conn
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _spare(self, conn: Any) -> None:
+        """Keep an idle session connection (holding no advisory lock) for later."""
+        with self._sessions_lock:
+            keep = not self._closed and not conn.closed
+            keep = keep and len(self._spare_sessions) < SPARE_SESSIONS
+            if keep:
+                self._spare_sessions.append(conn)
+        if not keep:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _on_session(
+        self, action: str, conn: Any, query: str, params: Any, wait: float
+    ) -> Any:
+        """The one row of ``query`` on a session connection, bounded by ``wait`` plus
+        ``socket_timeout``. A failover that lost the queue's functions creates them
+        again once. Any error closes the connection (the server then ends the session
+        and frees its advisory lock) and raises ``StoreUnavailableError``."""
+        try:
+            with self._translate(action):
+                try:
+                    with _Watchdog(conn, wait + self._socket_timeout, self._safe_url):
+                        return (conn.execute(query, params)).fetchone()
+                except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable):
+                    logger.warning(
+                        "PostgreSQL at %s: the clustersync schema is missing or older"
+                        " (a failover lost it?); creating it again",
+                        self._safe_url,
+                    )
+                    self._create_schema(conn)
+                    with _Watchdog(conn, wait + self._socket_timeout, self._safe_url):
+                        return (conn.execute(query, params)).fetchone()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
 
     def list_leases(self) -> list[LeaseInfo]:
         rows = self._fetch("list leases", q.LIST_LEASES, {"ns": self._ns})

@@ -21,7 +21,12 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ...exceptions import ConfigurationError
-from ..options import option_timeout
+from ..options import (
+    DEFAULT_GRANT_WAITERS,
+    option_grant_waiters,
+    option_grant_waiters_text,
+    option_timeout,
+)
 from ..registry import redact
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -33,11 +38,6 @@ DEFAULT_REDIS_PORT = 6379
 HANDOFFS = ("notify", "grant")
 #: The default ``handoff``: a release grants the lease to the first queued waiter.
 DEFAULT_HANDOFF = "grant"
-#: Waiters of one store that may block in grant queues at once by default (each on a
-#: connection of its own while it blocks); the others are notified.
-DEFAULT_GRANT_WAITERS = 16
-#: Most ``grant_waiters`` (a typo guard, below Redis's default ``maxclients``).
-MAX_GRANT_WAITERS = 10_000
 #: Most replicas ``min_replicas`` may ask for (a typo guard: nobody runs more).
 MAX_MIN_REPLICAS = 100
 #: How long a call retries errors that prove it was not executed, by default: long enough
@@ -89,19 +89,6 @@ def _handoff(value: Any) -> str:
     return str(value)
 
 
-def _grant_waiters(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GRANT_WAITERS:
-        raise ConfigurationError(
-            f"invalid store option: grant_waiters must be an int from 0 to {MAX_GRANT_WAITERS},"
-            f" got {value!r}"
-        )
-    return value
-
-
-def _grant_waiters_text(text: str) -> int:
-    return _grant_waiters(int(text) if text.strip().isdigit() else text)
-
-
 def _replicas(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MIN_REPLICAS:
         raise ConfigurationError(
@@ -139,7 +126,7 @@ def _seconds_text(name: str, *, allow_zero: bool) -> Callable[[str], float]:
 #: how the URL's text is.
 QUERY_OPTIONS: dict[str, tuple[Callable[[Any], Any], Callable[[str], Any]]] = {
     "handoff": (_handoff, _handoff),
-    "grant_waiters": (_grant_waiters, _grant_waiters_text),
+    "grant_waiters": (option_grant_waiters, option_grant_waiters_text),
     "min_replicas": (_replicas, _replicas_text),
     "min_replicas_timeout": (
         _seconds("min_replicas_timeout", allow_zero=False),
