@@ -36,7 +36,12 @@ from .conftest import soak_mode
 
 pytestmark = pytest.mark.slow
 
-KINDS = [kind for kind in ("redis", "postgres") if kind in selected_backends()]
+#: The server targets, with their modes (Redis notify, PostgreSQL's advisory queue).
+KINDS = [
+    target
+    for target in ("redis", "redis-notify", "postgres", "postgres-advisory")
+    if target in selected_backends()
+]
 SKEW = 300.0  # seconds: "+5m" / "-5m"
 SITE_DIR = Path(__file__).with_name("faketime")
 #: Where Debian and others install the thread-safe libfaketime.

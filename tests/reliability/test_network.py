@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import threading
 import time
@@ -41,7 +42,8 @@ from clustersync.testing.checker import (
     check_holds,
     check_one_shot,
 )
-from tests.conftest import selected_backends
+from tests.conftest import TARGETS as TARGETS_BY_NAME
+from tests.conftest import kind_of, selected_backends
 from tests.servers import PostgresServer, RedisServer
 
 from .conftest import soak_mode
@@ -49,7 +51,13 @@ from .proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
-KINDS = [kind for kind in ("redis", "postgres") if kind in selected_backends()]
+#: The server targets, with their modes (Redis notify, PostgreSQL's advisory queue): every
+#: store of a test on a mode's target is opened in that mode.
+TARGETS = [
+    target
+    for target in ("redis", "redis-notify", "postgres", "postgres-advisory")
+    if target in selected_backends()
+]
 #: Options of stores that talk through the proxy: a socket timeout above the ttls used
 #: here, so that timely loss detection cannot come from the socket timeout.
 PROXIED: dict[str, Any] = {"socket_timeout": 5.0}
@@ -62,17 +70,40 @@ LATENCY_ROUNDS = 60 if SOAK else 5
 DROPPED_JOBS, DROPPED_SPREAD = (400, 20.0) if SOAK else (40, 2.0)
 
 
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
 
 
 @pytest.fixture
-def server(kind: str, request: pytest.FixtureRequest) -> RedisServer | PostgresServer:
-    """The session's server of ``kind`` (never stopped here)."""
+def kind(target: str) -> str:
+    return kind_of(target).name
+
+
+@pytest.fixture
+def server(kind: str, target: str, request: pytest.FixtureRequest) -> RedisServer | PostgresServer:
+    """The session's server of ``kind`` (never stopped here); its ``url`` carries the
+    target's mode."""
     found: RedisServer | PostgresServer = request.getfixturevalue(f"{kind}_server")
-    return found
+    return with_mode(found, TARGETS_BY_NAME[target][1])
+
+
+def with_mode(
+    server: RedisServer | PostgresServer, query: str | None
+) -> RedisServer | PostgresServer:
+    """A view of ``server`` whose ``url`` ends with a store mode's ``query``
+    (``handoff=…``); the same server otherwise."""
+    if query is None:
+        return server
+    base = type(server)
+    plain = server.url
+    moded_url = plain + ("&" if "?" in plain else "?") + query
+    moded = copy.copy(server)
+    moded.__class__ = type(
+        f"{base.__name__}WithMode", (base,), {"url": property(lambda self: moded_url)}
+    )
+    return moded
 
 
 @pytest.fixture

@@ -567,7 +567,7 @@ def test_soak_under_faults(
         url = server.url + ("?handoff=notify" if backend == "redis-notify" else "")
     else:
         server = private_server(PostgresServer(fsync=True))
-        url = server.url
+        url = server.url + ("?handoff=advisory" if backend == "postgres-advisory" else "")
     soak = Soak(backend, url, namespace, tmp_path, server, budget())
     try:
         run_soak(soak, request)
