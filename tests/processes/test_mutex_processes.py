@@ -51,6 +51,45 @@ def test_contending_processes_never_overlap_and_tokens_increase(cluster: Cluster
     check_holds(HoldLog("shared", token, start, end, who) for start, end, token, who in holds)
 
 
+#: The mode each server kind offers besides its default: processes in both modes share a
+#: lock during an upgrade or a partial rollout.
+OTHER_MODE = {"redis": "handoff=notify", "postgres": "handoff=advisory"}
+
+
+def test_processes_in_both_handoff_modes_never_overlap(cluster: Cluster) -> None:
+    """Redis (grants by default; notify was the default before) and PostgreSQL (notify
+    by default; opt-in advisory queue): half of the processes in each mode contend for
+    one lock. The lease in the store decides for both, so no two ever hold it at once,
+    tokens increase, and every process gets its turns."""
+    if cluster.backend not in OTHER_MODE:
+        pytest.skip("a server store in its default mode")
+    processes, rounds = 4, 25
+    workers = [
+        cluster.spawn(
+            f"p{i}{'-other' if i % 2 else ''}",
+            "contend",
+            mutex="shared",
+            rounds=rounds,
+            go=cluster.path("go"),
+            url=cluster.url + ("?" + OTHER_MODE[cluster.backend] if i % 2 else ""),
+        )
+        for i in range(processes)
+    ]
+    for worker in workers:
+        cluster.wait_for(worker, "ready")
+    cluster.command("go")
+    for worker in workers:
+        cluster.wait_for(worker, "done", timeout=60)
+    holds = sorted(
+        (e["start"], e["end"], e["token"], w.name) for w in workers for e in w.events("hold")
+    )
+    assert len(holds) == processes * rounds
+    for (_, end, token, who), (n_start, _, n_token, n_who) in itertools.pairwise(holds):
+        assert end <= n_start, f"{who} (token {token}) overlaps {n_who} (token {n_token})"
+        assert token < n_token, f"token {n_token} of {n_who} follows {token} of {who}"
+    check_holds(HoldLog("shared", token, start, end, who) for start, end, token, who in holds)
+
+
 def test_sigkilled_holder_is_taken_over_within_ttl(cluster: Cluster) -> None:
     ttl = 1.0
     holder = cluster.spawn(
