@@ -21,34 +21,44 @@ from .harness import Cluster
 pytestmark = pytest.mark.slow
 
 
-def test_contending_processes_never_overlap_and_tokens_increase(cluster: Cluster) -> None:
-    processes, rounds = 4, 30
+Hold = tuple[float, float, int, str]  # start, end, token, worker
+
+
+def _contend(cluster: Cluster, urls: list[str], rounds: int) -> list[Hold]:
+    """One worker per URL takes the mutex ``rounds`` times; their holds, checked: none
+    overlaps the next, tokens increase, every worker had all its turns."""
     workers = [
-        cluster.spawn(f"p{i}", "contend", mutex="shared", rounds=rounds, go=cluster.path("go"))
-        for i in range(processes)
+        cluster.spawn(
+            f"p{i}", "contend", mutex="shared", rounds=rounds, go=cluster.path("go"), url=url
+        )
+        for i, url in enumerate(urls)
     ]
     for worker in workers:
         cluster.wait_for(worker, "ready")
     cluster.command("go")
     for worker in workers:
         cluster.wait_for(worker, "done", timeout=40)
-
     holds = sorted(
-        ((e["start"], e["end"], e["token"], w.name) for w in workers for e in w.events("hold")),
+        (e["start"], e["end"], e["token"], w.name) for w in workers for e in w.events("hold")
     )
-    assert len(holds) == processes * rounds
+    assert len(holds) == len(urls) * rounds
     for (start, end, token, who), (n_start, _, n_token, n_who) in itertools.pairwise(holds):
         assert start <= end
         assert end <= n_start, f"{who} (token {token}) overlaps {n_who} (token {n_token})"
         assert token < n_token, f"token {n_token} of {n_who} follows {token} of {who}"
-    # SQLite counts from 1 in a fresh namespace, one per acquisition. Redis and PostgreSQL
-    # mint max(previous + 1, their clock in µs): their tokens only strictly increase
-    # (checked above).
-    tokens = [h[2] for h in holds]
-    if kind_of(cluster.backend).name == "sqlite":
-        assert tokens == list(range(1, 1 + processes * rounds))
     assert {h[3] for h in holds} == {w.name for w in workers}
     check_holds(HoldLog("shared", token, start, end, who) for start, end, token, who in holds)
+    return holds
+
+
+def test_contending_processes_never_overlap_and_tokens_increase(cluster: Cluster) -> None:
+    processes, rounds = 4, 30
+    holds = _contend(cluster, [cluster.url] * processes, rounds)
+    # SQLite counts from 1 in a fresh namespace, one per acquisition. Redis and PostgreSQL
+    # mint max(previous + 1, their clock in µs): their tokens only strictly increase
+    # (checked by _contend).
+    if kind_of(cluster.backend).name == "sqlite":
+        assert [h[2] for h in holds] == list(range(1, 1 + processes * rounds))
 
 
 #: The mode each server kind offers besides its default: processes in both modes share a
@@ -63,31 +73,8 @@ def test_processes_in_both_handoff_modes_never_overlap(cluster: Cluster) -> None
     tokens increase, and every process gets its turns."""
     if cluster.backend not in OTHER_MODE:
         pytest.skip("a server store in its default mode")
-    processes, rounds = 4, 25
-    workers = [
-        cluster.spawn(
-            f"p{i}{'-other' if i % 2 else ''}",
-            "contend",
-            mutex="shared",
-            rounds=rounds,
-            go=cluster.path("go"),
-            url=cluster.url + ("?" + OTHER_MODE[cluster.backend] if i % 2 else ""),
-        )
-        for i in range(processes)
-    ]
-    for worker in workers:
-        cluster.wait_for(worker, "ready")
-    cluster.command("go")
-    for worker in workers:
-        cluster.wait_for(worker, "done", timeout=60)
-    holds = sorted(
-        (e["start"], e["end"], e["token"], w.name) for w in workers for e in w.events("hold")
-    )
-    assert len(holds) == processes * rounds
-    for (_, end, token, who), (n_start, _, n_token, n_who) in itertools.pairwise(holds):
-        assert end <= n_start, f"{who} (token {token}) overlaps {n_who} (token {n_token})"
-        assert token < n_token, f"token {n_token} of {n_who} follows {token} of {who}"
-    check_holds(HoldLog("shared", token, start, end, who) for start, end, token, who in holds)
+    other = cluster.url + "?" + OTHER_MODE[cluster.backend]
+    _contend(cluster, [cluster.url, other, cluster.url, other], rounds=25)
 
 
 def test_sigkilled_holder_is_taken_over_within_ttl(cluster: Cluster) -> None:

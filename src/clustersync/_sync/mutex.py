@@ -16,9 +16,11 @@ Guarantees:
   ``release()`` raise :class:`~clustersync.LockLostError`.
 - Waiters wake at once on release in this process, within about a millisecond across
   processes on SQLite, and when the holder's lease expires (crash takeover ≈ ttl). On
-  Redis with ``open_store(..., handoff="grant")``, blocked waiters queue up and a release
-  hands the lease straight to the first live one (first come, first served); a waiter
-  killed or paused while queued may keep the lock for up to 2 s.
+  Redis (``handoff="grant"``, the default), blocked waiters queue up and a release hands
+  the lease straight to the first live one (first come, first served); a waiter killed
+  or paused while queued may keep the lock for up to 1 s. On PostgreSQL with
+  ``open_store(..., handoff="advisory")``, blocked waiters queue in the server on a
+  session-level advisory lock and take the lease in the same call.
 
 Failure modes: a store outage while waiting is retried with capped, jittered backoff and
 logged; ``acquire`` gives up only when ``timeout`` runs out (re-raising the store error if

@@ -8,7 +8,7 @@ namespace in one Redis Cluster slot):
 - ``P w:<name>``   waiter flag: set by a failed acquire for the lease's remaining life plus
                    ``WAITER_GRACE_MS``; a release publishes only while it exists (an
                    uncontended release sends no message)
-- ``P q:<name>``   grant queue (``handoff="grant"``): sorted set owner -> time of its
+- ``P q:<name>``   grant queue (``handoff="grant"``, the default): sorted set owner -> time of its
                    first registration (µs), so waiters are served in arrival order
 - ``P qi:<name>``  hash owner -> ``"<registration expiry µs>|<granted lease ms>"``
 - ``P lnames``     set of the lease keys (``P l:<name>``) written and not yet deleted:
