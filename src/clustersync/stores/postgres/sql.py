@@ -177,11 +177,7 @@ _TRIM_RUNS = f"""trimmed AS (
 # The lease is taken if free (ON CONFLICT … WHERE expired); otherwise ``waiting`` marks it
 # as waited for. The row lock taken by ON CONFLICT orders this against a release. Tokens:
 # see the module docstring (a fresh name starts at the clock, as on Redis).
-ACQUIRE = f"""
-WITH now AS (SELECT {_NOW} AS us),
-old AS (SELECT expires_us, owner FROM clustersync_leases WHERE ns = %(ns)s AND name = %(name)s),
-ins AS (
-    INSERT INTO clustersync_leases AS l (ns, name, owner, token, expires_us)
+_TAKE_LEASE = """INSERT INTO clustersync_leases AS l (ns, name, owner, token, expires_us)
     SELECT %(ns)s, %(name)s, %(owner)s, now.us, now.us + %(ttl_us)s FROM now
     ON CONFLICT (ns, name) DO UPDATE
         SET owner = excluded.owner,
@@ -193,7 +189,13 @@ ins AS (
             expires_us = excluded.expires_us
         WHERE l.owner IS NULL OR l.owner = excluded.owner
             OR l.expires_us <= excluded.expires_us - %(ttl_us)s
-    RETURNING token
+    RETURNING token"""
+
+ACQUIRE = f"""
+WITH now AS (SELECT {_NOW} AS us),
+old AS (SELECT expires_us, owner FROM clustersync_leases WHERE ns = %(ns)s AND name = %(name)s),
+ins AS (
+    {_TAKE_LEASE}
 ),
 waiting AS (
     UPDATE clustersync_leases SET waiters_until_us = expires_us + {WAITER_GRACE_US}
@@ -790,21 +792,34 @@ QUEUE_ACQUIRE = "SELECT * FROM clustersync_queue_acquire_v1(%s, %s, %s, %s, %s, 
 QUEUE_RELEASE = "SELECT clustersync_queue_release_v1(%s, %s, %s, %s, %s, %s)"
 QUEUE_WITHDRAW = "SELECT clustersync_queue_withdraw_v1(%s, %s, %s, %s, %s)"
 
+#: The lease taken, if it is free or expired (ACQUIRE without marking waiters).
+TAKE_LEASE = f"WITH now AS (SELECT {_NOW} AS us) {_TAKE_LEASE}"
+
+# The acquire function, on the path of a handoff: the waiter's backend wakes in
+# pg_advisory_lock and takes the row with the one statement TAKE_LEASE (the whole ACQUIRE,
+# which marks waiters and reads the remaining life, only if the row is held without the
+# queue). A free advisory lock is taken without the subtransaction of the timed wait.
 QUEUE_FUNCTIONS = [
     f"""CREATE OR REPLACE FUNCTION clustersync_queue_acquire_v1(
     p_ns text, p_name text, p_owner text, p_ttl_us bigint, p_key bigint, p_wait_ms integer,
     OUT locked boolean, OUT lease_token bigint, OUT remaining_us bigint)
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    PERFORM set_config('lock_timeout', p_wait_ms::text, true);
-    BEGIN
-        PERFORM pg_advisory_lock(p_key);
-        locked := true;
-    EXCEPTION WHEN lock_not_available THEN
-        locked := false;
-    END;
-    PERFORM set_config('lock_timeout', '0', true);
-    {_in_function(ACQUIRE)} INTO lease_token, remaining_us;
+    locked := pg_try_advisory_lock(p_key);
+    IF NOT locked THEN
+        PERFORM set_config('lock_timeout', p_wait_ms::text, true);
+        BEGIN
+            PERFORM pg_advisory_lock(p_key);
+            locked := true;
+        EXCEPTION WHEN lock_not_available THEN
+            locked := false;
+        END;
+        PERFORM set_config('lock_timeout', '0', true);
+    END IF;
+    {_in_function(TAKE_LEASE)} INTO lease_token;
+    IF lease_token IS NULL THEN
+        {_in_function(ACQUIRE)} INTO lease_token, remaining_us;
+    END IF;
 END
 $fn$""",
     f"""CREATE OR REPLACE FUNCTION clustersync_queue_release_v1(
