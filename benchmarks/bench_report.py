@@ -31,6 +31,9 @@ OURS = (
 )
 
 
+OUR_NAMES = {key: name for key, _, name in OURS}
+
+
 def _ours(*stores: str) -> list[tuple[str, str, str]]:
     return [entry for entry in OURS if entry[1] in stores]
 
@@ -162,7 +165,7 @@ def targets(results: Json) -> list[tuple[str, str, str, bool | None]]:
         out.append(
             (
                 "2 uncontended",
-                f"{dict((k, n) for k, _, n in OURS)[key]} p50 ≤ 1.3× {theirs['label']}",
+                f"{OUR_NAMES[key]} p50 ≤ 1.3× {theirs['label']}",
                 f"{fmt_ms(cs.get('p50_ms'))} = {fmt_ratio(r)}",
                 None if r is None else r <= 1.3,
             )
