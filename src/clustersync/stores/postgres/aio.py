@@ -742,7 +742,7 @@ class PostgresBackend(PushNotifications):
                 token, remaining_us = await self._on_session(
                     "wait for a lease", session, q.ACQUIRE, params, 0.0
                 )
-                locked = True
+                locked = waited = True
             else:
                 args = (
                     self._ns,
@@ -752,7 +752,7 @@ class PostgresBackend(PushNotifications):
                     self._advisory_key(name),
                     max(1, int(wait * 1000)),
                 )
-                locked, token, remaining_us = await self._on_session(
+                locked, token, remaining_us, waited = await self._on_session(
                     "wait for a lease", session, q.QUEUE_ACQUIRE, args, wait
                 )
         except BaseException:
@@ -765,7 +765,8 @@ class PostgresBackend(PushNotifications):
         if token is not None:
             if not locked:  # taken from a holder past its expiry, without the queue
                 await self._spare(session)
-            return GrantResult(int(token), valid_for=ttl)
+            # Handed over: the lock was not free when this call (or an earlier one) came.
+            return GrantResult(int(token), valid_for=ttl, handed_over=bool(waited))
         left = max(0, int(remaining_us or 0)) / _US
         if not locked:  # the wait ran out: the caller queues again at once
             await self._spare(session)

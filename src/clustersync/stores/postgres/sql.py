@@ -802,10 +802,11 @@ TAKE_LEASE = f"WITH now AS (SELECT {_NOW} AS us) {_TAKE_LEASE}"
 QUEUE_FUNCTIONS = [
     f"""CREATE OR REPLACE FUNCTION clustersync_queue_acquire_v1(
     p_ns text, p_name text, p_owner text, p_ttl_us bigint, p_key bigint, p_wait_ms integer,
-    OUT locked boolean, OUT lease_token bigint, OUT remaining_us bigint)
+    OUT locked boolean, OUT lease_token bigint, OUT remaining_us bigint, OUT waited boolean)
 LANGUAGE plpgsql AS $fn$
 BEGIN
     locked := pg_try_advisory_lock(p_key);
+    waited := NOT locked;
     IF NOT locked THEN
         PERFORM set_config('lock_timeout', p_wait_ms::text, true);
         BEGIN

@@ -744,7 +744,7 @@ class PostgresBackend(PushNotifications):
                 token, remaining_us = self._on_session(
                     "wait for a lease", session, q.ACQUIRE, params, 0.0
                 )
-                locked = True
+                locked = waited = True
             else:
                 args = (
                     self._ns,
@@ -754,7 +754,7 @@ class PostgresBackend(PushNotifications):
                     self._advisory_key(name),
                     max(1, int(wait * 1000)),
                 )
-                locked, token, remaining_us = self._on_session(
+                locked, token, remaining_us, waited = self._on_session(
                     "wait for a lease", session, q.QUEUE_ACQUIRE, args, wait
                 )
         except BaseException:
@@ -767,7 +767,8 @@ class PostgresBackend(PushNotifications):
         if token is not None:
             if not locked:  # taken from a holder past its expiry, without the queue
                 self._spare(session)
-            return GrantResult(int(token), valid_for=ttl)
+            # Handed over: the lock was not free when this call (or an earlier one) came.
+            return GrantResult(int(token), valid_for=ttl, handed_over=bool(waited))
         left = max(0, int(remaining_us or 0)) / _US
         if not locked:  # the wait ran out: the caller queues again at once
             self._spare(session)
