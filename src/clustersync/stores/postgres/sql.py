@@ -795,6 +795,23 @@ QUEUE_WITHDRAW = "SELECT clustersync_queue_withdraw_v1(%s, %s, %s, %s, %s)"
 #: The lease taken, if it is free or expired (ACQUIRE without marking waiters).
 TAKE_LEASE = f"WITH now AS (SELECT {_NOW} AS us) {_TAKE_LEASE}"
 
+
+def _unlocking(verb: str, token_arg: str, release: str) -> str:
+    """A queue function that frees the lease with ``release`` (True if it did), then
+    the advisory lock of the caller's session."""
+    return f"""CREATE OR REPLACE FUNCTION clustersync_queue_{verb}_v1(
+    p_ns text, p_name text, p_owner text, {token_arg}p_channel text, p_key bigint)
+RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+    notified bigint;
+BEGIN
+    {_in_function(release)} INTO notified;
+    PERFORM pg_advisory_unlock(p_key);
+    RETURN notified IS NOT NULL;
+END
+$fn$"""
+
+
 # The acquire function, on the path of a handoff: the waiter's backend wakes in
 # pg_advisory_lock and takes the row with the one statement TAKE_LEASE (the whole ACQUIRE,
 # which marks waiters and reads the remaining life, only if the row is held without the
@@ -823,26 +840,6 @@ BEGIN
     END IF;
 END
 $fn$""",
-    f"""CREATE OR REPLACE FUNCTION clustersync_queue_release_v1(
-    p_ns text, p_name text, p_owner text, p_token bigint, p_channel text, p_key bigint)
-RETURNS boolean LANGUAGE plpgsql AS $fn$
-DECLARE
-    notified bigint;
-BEGIN
-    {_in_function(RELEASE)} INTO notified;
-    PERFORM pg_advisory_unlock(p_key);
-    RETURN notified IS NOT NULL;
-END
-$fn$""",
-    f"""CREATE OR REPLACE FUNCTION clustersync_queue_withdraw_v1(
-    p_ns text, p_name text, p_owner text, p_channel text, p_key bigint)
-RETURNS boolean LANGUAGE plpgsql AS $fn$
-DECLARE
-    notified bigint;
-BEGIN
-    {_in_function(RELEASE_OWNED)} INTO notified;
-    PERFORM pg_advisory_unlock(p_key);
-    RETURN notified IS NOT NULL;
-END
-$fn$""",
+    _unlocking("release", "p_token bigint, ", RELEASE),
+    _unlocking("withdraw", "", RELEASE_OWNED),
 ]
